@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("shiftserve: under construction");
+    std::process::exit(2);
+}
