@@ -1,0 +1,60 @@
+"""Deterministic helpers for tests and golden fixtures: synthetic inputs and "trained-looking"
+random models (non-trivial BatchNorm statistics so that folding and logits are exercised)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def synthetic_images(n: int, channels: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """Smooth random images (low-frequency noise plus a few bright rectangles), roughly
+    zero-mean / unit-variance like normalised inputs.  ``[n, channels, h, w]`` f32."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.randn(n, channels, max(2, h // 7), max(2, w // 7), generator=g)
+    x = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+    for i in range(n):
+        for _ in range(2):
+            y0 = int(torch.randint(0, h - 4, (1,), generator=g))
+            x0 = int(torch.randint(0, w - 4, (1,), generator=g))
+            hh = int(torch.randint(2, max(3, h // 2), (1,), generator=g))
+            ww = int(torch.randint(2, max(3, w // 2), (1,), generator=g))
+            x[i, :, y0:y0 + hh, x0:x0 + ww] += 1.5
+    x += 0.1 * torch.randn(x.shape, generator=g)
+    return x.float()
+
+
+@torch.no_grad()
+def randomize_batchnorm(model: nn.Module, seed: int = 0, warmup: torch.Tensor | None = None) -> None:
+    """Give every BatchNorm non-trivial affine parameters; if ``warmup`` is given, first run it
+    through the model in train mode (momentum None = cumulative average) to get realistic
+    running statistics.  Leaves the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        n = bn.num_features
+        bn.weight.copy_(0.5 + torch.rand(n, generator=g))
+        bn.bias.copy_(0.2 * torch.randn(n, generator=g))
+    if warmup is not None:
+        saved = [bn.momentum for bn in bns]
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+        model.train()
+        model(warmup)
+        for bn, mom in zip(bns, saved):
+            bn.momentum = mom
+    else:
+        for bn in bns:
+            bn.running_mean.copy_(0.1 * torch.randn(bn.num_features, generator=g))
+            bn.running_var.copy_(0.5 + torch.rand(bn.num_features, generator=g))
+    model.eval()
+
+
+@torch.no_grad()
+def randomize_linear(layer: nn.Linear, seed: int = 0, std: float = 0.3) -> None:
+    g = torch.Generator().manual_seed(seed)
+    layer.weight.copy_(std * torch.randn(layer.weight.shape, generator=g))
+    if layer.bias is not None:
+        layer.bias.copy_(0.1 * torch.randn(layer.bias.shape, generator=g))
