@@ -22,7 +22,7 @@ from safetensors.numpy import save_file
 from shiftserve_train import reference
 from shiftserve_train.export import export
 from shiftserve_train.models import resnet_cifar
-from shiftserve_train.testing import randomize_batchnorm, randomize_linear, synthetic_images
+from shiftserve_train.testing import randomize_batchnorm, randomize_linear, replace_if_changed, synthetic_images
 
 FMNIST_LABELS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
                  "bag", "ankle-boot"]
@@ -43,7 +43,7 @@ def main(out_dir):
     out_dir.mkdir(parents=True, exist_ok=True)
     model = build()
     calib = [synthetic_images(16, 1, 28, 28, seed=100 + i) for i in range(4)]
-    path = out_dir / "tiny_w3.safetensors"
+    path = out_dir / "tiny_w3.safetensors.tmp"
     export(model, path, name="tiny_w3", task="image_classification", labels=FMNIST_LABELS,
            preprocess=PREPROCESS, numeric_path="int8", calib=calib, progress=False,
            description="tiny CIFAR-stem W3 shift ResNet-8 (random weights), golden fixture")
@@ -52,9 +52,10 @@ def main(out_dir):
     golden = {"input": x, "logits": logits}
     # per-node outputs of the reference, to localise a disagreement ("node.<name>")
     golden.update({f"node.{k}": v for k, v in values.items() if k != "input"})
-    save_file(golden, str(out_dir / "tiny_w3.golden.safetensors"))
-    for f in ("tiny_w3.safetensors", "tiny_w3.golden.safetensors"):
-        (out_dir / f).chmod(0o644)
+    save_file(golden, str(out_dir / "tiny_w3.golden.safetensors.tmp"))
+    replace_if_changed(path, out_dir / "tiny_w3.safetensors")
+    replace_if_changed(out_dir / "tiny_w3.golden.safetensors.tmp", out_dir / "tiny_w3.golden.safetensors")
+    path = out_dir / "tiny_w3.safetensors"
     with torch.no_grad():
         torch_logits = model(torch.from_numpy(x)).numpy()
     mf = reference.ModelFile(path)

@@ -58,3 +58,35 @@ def randomize_linear(layer: nn.Linear, seed: int = 0, std: float = 0.3) -> None:
     layer.weight.copy_(std * torch.randn(layer.weight.shape, generator=g))
     if layer.bias is not None:
         layer.bias.copy_(0.1 * torch.randn(layer.bias.shape, generator=g))
+
+
+def replace_if_changed(tmp_path, final_path) -> bool:
+    """Move ``tmp_path`` over ``final_path`` unless both safetensors files hold the same tensors
+    and metadata (safetensors orders the metadata keys arbitrarily, so byte equality is not a
+    useful test); keeps regenerated fixtures stable in git.  Returns True when replaced."""
+    import os
+    from pathlib import Path
+
+    import numpy as np
+    from safetensors import safe_open
+
+    def load(p):
+        with safe_open(str(p), framework="numpy") as f:
+            return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+
+    tmp_path, final_path = Path(tmp_path), Path(final_path)
+    if final_path.exists():
+        try:
+            m1, t1 = load(tmp_path)
+            m0, t0 = load(final_path)
+            same = m1 == m0 and t1.keys() == t0.keys() and all(
+                t1[k].dtype == t0[k].dtype and t1[k].shape == t0[k].shape and np.array_equal(t1[k], t0[k])
+                for k in t1)
+        except Exception:
+            same = False
+        if same:
+            tmp_path.unlink()
+            return False
+    os.replace(tmp_path, final_path)
+    final_path.chmod(0o644)
+    return True
