@@ -16,8 +16,8 @@ def synthetic_images(n: int, channels: int, h: int, w: int, seed: int = 0) -> to
     x = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
     for i in range(n):
         for _ in range(2):
-            y0 = int(torch.randint(0, h - 4, (1,), generator=g))
-            x0 = int(torch.randint(0, w - 4, (1,), generator=g))
+            y0 = int(torch.randint(0, max(1, h - 4), (1,), generator=g))
+            x0 = int(torch.randint(0, max(1, w - 4), (1,), generator=g))
             hh = int(torch.randint(2, max(3, h // 2), (1,), generator=g))
             ww = int(torch.randint(2, max(3, w // 2), (1,), generator=g))
             x[i, :, y0:y0 + hh, x0:x0 + ww] += 1.5

@@ -56,7 +56,7 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
             scheduler.step()
         n = y.shape[0]
         total += n
-        loss_sum += float(loss) * n
+        loss_sum += float(loss.detach()) * n
         correct += int((out.argmax(1) == y).sum())
         bar.set_postfix(loss=f"{loss_sum / total:.4f}", acc=f"{correct / total:.4f}")
     return {"loss": loss_sum / max(total, 1), "acc": correct / max(total, 1)}

@@ -1,0 +1,55 @@
+"""The committed golden fixtures are reproducible and self-consistent."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import load_file
+
+from shiftserve_train import features, reference
+
+ROOT = Path(__file__).resolve().parents[2]
+FIX = ROOT / "models/tests/fixtures"
+MODELS = ["tiny_w3", "tiny_w3_float", "tiny_w2", "tiny_wz3_float", "tiny_fp32", "bottleneck_w4", "slu_w3",
+          "mlp_wz5", "tt_lstm", "dense_lstm"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_golden_logits_reproduce_from_the_file(name):
+    g = load_file(str(FIX / f"{name}.golden.safetensors"))
+    out = reference.forward(FIX / f"{name}.safetensors", g["input"])
+    assert np.array_equal(out, g["logits"])
+    assert len(set(out.argmax(1).tolist())) >= 1 and np.abs(out).max() > 0
+
+
+def test_tiny_export_regenerates_the_same_model(tmp_path):
+    sys.path.insert(0, str(ROOT / "python/examples"))
+    import tiny_export
+
+    tiny_export.main(tmp_path)
+    for f in ("tiny_w3.safetensors", "tiny_w3.golden.safetensors"):
+        a, b = load_file(str(tmp_path / f)), load_file(str(FIX / f))
+        assert a.keys() == b.keys()
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+    with safe_open(str(FIX / "tiny_w3.safetensors"), "numpy") as f:
+        graph = json.loads(f.metadata()["shiftserve.graph"])
+    assert graph["inputs"][0]["shape"] == [1, 28, 28]
+
+
+def test_preprocess_fixtures_reproduce():
+    img = load_file(str(FIX / "preprocess_images.safetensors"))
+    with safe_open(str(FIX / "preprocess_images.safetensors"), "numpy") as f:
+        meta = f.metadata()
+    for key, val in img.items():
+        fname, spec = key.split("/")
+        got = features.image_features(FIX / "images" / fname, json.loads(meta[f"spec/{spec}"]))
+        assert np.array_equal(got, val), key
+    aud = load_file(str(FIX / "preprocess_audio.safetensors"))
+    with safe_open(str(FIX / "preprocess_audio.safetensors"), "numpy") as f:
+        spec = json.loads(f.metadata()["spec"])
+    for key, val in aud.items():
+        fname, what = key.split("/")
+        if what == "log_mel":
+            assert np.array_equal(features.audio_features(FIX / "audio" / fname, spec), val), key
