@@ -1,0 +1,341 @@
+//! Full-precision layers (stem convolution, classifier) through the `gemm` crate.
+
+use crate::error::{check_len, mul_dims, KernelError};
+use crate::kern::SyncPtr;
+use crate::layers::{ConvGeom, Epilogue};
+use crate::ops::{self, ColGeom};
+use crate::workspace::{sized, Workspace};
+
+/// Strided single-threaded `c = a*b (+ c)` via `gemm`.
+/// # Safety
+/// Pointers and strides must describe valid, non-overlapping `m x k`, `k x n`, `m x n` views.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    a_rs: isize,
+    a_cs: isize,
+    b: *const f32,
+    b_rs: isize,
+    b_cs: isize,
+    c: *mut f32,
+    c_rs: isize,
+    accumulate: bool,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        c,
+        1,
+        c_rs,
+        accumulate,
+        a,
+        a_cs,
+        a_rs,
+        b,
+        b_cs,
+        b_rs,
+        1.0f32,
+        1.0f32,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
+/// Threaded strided gemm: splits `n` (or `m` when `n` is small) over `threads` scoped threads.
+#[allow(clippy::too_many_arguments)]
+fn gemm_threads(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    c: &mut [f32],
+    c_rs: usize,
+    accumulate: bool,
+    threads: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                c[r * c_rs..r * c_rs + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let (ap, bp, cp) = (
+        SyncPtr(a.as_ptr() as *mut f32),
+        SyncPtr(b.as_ptr() as *mut f32),
+        SyncPtr(c.as_mut_ptr()),
+    );
+    let t = threads.max(1);
+    let split_n = n >= m;
+    let dim = if split_n { n } else { m };
+    let t = t.min(dim.div_ceil(16)).max(1);
+    let run = move |lo: usize, hi: usize| {
+        let (ap, bp, cp) = (ap, bp, cp);
+        // SAFETY: the views lie inside the checked slices; threads write disjoint parts of c.
+        unsafe {
+            if split_n {
+                gemm_raw(
+                    m,
+                    hi - lo,
+                    k,
+                    ap.0,
+                    a_rs as isize,
+                    a_cs as isize,
+                    bp.0.add(lo * b_cs),
+                    b_rs as isize,
+                    b_cs as isize,
+                    cp.0.add(lo),
+                    c_rs as isize,
+                    accumulate,
+                )
+            } else {
+                gemm_raw(
+                    hi - lo,
+                    n,
+                    k,
+                    ap.0.add(lo * a_rs),
+                    a_rs as isize,
+                    a_cs as isize,
+                    bp.0,
+                    b_rs as isize,
+                    b_cs as isize,
+                    cp.0.add(lo * c_rs),
+                    c_rs as isize,
+                    accumulate,
+                )
+            }
+        }
+    };
+    if t == 1 {
+        run(0, dim);
+        return;
+    }
+    let per = dim.div_ceil(t);
+    std::thread::scope(|s| {
+        for i in 1..t {
+            let (lo, hi) = ((i * per).min(dim), ((i + 1) * per).min(dim));
+            if lo < hi {
+                s.spawn(move || run(lo, hi));
+            }
+        }
+        run(0, per.min(dim));
+    });
+}
+
+/// Row-major `c[m,n] = a[m,k] * b[k,n]` (`+= ` if `accumulate`), on `threads` threads.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    accumulate: bool,
+    threads: usize,
+) -> Result<(), KernelError> {
+    check_len("gemm_f32 a", a.len(), mul_dims(&[m, k])?)?;
+    check_len("gemm_f32 b", b.len(), mul_dims(&[k, n])?)?;
+    check_len("gemm_f32 c", c.len(), mul_dims(&[m, n])?)?;
+    gemm_threads(m, n, k, a, k, 1, b, n, 1, c, n, accumulate, threads);
+    Ok(())
+}
+
+/// An fp32 convolution (weights `[out, in/groups, kh, kw]`), im2col + `gemm`.
+#[derive(Clone, Debug)]
+pub struct Conv2dF32 {
+    geom: ConvGeom,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl Conv2dF32 {
+    pub fn new(geom: ConvGeom, weight: Vec<f32>, bias: Vec<f32>) -> Result<Self, KernelError> {
+        geom.validate()?;
+        check_len(
+            "conv2d weight",
+            weight.len(),
+            mul_dims(&[geom.out_c, geom.k()])?,
+        )?;
+        check_len("conv2d bias", bias.len(), geom.out_c)?;
+        Ok(Conv2dF32 { geom, weight, bias })
+    }
+    pub fn geom(&self) -> &ConvGeom {
+        &self.geom
+    }
+
+    /// NCHW in/out; returns the output `(height, width)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        x: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+        ep: Epilogue<'_>,
+        out: &mut [f32],
+        ws: &mut Workspace,
+        threads: usize,
+    ) -> Result<(usize, usize), KernelError> {
+        let g = self.geom;
+        let (oh, ow) = g.out_hw(h, w)?;
+        let img = mul_dims(&[g.in_c, h, w])?;
+        let oimg = mul_dims(&[g.out_c, oh, ow])?;
+        check_len("conv2d input", x.len(), mul_dims(&[n, img])?)?;
+        check_len("conv2d output", out.len(), mul_dims(&[n, oimg])?)?;
+        if let Some(r) = ep.residual {
+            check_len("conv2d residual", r.len(), out.len())?;
+        }
+        let ohw = oh * ow;
+        let kg = g.k();
+        let og = g.out_c / g.groups;
+        let direct = g.kh == 1 && g.kw == 1 && g.stride == (1, 1) && g.pad == (0, 0);
+        let cg = ColGeom {
+            c: g.in_c,
+            n: 1,
+            h,
+            w,
+            kh: g.kh,
+            kw: g.kw,
+            sh: g.stride.0,
+            sw: g.stride.1,
+            ph: g.pad.0,
+            pw: g.pad.1,
+            oh,
+            ow,
+        };
+        for b in 0..n {
+            let xi = &x[b * img..(b + 1) * img];
+            let cols: &[f32] = if direct {
+                xi
+            } else {
+                let cb = sized(&mut ws.colsf, mul_dims(&[g.in_c * g.kh * g.kw, ohw])?);
+                ops::im2col(xi, cg, 0.0, cb);
+                cb
+            };
+            let yo = &mut out[b * oimg..(b + 1) * oimg];
+            for gi in 0..g.groups {
+                gemm_threads(
+                    og,
+                    ohw,
+                    kg,
+                    &self.weight[gi * og * kg..(gi + 1) * og * kg],
+                    kg,
+                    1,
+                    &cols[gi * kg * ohw..(gi + 1) * kg * ohw],
+                    ohw,
+                    1,
+                    &mut yo[gi * og * ohw..(gi + 1) * og * ohw],
+                    ohw,
+                    false,
+                    threads,
+                );
+            }
+            let res = ep.residual.map(|r| &r[b * oimg..(b + 1) * oimg]);
+            ops::bias_rows(yo, ohw, &self.bias, res, ep.relu);
+        }
+        Ok((oh, ow))
+    }
+}
+
+/// An fp32 fully connected layer, weights `[out, in]` (PyTorch layout).
+#[derive(Clone, Debug)]
+pub struct LinearF32 {
+    in_f: usize,
+    out_f: usize,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl LinearF32 {
+    pub fn new(
+        in_features: usize,
+        out_features: usize,
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+    ) -> Result<Self, KernelError> {
+        if in_features == 0 || out_features == 0 {
+            return Err(KernelError::invalid("linear layer needs non-zero sizes"));
+        }
+        check_len(
+            "linear weight",
+            weight.len(),
+            mul_dims(&[out_features, in_features])?,
+        )?;
+        check_len("linear bias", bias.len(), out_features)?;
+        Ok(LinearF32 {
+            in_f: in_features,
+            out_f: out_features,
+            weight,
+            bias,
+        })
+    }
+    pub fn in_features(&self) -> usize {
+        self.in_f
+    }
+    pub fn out_features(&self) -> usize {
+        self.out_f
+    }
+
+    /// `x` `[n, in]`, `out` `[n, out]`.
+    pub fn forward(
+        &self,
+        x: &[f32],
+        n: usize,
+        ep: Epilogue<'_>,
+        out: &mut [f32],
+        _ws: &mut Workspace,
+        threads: usize,
+    ) -> Result<(), KernelError> {
+        check_len("linear input", x.len(), mul_dims(&[n, self.in_f])?)?;
+        check_len("linear output", out.len(), mul_dims(&[n, self.out_f])?)?;
+        if let Some(r) = ep.residual {
+            check_len("linear residual", r.len(), out.len())?;
+        }
+        // out[n, o] = x[n, k] * W^T[k, o]; W^T viewed with row stride 1, column stride in_f.
+        gemm_threads(
+            n,
+            self.out_f,
+            self.in_f,
+            x,
+            self.in_f,
+            1,
+            &self.weight,
+            1,
+            self.in_f,
+            out,
+            self.out_f,
+            false,
+            threads,
+        );
+        for (b, row) in out.chunks_exact_mut(self.out_f).enumerate() {
+            for (v, &bb) in row.iter_mut().zip(&self.bias) {
+                *v += bb;
+            }
+            if let Some(r) = ep.residual {
+                for (v, &rr) in row.iter_mut().zip(&r[b * self.out_f..(b + 1) * self.out_f]) {
+                    *v += rr;
+                }
+            }
+            if ep.relu {
+                row.iter_mut().for_each(|v| *v = ops::relu1(*v));
+            }
+        }
+        Ok(())
+    }
+}

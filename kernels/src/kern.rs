@@ -1,0 +1,405 @@
+//! Portable kernel bodies. Each is `#[inline(always)]` and generic over lane counts, so that the
+//! per-ISA entry points in `prepared.rs` (compiled with `#[multiversion::target(..)]`) get them
+//! vectorized for their own instruction set. Dispatch happens once per call, never per element.
+//!
+//! Two kernels:
+//! * `table_*`: vectorized across pixels. For a block of `L` pixels and a chunk of `k`, every
+//!   product an activation can take (`±a << m` for each of the `2^bits` codes) is written once
+//!   into a table shared by all output rows; the inner loop is then one table load + add per
+//!   weight and `L` pixels, the weight's code selecting the table entry (an address, no
+//!   arithmetic on the weight). The integer variant keeps `i16` lanes (activations centred to
+//!   `-128..=127`) and widens to `i32` before a partial sum could overflow.
+//! * `rowvec_*`: vectorized across output rows, for a handful of pixels (GEMV).
+
+use crate::float::mul_code_bits;
+use crate::packed::CodeOp;
+
+/// Table element / chunk accumulator.
+pub(crate) trait Elem: Copy + Default + 'static {
+    fn add(self, o: Self) -> Self;
+}
+impl Elem for i16 {
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        self.wrapping_add(o)
+    }
+}
+impl Elem for i32 {
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        self.wrapping_add(o)
+    }
+}
+impl Elem for f32 {
+    #[inline(always)]
+    fn add(self, o: Self) -> Self {
+        self + o
+    }
+}
+
+/// A raw pointer shared by threads that write disjoint index sets.
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr<T>(pub *mut T);
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
+
+impl<T> SyncPtr<T> {
+    /// # Safety
+    /// As `pointer::add`.
+    #[inline(always)]
+    pub(crate) unsafe fn offset(self, n: usize) -> SyncPtr<T> {
+        SyncPtr(self.0.add(n))
+    }
+}
+
+/// Weights in the compute layout of the table kernel: one code index per weight, row-major.
+pub(crate) struct TabW<'a> {
+    pub codes: &'a [u8],
+    pub rows: usize,
+    pub k: usize,
+    pub ncodes: usize,
+    pub ops: &'a [CodeOp],
+}
+
+/// Core of the table kernel for pixel range `[pb, pe)` (of the activation matrix, row stride
+/// `ps`). `build(k0, kn, p0, pn, table)` fills `kn * ncodes * L` table entries;
+/// `init`/`flush` load and store the `L`-lane accumulator of one row.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn table_core<E: Elem, const L: usize, const R: usize>(
+    w: &TabW<'_>,
+    kc: usize,
+    pb: usize,
+    pe: usize,
+    tbl: &mut [E],
+    mut build: impl FnMut(usize, usize, usize, usize, &mut [E]),
+    mut init: impl FnMut(usize, usize, usize, bool) -> [E; L],
+    mut flush: impl FnMut(usize, usize, usize, &[E; L], bool),
+) {
+    let (rows, k, nc) = (w.rows, w.k, w.ncodes);
+    assert!(tbl.len() >= kc * nc * L && w.codes.len() == rows * k);
+    debug_assert!(w.codes.iter().all(|&c| (c as usize) < nc));
+    let mut p0 = pb;
+    while p0 < pe {
+        let pn = L.min(pe - p0);
+        let mut k0 = 0;
+        while k0 < k {
+            let kn = kc.min(k - k0);
+            build(k0, kn, p0, pn, &mut tbl[..kn * nc * L]);
+            let first = k0 == 0;
+            let tp = tbl.as_ptr();
+            let mut o = 0;
+            while o + R <= rows {
+                let mut a: [[E; L]; R] = [[E::default(); L]; R];
+                for (r, ar) in a.iter_mut().enumerate() {
+                    *ar = init(o + r, p0, pn, first);
+                }
+                let cbase = w.codes.as_ptr();
+                for kl in 0..kn {
+                    for (r, ar) in a.iter_mut().enumerate() {
+                        // SAFETY: (o+r) < rows and k0+kl < k, so the index is inside `codes`;
+                        // codes are < ncodes (checked when the layout was built), so the entry
+                        // lies inside the kn*nc*L table entries just built.
+                        unsafe {
+                            let c = *cbase.add((o + r) * k + k0 + kl) as usize;
+                            let t = &*(tp.add((kl * nc + c) * L) as *const [E; L]);
+                            for j in 0..L {
+                                ar[j] = ar[j].add(t[j]);
+                            }
+                        }
+                    }
+                }
+                for (r, ar) in a.iter().enumerate() {
+                    flush(o + r, p0, pn, ar, first);
+                }
+                o += R;
+            }
+            while o < rows {
+                let mut a = init(o, p0, pn, first);
+                let crow = &w.codes[o * k + k0..o * k + k0 + kn];
+                for (kl, &c) in crow.iter().enumerate() {
+                    // SAFETY: as above.
+                    unsafe {
+                        let t = &*(tp.add((kl * nc + c as usize) * L) as *const [E; L]);
+                        for j in 0..L {
+                            a[j] = a[j].add(t[j]);
+                        }
+                    }
+                }
+                flush(o, p0, pn, &a, first);
+                o += 1;
+            }
+            k0 += kn;
+        }
+        p0 += pn;
+    }
+}
+
+/// Integer products of centred activations `a - 128` in `i16` lanes; `acc[o*stride + p] =
+/// Σ_k w[o,k] * (act[k,p] - 128)` for `p` in `[pb, pe)`. `kc` must keep every chunk's partial
+/// sum inside `i16` (`kc * 128 * max|w| <= 32767`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn table_i16<const L: usize, const R: usize>(
+    w: &TabW<'_>,
+    kc: usize,
+    act: &[u8],
+    ps: usize,
+    pb: usize,
+    pe: usize,
+    acc: SyncPtr<i32>,
+    stride: usize,
+    tbl: &mut [i16],
+) {
+    let ops = w.ops;
+    table_core::<i16, L, R>(
+        w,
+        kc,
+        pb,
+        pe,
+        tbl,
+        |k0, kn, p0, pn, t| {
+            for kl in 0..kn {
+                let src = &act[(k0 + kl) * ps + p0..(k0 + kl) * ps + p0 + pn];
+                let mut a = [0i16; L];
+                if pn == L {
+                    for j in 0..L {
+                        a[j] = src[j] as i16 - 128;
+                    }
+                } else {
+                    for j in 0..pn {
+                        a[j] = src[j] as i16 - 128;
+                    }
+                }
+                for (c, op) in ops.iter().enumerate() {
+                    let keep: i16 = if op.zero { 0 } else { -1 };
+                    let neg: i16 = if op.neg { -1 } else { 0 };
+                    let sh = op.shift;
+                    let dst = &mut t[(kl * ops.len() + c) * L..(kl * ops.len() + c + 1) * L];
+                    for j in 0..L {
+                        dst[j] = ((a[j].wrapping_shl(sh) & keep) ^ neg).wrapping_sub(neg);
+                    }
+                }
+            }
+        },
+        |_, _, _, _| [0i16; L],
+        |o, p0, pn, v, first| {
+            // SAFETY: callers give each thread a disjoint pixel range of a [rows, stride] buffer.
+            unsafe {
+                let dst = std::slice::from_raw_parts_mut(acc.0.add(o * stride + p0), pn);
+                if first {
+                    for j in 0..pn {
+                        dst[j] = v[j] as i32;
+                    }
+                } else {
+                    for j in 0..pn {
+                        dst[j] = dst[j].wrapping_add(v[j] as i32);
+                    }
+                }
+            }
+        },
+    );
+}
+
+/// Integer products of raw activations in `i32` lanes (for codes whose products exceed the
+/// `i16` budget): `acc[o*stride + p] = Σ_k w[o,k] * act[k,p]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn table_i32<const L: usize, const R: usize>(
+    w: &TabW<'_>,
+    kc: usize,
+    act: &[u8],
+    ps: usize,
+    pb: usize,
+    pe: usize,
+    acc: SyncPtr<i32>,
+    stride: usize,
+    tbl: &mut [i32],
+) {
+    let ops = w.ops;
+    table_core::<i32, L, R>(
+        w,
+        kc,
+        pb,
+        pe,
+        tbl,
+        |k0, kn, p0, pn, t| {
+            for kl in 0..kn {
+                let src = &act[(k0 + kl) * ps + p0..(k0 + kl) * ps + p0 + pn];
+                let mut a = [0i32; L];
+                for j in 0..pn {
+                    a[j] = src[j] as i32;
+                }
+                for (c, op) in ops.iter().enumerate() {
+                    let keep: i32 = if op.zero { 0 } else { -1 };
+                    let neg: i32 = if op.neg { -1 } else { 0 };
+                    let sh = op.shift;
+                    let dst = &mut t[(kl * ops.len() + c) * L..(kl * ops.len() + c + 1) * L];
+                    for j in 0..L {
+                        dst[j] = ((a[j].wrapping_shl(sh) & keep) ^ neg).wrapping_sub(neg);
+                    }
+                }
+            }
+        },
+        |o, p0, pn, first| {
+            let mut v = [0i32; L];
+            if !first {
+                // SAFETY: see `table_i16`.
+                unsafe {
+                    let src = std::slice::from_raw_parts(acc.0.add(o * stride + p0), pn);
+                    v[..pn].copy_from_slice(src);
+                }
+            }
+            v
+        },
+        |o, p0, pn, v, _| unsafe {
+            // SAFETY: see `table_i16`.
+            let dst = std::slice::from_raw_parts_mut(acc.0.add(o * stride + p0), pn);
+            dst.copy_from_slice(&v[..pn]);
+        },
+    );
+}
+
+/// Float path: `acc[o*stride + p] = Σ_k x[k,p] * w[o,k]` summed in ascending `k` from `+0.0`,
+/// products exact (see `float.rs`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn table_f32<const L: usize, const R: usize>(
+    w: &TabW<'_>,
+    kc: usize,
+    act: &[f32],
+    ps: usize,
+    pb: usize,
+    pe: usize,
+    acc: SyncPtr<f32>,
+    stride: usize,
+    tbl: &mut [f32],
+) {
+    let ops = w.ops;
+    table_core::<f32, L, R>(
+        w,
+        kc,
+        pb,
+        pe,
+        tbl,
+        |k0, kn, p0, pn, t| {
+            for kl in 0..kn {
+                let src = &act[(k0 + kl) * ps + p0..(k0 + kl) * ps + p0 + pn];
+                let mut a = [0u32; L];
+                for j in 0..pn {
+                    a[j] = src[j].to_bits();
+                }
+                for (c, op) in ops.iter().enumerate() {
+                    let dst = &mut t[(kl * ops.len() + c) * L..(kl * ops.len() + c + 1) * L];
+                    for j in 0..L {
+                        dst[j] = f32::from_bits(mul_code_bits(a[j], op.shift, op.neg, op.zero));
+                    }
+                }
+            }
+        },
+        |o, p0, pn, first| {
+            let mut v = [0f32; L];
+            if !first {
+                // SAFETY: see `table_i16`.
+                unsafe {
+                    let src = std::slice::from_raw_parts(acc.0.add(o * stride + p0), pn);
+                    v[..pn].copy_from_slice(src);
+                }
+            }
+            v
+        },
+        |o, p0, pn, v, _| unsafe {
+            // SAFETY: see `table_i16`.
+            let dst = std::slice::from_raw_parts_mut(acc.0.add(o * stride + p0), pn);
+            dst.copy_from_slice(&v[..pn]);
+        },
+    );
+}
+
+/// Weights in the row-vector layout: blocks of `LR` rows, `[rows/LR (rounded up)][k][LR]`, one
+/// byte per weight `shift | neg << 5 | zero << 6` (padding rows are zero weights).
+pub(crate) struct RowW<'a> {
+    pub ops: &'a [u8],
+    pub rows: usize,
+    pub k: usize,
+}
+
+pub(crate) fn rowvec_op_byte(op: CodeOp) -> u8 {
+    op.shift as u8 | (op.neg as u8) << 5 | (op.zero as u8) << 6
+}
+
+/// GEMV-style integer kernel for row blocks `[bb, be)`: for each pixel `p < np`,
+/// `acc[o*stride + p] = Σ_k w[o,k] * act[k,p]` (act row stride `ps`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rowvec_i32<const LR: usize>(
+    w: &RowW<'_>,
+    act: &[u8],
+    ps: usize,
+    np: usize,
+    bb: usize,
+    be: usize,
+    acc: SyncPtr<i32>,
+    stride: usize,
+) {
+    let k = w.k;
+    for b in bb..be {
+        let blk = &w.ops[b * k * LR..(b + 1) * k * LR];
+        for p in 0..np {
+            let mut a = [0i32; LR];
+            for kk in 0..k {
+                let x = act[kk * ps + p] as i32;
+                let g: &[u8; LR] = blk[kk * LR..(kk + 1) * LR].try_into().unwrap();
+                for j in 0..LR {
+                    let sh = (g[j] & 31) as u32;
+                    let neg = -(((g[j] >> 5) & 1) as i32);
+                    let keep = (((g[j] >> 6) & 1) as i32) - 1;
+                    let t = ((x << sh) & keep ^ neg).wrapping_sub(neg);
+                    a[j] = a[j].wrapping_add(t);
+                }
+            }
+            let o0 = b * LR;
+            for (j, &v) in a.iter().enumerate().take(w.rows.saturating_sub(o0).min(LR)) {
+                // SAFETY: threads get disjoint row blocks of a [rows, stride] buffer.
+                unsafe { *acc.0.add((o0 + j) * stride + p) = v };
+            }
+        }
+    }
+}
+
+/// GEMV-style float kernel (ascending `k`, products exact).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn rowvec_f32<const LR: usize>(
+    w: &RowW<'_>,
+    act: &[f32],
+    ps: usize,
+    np: usize,
+    bb: usize,
+    be: usize,
+    acc: SyncPtr<f32>,
+    stride: usize,
+) {
+    let k = w.k;
+    for b in bb..be {
+        let blk = &w.ops[b * k * LR..(b + 1) * k * LR];
+        for p in 0..np {
+            let mut a = [0f32; LR];
+            for kk in 0..k {
+                let x = act[kk * ps + p].to_bits();
+                let g: &[u8; LR] = blk[kk * LR..(kk + 1) * LR].try_into().unwrap();
+                for j in 0..LR {
+                    let sh = (g[j] & 31) as u32;
+                    let neg = (g[j] >> 5) & 1 == 1;
+                    let zero = (g[j] >> 6) & 1 == 1;
+                    a[j] += f32::from_bits(mul_code_bits(x, sh, neg, zero));
+                }
+            }
+            let o0 = b * LR;
+            for (j, &v) in a.iter().enumerate().take(w.rows.saturating_sub(o0).min(LR)) {
+                // SAFETY: threads get disjoint row blocks of a [rows, stride] buffer.
+                unsafe { *acc.0.add((o0 + j) * stride + p) = v };
+            }
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Pooling (PyTorch semantics, `ceil_mode=False`).
+
+use crate::error::{check_len, mul_dims, KernelError};
+use multiversion::multiversion;
+
+/// Pooling window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool2d {
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub pad: (usize, usize),
+}
+
+impl Pool2d {
+    /// Output size; errors on zero sizes, padding above half the kernel (as PyTorch), or a window
+    /// larger than the padded input.
+    pub fn out_hw(&self, h: usize, w: usize) -> Result<(usize, usize), KernelError> {
+        let p = self;
+        if p.kernel.0 == 0 || p.kernel.1 == 0 || p.stride.0 == 0 || p.stride.1 == 0 {
+            return Err(KernelError::invalid(format!(
+                "pooling needs non-zero kernel and stride: {p:?}"
+            )));
+        }
+        if 2 * p.pad.0 > p.kernel.0 || 2 * p.pad.1 > p.kernel.1 {
+            return Err(KernelError::invalid(format!(
+                "pooling padding must be at most half the kernel: {p:?}"
+            )));
+        }
+        if h + 2 * p.pad.0 < p.kernel.0 || w + 2 * p.pad.1 < p.kernel.1 {
+            return Err(KernelError::shape(format!(
+                "pooling window {p:?} larger than the {h}x{w} input"
+            )));
+        }
+        Ok((
+            (h + 2 * p.pad.0 - p.kernel.0) / p.stride.0 + 1,
+            (w + 2 * p.pad.1 - p.kernel.1) / p.stride.1 + 1,
+        ))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pool(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    p: Pool2d,
+    out: &mut [f32],
+    max: bool,
+) -> Result<(usize, usize), KernelError> {
+    let (oh, ow) = p.out_hw(h, w)?;
+    check_len("pooling input", x.len(), mul_dims(&[n, c, h, w])?)?;
+    check_len("pooling output", out.len(), mul_dims(&[n, c, oh, ow])?)?;
+    let div = (p.kernel.0 * p.kernel.1) as f32;
+    for (img, o) in x.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut acc = if max { f32::NEG_INFINITY } else { 0.0 };
+                let mut nan = false;
+                for ky in 0..p.kernel.0 {
+                    let iy = (oy * p.stride.0 + ky) as isize - p.pad.0 as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    for kx in 0..p.kernel.1 {
+                        let ix = (ox * p.stride.1 + kx) as isize - p.pad.1 as isize;
+                        if ix < 0 || ix >= w as isize {
+                            continue;
+                        }
+                        let v = img[iy as usize * w + ix as usize];
+                        if max {
+                            nan |= v.is_nan();
+                            if v > acc {
+                                acc = v;
+                            }
+                        } else {
+                            acc += v;
+                        }
+                    }
+                }
+                o[oy * ow + ox] = if max {
+                    if nan {
+                        f32::NAN
+                    } else {
+                        acc
+                    }
+                } else {
+                    acc / div
+                };
+            }
+        }
+    }
+    Ok((oh, ow))
+}
+
+/// Max pooling, NCHW; padding counts as -inf; NaN propagates (as PyTorch). Returns `(oh, ow)`.
+#[allow(clippy::too_many_arguments)]
+pub fn max_pool2d(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    p: Pool2d,
+    out: &mut [f32],
+) -> Result<(usize, usize), KernelError> {
+    pool(x, n, c, h, w, p, out, true)
+}
+
+/// Average pooling, NCHW; the divisor is `kh*kw` (padding counts, PyTorch's default
+/// `count_include_pad=True`). Sums in window order.
+#[allow(clippy::too_many_arguments)]
+pub fn avg_pool2d(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    p: Pool2d,
+    out: &mut [f32],
+) -> Result<(usize, usize), KernelError> {
+    pool(x, n, c, h, w, p, out, false)
+}
+
+/// Global average pooling: `x` `[n, c, hw]` -> `out` `[n, c]` (mean over `hw`, summed in order).
+pub fn global_avg_pool(
+    x: &[f32],
+    n: usize,
+    c: usize,
+    hw: usize,
+    out: &mut [f32],
+) -> Result<(), KernelError> {
+    if hw == 0 {
+        return Err(KernelError::shape(
+            "global_avg_pool over an empty spatial extent",
+        ));
+    }
+    check_len("global_avg_pool input", x.len(), mul_dims(&[n, c, hw])?)?;
+    check_len("global_avg_pool output", out.len(), mul_dims(&[n, c])?)?;
+    gap(x, hw, out);
+    Ok(())
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2+fma", "aarch64+neon"))]
+fn gap(x: &[f32], hw: usize, out: &mut [f32]) {
+    let inv = hw as f32;
+    for (o, row) in out.iter_mut().zip(x.chunks_exact(hw)) {
+        let mut s = 0.0f32;
+        for &v in row {
+            s += v;
+        }
+        *o = s / inv;
+    }
+}
