@@ -14,8 +14,9 @@
 //! variable `SHIFTSERVE_KERNEL=scalar|avx2|avx512|neon`, else the best the CPU supports) and every
 //! variant gives bit-identical results.
 
-pub mod baseline;
 #![allow(clippy::too_many_arguments)]
+
+pub mod baseline;
 
 mod error;
 pub mod float;
