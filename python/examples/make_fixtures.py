@@ -41,8 +41,8 @@ from shiftserve_train.export import export  # noqa: E402
 from shiftserve_train.models import (LSTMClassifier, ResNet, ShiftMLP, TTLSTMClassifier,  # noqa: E402
                                      resnet_cifar, slu_resnet)
 from shiftserve_train.quant import set_quant_mode  # noqa: E402
-from shiftserve_train.testing import (randomize_batchnorm, randomize_linear, replace_if_changed,  # noqa: E402
-                                      synthetic_images)
+from shiftserve_train.testing import (pick_robust_inputs, randomize_batchnorm, randomize_linear,  # noqa: E402
+                                      replace_if_changed, synthetic_images)
 
 AUDIO_SPEC = {"kind": "audio", "sample_rate": 16000, "seconds": 1.0, "features": "log_mel",
               "n_fft": 512, "win_length": 400, "hop_length": 160, "window": "hann", "center": True,
@@ -101,12 +101,17 @@ def check(name, model, x, logits):
 
 
 def export_and_golden(out_dir, name, model, x, *, task="image_classification", labels=None,
-                      preprocess=None, numeric_path="int8", calib=None, intents=None, desc=""):
+                      preprocess=None, numeric_path="int8", calib=None, intents=None, desc="", batch=None):
+    """Export, then write the golden file.  With ``batch``, ``x`` are candidates and the ``batch``
+    ones farthest from int8 rounding ties are kept (pick_robust_inputs)."""
     tmp = out_dir / f"{name}.safetensors.tmp"
     export(model, tmp, name=name, task=task, labels=labels, preprocess=preprocess, intents=intents,
            numeric_path=numeric_path, calib=calib, progress=False, description=desc)
     path = out_dir / f"{name}.safetensors"
     replace_if_changed(tmp, path)
+    if batch is not None:
+        x, margins = pick_robust_inputs(path, x, batch)
+        print(f"{name:<16} quantisation margins (f32 ulps): {np.round(margins, 1).tolist()}")
     logits = reference.forward(path, x)
     save_st(out_dir, f"{name}.golden.safetensors", {"input": np.ascontiguousarray(x, dtype=np.float32),
                                                      "logits": logits})
@@ -117,27 +122,27 @@ def models(out_dir):
     tiny_export.main(out_dir)
     labels10 = tiny_export.FMNIST_LABELS
     pp = tiny_export.PREPROCESS
-    x = synthetic_images(4, 1, 28, 28, seed=7).numpy()
+    x = synthetic_images(32, 1, 28, 28, seed=7).numpy()  # candidates
     calib = [synthetic_images(16, 1, 28, 28, seed=100 + i) for i in range(4)]
 
     m = tiny_export.build()
     set_quant_mode(m, "off")
-    export_and_golden(out_dir, "tiny_w3_float", m, x, labels=labels10, preprocess=pp, numeric_path="float",
+    export_and_golden(out_dir, "tiny_w3_float", m, x[:4], labels=labels10, preprocess=pp, numeric_path="float",
                       desc="tiny_w3 on the float path")
 
     m = tiny_export.build(seed=1, bits=2)
     export_and_golden(out_dir, "tiny_w2", m, x, labels=labels10, preprocess=pp, calib=calib,
-                      desc="CIFAR-stem W2 shift ResNet-8, int8 path")
+                      desc="CIFAR-stem W2 shift ResNet-8, int8 path", batch=4)
 
     m = tiny_export.build(seed=2, bits=3, code="with_zero")
-    export_and_golden(out_dir, "tiny_wz3_float", m, x, labels=labels10, preprocess=pp, numeric_path="float",
+    export_and_golden(out_dir, "tiny_wz3_float", m, x[:4], labels=labels10, preprocess=pp, numeric_path="float",
                       desc="CIFAR-stem 3-bit with-zero shift ResNet-8, float path")
 
     torch.manual_seed(3)
     m = resnet_cifar(depth=8, width=8, in_ch=1, num_classes=10, shift=False)
     randomize_batchnorm(m, seed=3, warmup=synthetic_images(64, 1, 28, 28, seed=4))
     randomize_linear(m.fc, seed=3)
-    export_and_golden(out_dir, "tiny_fp32", m, x, labels=labels10, preprocess=pp, numeric_path="float",
+    export_and_golden(out_dir, "tiny_fp32", m, x[:4], labels=labels10, preprocess=pp, numeric_path="float",
                       desc="full-precision twin of tiny_w3")
 
     torch.manual_seed(4)
@@ -145,10 +150,10 @@ def models(out_dir):
                in_channels=3, num_classes=5, bits=4)
     randomize_batchnorm(m, seed=4, warmup=synthetic_images(32, 3, 32, 32, seed=5))
     randomize_linear(m.fc, seed=4)
-    xb = synthetic_images(3, 3, 32, 32, seed=8).numpy()
+    xb = synthetic_images(32, 3, 32, 32, seed=8).numpy()
     export_and_golden(out_dir, "bottleneck_w4", m, xb, labels=["a", "b", "c", "d", "e"],
                       preprocess=RGB_SPEC, calib=[synthetic_images(8, 3, 32, 32, seed=200 + i) for i in range(4)],
-                      desc="ImageNet-stem Bottleneck W4 shift ResNet, int8 path")
+                      desc="ImageNet-stem Bottleneck W4 shift ResNet, int8 path", batch=3)
 
     torch.manual_seed(5)
     m = slu_resnet(widths=(8, 16, 32), layers=(1, 1, 1), num_classes=31)
@@ -157,10 +162,10 @@ def models(out_dir):
     randomize_linear(m.fc, seed=5)
     intents = slu_intents()
     labels = ["/".join([i["action"], i["object"], i["location"]]) for i in intents]
-    export_and_golden(out_dir, "slu_w3", m, audio_batch(2, AUDIO_SPEC, seed=9), task="spoken_intent",
+    export_and_golden(out_dir, "slu_w3", m, audio_batch(128, AUDIO_SPEC, seed=9), task="spoken_intent",
                       labels=labels, intents=intents, preprocess=AUDIO_SPEC,
                       calib=[torch.from_numpy(xa[i:i + 8]) for i in range(0, 24, 8)],
-                      desc="SLU shift ResNet (W3) on log-mel, int8 path")
+                      desc="SLU shift ResNet (W3) on log-mel, int8 path", batch=2)
 
     torch.manual_seed(6)
     m = ShiftMLP(64, [32, 16], 10, bits=5, code="with_zero")

@@ -22,7 +22,8 @@ from safetensors.numpy import save_file
 from shiftserve_train import reference
 from shiftserve_train.export import export
 from shiftserve_train.models import resnet_cifar
-from shiftserve_train.testing import randomize_batchnorm, randomize_linear, replace_if_changed, synthetic_images
+from shiftserve_train.testing import (pick_robust_inputs, randomize_batchnorm, randomize_linear, replace_if_changed,
+                                      synthetic_images)
 
 FMNIST_LABELS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
                  "bag", "ankle-boot"]
@@ -47,7 +48,8 @@ def main(out_dir):
     export(model, path, name="tiny_w3", task="image_classification", labels=FMNIST_LABELS,
            preprocess=PREPROCESS, numeric_path="int8", calib=calib, progress=False,
            description="tiny CIFAR-stem W3 shift ResNet-8 (random weights), golden fixture")
-    x = synthetic_images(4, 1, 28, 28, seed=7).numpy()
+    # golden inputs: the 4 of 32 synthetic images farthest from int8 rounding ties
+    x, margins = pick_robust_inputs(path, synthetic_images(32, 1, 28, 28, seed=7).numpy(), 4)
     logits, values = reference.forward(path, x, return_all=True)
     golden = {"input": x, "logits": logits}
     # per-node outputs of the reference, to localise a disagreement ("node.<name>")
@@ -62,6 +64,7 @@ def main(out_dir):
     for n in mf.graph["nodes"]:
         attrs = {k: v for k, v in n.items() if k not in ("name", "op", "inputs", "output")}
         print(f"{n['name']:<22} {n['op']:<13} {json.dumps(attrs)[:100]}")
+    print("quantisation margins (f32 ulps):", np.round(margins, 1))
     print("reference logits:\n", np.array2string(logits, precision=4))
     print("max |torch - reference| =", float(np.abs(torch_logits - logits).max()),
           " top-1 equal:", bool((torch_logits.argmax(1) == logits.argmax(1)).all()))

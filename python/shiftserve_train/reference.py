@@ -307,6 +307,37 @@ def op_lstm_tt(mf, node, x):
                      b, hid, _lstm_mode(node))
 
 
+#: ops whose f32 result is fully specified by docs/format.md (bit-reproducible by any correct
+#: implementation, given bit-identical inputs); everything else (fp32 GEMMs, averages, LSTMs)
+#: may differ in the last bits between implementations.
+EXACT_OPS = {"shift_conv2d", "shift_linear", "maxpool2d", "flatten", "relu", "add"}
+
+
+def quantization_margins(mf: ModelFile | str | Path, x) -> np.ndarray:
+    """Per sample, the smallest distance (in units of the f32 ulp of the value) between an
+    activation entering an int8 quantiser and the nearest rounding boundary ``(k + 0.5) * scale``,
+    over the quantisers whose input is not bit-reproducible (downstream of an fp32 op).  A margin
+    of a few ulps means an f32 implementation that rounds differently in the stem may flip one
+    ``q`` by 1; golden inputs are chosen with large margins.  ``inf`` when no quantiser is at risk."""
+    if not isinstance(mf, ModelFile):
+        mf = ModelFile(mf)
+    _, vals = forward(mf, x, return_all=True)
+    exact = {mf.input_name: True}
+    margins = np.full(len(x), np.inf)
+    for node in mf.graph["nodes"]:
+        ins_exact = all(exact[i] for i in node["inputs"])
+        exact[node["output"]] = ins_exact and node["op"] in EXACT_OPS
+        if node.get("path") == "int8" and not exact[node["inputs"][0]]:
+            v = vals[node["inputs"][0]].astype(F32)
+            scale = F32(node["input_quant"]["scale"])
+            t = (v / scale).astype(np.float64)
+            dist = np.abs(np.abs(t - np.floor(t)) - 0.5) * float(scale)
+            ulp = np.spacing(np.abs(v)).astype(np.float64)
+            m = (dist / ulp).reshape(len(x), -1).min(axis=1)
+            margins = np.minimum(margins, m)
+    return margins
+
+
 def forward(mf: ModelFile | str | Path, x, return_all: bool = False):
     """Run the graph on a batch ``x [B, *input_shape]`` (f32).  Returns logits ``[B, classes]``
     (and the dict of all values when ``return_all``)."""

@@ -90,3 +90,17 @@ def replace_if_changed(tmp_path, final_path) -> bool:
     os.replace(tmp_path, final_path)
     final_path.chmod(0o644)
     return True
+
+
+def pick_robust_inputs(model_path, candidates, batch: int):
+    """The ``batch`` candidate inputs (kept in candidate order) whose int8 quantisers are farthest
+    from a rounding tie (see :func:`shiftserve_train.reference.quantization_margins`), so that
+    golden logits do not depend on the last bit of an fp32 stem.  Returns (inputs, margins)."""
+    import numpy as np
+
+    from . import reference
+
+    candidates = np.asarray(candidates, dtype=np.float32)
+    m = reference.quantization_margins(model_path, candidates)
+    keep = np.sort(np.argsort(-m, kind="stable")[:batch])
+    return np.ascontiguousarray(candidates[keep]), m[keep]
