@@ -1,10 +1,29 @@
 //! shiftserve model files: loading, validation, preprocessing and execution on the shift kernels.
 //!
-//! CONTRACT SKELETON (docs/architecture.md): the types below are what the server compiles
-//! against. Bodies are being filled in by the models work; signatures change only by agreement.
+//! * [`format`]: the safetensors container, memory-mapped and validated completely
+//!   (docs/format.md); [`graph`]: the typed graph with reference and shape checks.
+//! * [`preprocess`]: the image and audio front ends declared in the file.
+//! * [`plan`]: the execution plan (kernel layer objects built once at load) and [`Session`]s
+//!   with buffers preallocated for a maximum batch.
+//! * [`builder`] / [`synth`]: writing model files from Rust; a random-weight ResNet-18 W3 for
+//!   benchmarks.
 
-use std::fmt;
+pub mod builder;
+mod error;
+pub mod format;
+pub mod graph;
+pub mod lstm;
+pub mod plan;
+pub mod preprocess;
+pub mod synth;
+
 use std::path::Path;
+use std::sync::Arc;
+
+pub use error::{ErrorKind, ModelError, PreprocessError};
+
+use format::ModelFile;
+use graph::{Op, PathSpec};
 
 /// What the model does; decides the server's answer shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,9 +72,28 @@ pub struct ModelInfo {
     /// Bytes the same parameters would take in fp32.
     pub fp32_bytes: u64,
     pub parameters: u64,
-    /// Numeric path of the shift layers: `"int8"`, `"float"` or `"none"`.
+    /// Numeric path of the shift layers: `"int8"`, `"float"`, `"mixed"` or `"none"`.
     pub numeric_path: String,
     pub description: String,
+}
+
+/// One graph node as `shiftserve inspect` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerInfo {
+    pub name: String,
+    /// Operator name as in the file (`"shift_conv2d"`, ...).
+    pub op: &'static str,
+    /// Shape of the first input (no batch dimension).
+    pub input_shape: Vec<usize>,
+    pub output_shape: Vec<usize>,
+    /// Weight bits of a shift layer.
+    pub bits: Option<u8>,
+    /// Numeric path of a shift layer (`"int8"` / `"float"`).
+    pub path: Option<&'static str>,
+    /// Parameters (weights, scales, biases, TT cores).
+    pub params: u64,
+    /// Bytes of this layer's tensors in the file.
+    pub bytes: u64,
 }
 
 /// What the client said the payload is (Content-Type), if anything.
@@ -66,42 +104,6 @@ pub enum MediaHint {
     Audio,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// Malformed or unusable input (HTTP 400).
-    BadInput,
-    /// A media type this model cannot take (HTTP 415).
-    UnsupportedMedia,
-    /// Over a size limit: pixels, seconds, bytes (HTTP 413).
-    TooLarge,
-    /// The model file is invalid.
-    InvalidModel,
-    /// I/O error.
-    Io,
-    /// Internal failure (HTTP 500).
-    Internal,
-}
-
-#[derive(Debug, Clone)]
-pub struct ModelError {
-    pub kind: ErrorKind,
-    pub message: String,
-}
-
-impl ModelError {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ModelError { kind, message: message.into() }
-    }
-}
-
-impl fmt::Display for ModelError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for ModelError {}
-
 /// Limits applied while decoding inputs (defence against decompression bombs).
 #[derive(Debug, Clone, Copy)]
 pub struct InputLimits {
@@ -111,59 +113,131 @@ pub struct InputLimits {
 
 impl Default for InputLimits {
     fn default() -> Self {
-        InputLimits { max_pixels: 40_000_000, max_audio_seconds: 30.0 }
+        InputLimits {
+            max_pixels: 40_000_000,
+            max_audio_seconds: 30.0,
+        }
     }
 }
 
 /// An opened, validated and planned model file. `Send + Sync`; share it behind an `Arc`.
 pub struct Model {
     info: ModelInfo,
+    layers: Vec<LayerInfo>,
+    preprocess: preprocess::PreprocessSpec,
+    plan: Arc<plan::Plan>,
 }
 
 impl Model {
+    /// Memory-maps, validates and plans a model file.
     pub fn open(path: &Path) -> Result<Model, ModelError> {
-        let _ = path;
-        Err(ModelError::new(ErrorKind::Internal, "models: loader not implemented yet"))
+        Self::from_file(ModelFile::open(path)?)
     }
 
+    /// Validates and plans an in-memory model file.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Model, ModelError> {
-        let _ = bytes;
-        Err(ModelError::new(ErrorKind::Internal, "models: loader not implemented yet"))
+        Self::from_file(ModelFile::from_bytes(bytes)?)
+    }
+
+    fn from_file(file: ModelFile) -> Result<Model, ModelError> {
+        let layers = layer_infos(&file);
+        let plan = plan::Plan::build(&file)?;
+        let parameters: u64 = layers.iter().map(|l| l.params).sum();
+        let mut bits: Vec<u8> = layers.iter().filter_map(|l| l.bits).collect();
+        bits.sort_unstable();
+        bits.dedup();
+        let mut paths: Vec<&str> = layers.iter().filter_map(|l| l.path).collect();
+        paths.sort_unstable();
+        paths.dedup();
+        let numeric_path = match paths.as_slice() {
+            [] => "none".to_string(),
+            [one] => one.to_string(),
+            _ => "mixed".to_string(),
+        };
+        let info = ModelInfo {
+            name: file.name.clone(),
+            task: file.task,
+            labels: file.labels.clone(),
+            intents: file.intents.clone(),
+            input_shape: file.graph.input.shape.clone(),
+            preprocess_json: file.preprocess_json.clone(),
+            input_kind: file.preprocess.kind(),
+            weight_bits: bits,
+            file_bytes: file.file_bytes(),
+            fp32_bytes: parameters * 4,
+            parameters,
+            numeric_path,
+            description: file.description.clone(),
+        };
+        // `file` (and its memory map) is dropped here: the plan owns its weights.
+        Ok(Model {
+            info,
+            layers,
+            preprocess: file.preprocess.clone(),
+            plan: Arc::new(plan),
+        })
     }
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
     }
 
+    /// The graph nodes with shapes, bits, parameters and bytes (for `shiftserve inspect`).
+    pub fn layers(&self) -> &[LayerInfo] {
+        &self.layers
+    }
+
+    /// The parsed preprocessing spec.
+    pub fn preprocess_spec(&self) -> &preprocess::PreprocessSpec {
+        &self.preprocess
+    }
+
     /// Decode and featurize one input into the model's input tensor (`info().input_shape`).
-    pub fn preprocess(&self, data: &[u8], hint: MediaHint, limits: &InputLimits) -> Result<Vec<f32>, ModelError> {
-        let _ = (data, hint, limits);
-        Err(ModelError::new(ErrorKind::Internal, "models: preprocessing not implemented yet"))
+    pub fn preprocess(
+        &self,
+        data: &[u8],
+        hint: MediaHint,
+        limits: &InputLimits,
+    ) -> Result<Vec<f32>, ModelError> {
+        self.preprocess.run(data, hint, limits)
     }
 
     /// A session with buffers preallocated for up to `max_batch` samples, running on `threads` threads.
     pub fn session(&self, max_batch: usize, threads: usize) -> Session {
-        let _ = threads;
-        Session { max_batch, logits: Vec::new() }
+        Session {
+            inner: plan::Runner::new(Arc::clone(&self.plan), max_batch.max(1), threads.max(1)),
+        }
     }
 }
 
 /// Runs batches; owned by one inference thread.
 pub struct Session {
-    max_batch: usize,
-    logits: Vec<f32>,
+    inner: plan::Runner,
 }
 
 impl Session {
     pub fn max_batch(&self) -> usize {
-        self.max_batch
+        self.inner.max_batch()
+    }
+
+    /// Threads this session computes with.
+    pub fn threads(&self) -> usize {
+        self.inner.threads()
     }
 
     /// Runs a batch of preprocessed inputs; returns `[batch, classes]` logits.
     pub fn run(&mut self, batch: &[&[f32]]) -> Result<&[f32], ModelError> {
-        let _ = batch;
-        Err(ModelError::new(ErrorKind::Internal, "models: runtime not implemented yet"))?;
-        Ok(&self.logits)
+        self.inner.run(batch)
+    }
+
+    /// As [`Session::run`], calling `observe(node name, [batch, ...] output)` after every node
+    /// (for localising disagreements with a reference; flatten nodes are not reported).
+    pub fn run_observed(
+        &mut self,
+        batch: &[&[f32]],
+        observe: &mut dyn FnMut(&str, &[f32]),
+    ) -> Result<&[f32], ModelError> {
+        self.inner.run_observed(batch, observe)
     }
 }
 
@@ -175,7 +249,119 @@ pub fn softmax(logits: &[f32]) -> Vec<f32> {
     exps.into_iter().map(|e| e / sum).collect()
 }
 
-/// The kernel instruction set in use, e.g. `"avx512"`.
+/// The kernel instruction set in use, e.g. `"avx512"` (or `"error: ..."` when the
+/// `SHIFTSERVE_KERNEL` setting names an unavailable one).
 pub fn kernel_isa() -> String {
-    "unknown".to_string()
+    match kernels::selected_isa() {
+        Ok(isa) => isa.to_string(),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+fn layer_infos(file: &ModelFile) -> Vec<LayerInfo> {
+    let bytes_of = |names: &[&str]| -> u64 {
+        names
+            .iter()
+            .filter_map(|n| file.tensor(n))
+            .map(|t| t.data.len() as u64)
+            .sum()
+    };
+    file.graph
+        .nodes
+        .iter()
+        .map(|node| {
+            let (params, bytes, bits, path): (usize, u64, Option<u8>, Option<&'static str>) =
+                match &node.op {
+                    Op::Conv2d {
+                        conv, weight, bias, ..
+                    } => (
+                        conv.out_channels * conv.k() + conv.out_channels,
+                        bytes_of(&[weight, bias]),
+                        None,
+                        None,
+                    ),
+                    Op::ShiftConv2d { conv, shift, .. } => (
+                        conv.out_channels * conv.k() + 2 * conv.out_channels,
+                        bytes_of(&[&shift.weight, &shift.scale, &shift.bias]),
+                        Some(shift.bits as u8),
+                        Some(path_name(&shift.path)),
+                    ),
+                    Op::Linear {
+                        in_features,
+                        out_features,
+                        weight,
+                        bias,
+                        ..
+                    } => (
+                        in_features * out_features + out_features,
+                        bytes_of(&[weight, bias]),
+                        None,
+                        None,
+                    ),
+                    Op::ShiftLinear {
+                        in_features,
+                        out_features,
+                        shift,
+                        ..
+                    } => (
+                        in_features * out_features + 2 * out_features,
+                        bytes_of(&[&shift.weight, &shift.scale, &shift.bias]),
+                        Some(shift.bits as u8),
+                        Some(path_name(&shift.path)),
+                    ),
+                    Op::Lstm {
+                        input_size,
+                        hidden_size,
+                        w_ih,
+                        w_hh,
+                        bias,
+                        ..
+                    } => {
+                        let g = 4 * hidden_size;
+                        (
+                            g * input_size + g * hidden_size + g,
+                            bytes_of(&[w_ih, w_hh, bias]),
+                            None,
+                            None,
+                        )
+                    }
+                    Op::LstmTt {
+                        hidden_size,
+                        ih,
+                        hh,
+                        bias,
+                        ..
+                    } => {
+                        let mut names: Vec<&str> = ih
+                            .cores
+                            .iter()
+                            .chain(hh.cores.iter())
+                            .map(String::as_str)
+                            .collect();
+                        names.push(bias);
+                        (
+                            ih.params() + hh.params() + 4 * hidden_size,
+                            bytes_of(&names),
+                            None,
+                            None,
+                        )
+                    }
+                    _ => (0, 0, None, None),
+                };
+            LayerInfo {
+                name: node.name.clone(),
+                op: node.op.name(),
+                input_shape: node.input_shapes.first().cloned().unwrap_or_default(),
+                output_shape: node.output_shape.clone(),
+                bits,
+                path,
+                params: params as u64,
+                bytes,
+            }
+        })
+        .collect()
+}
+
+fn path_name(p: &PathSpec) -> &'static str {
+    p.as_str()
 }

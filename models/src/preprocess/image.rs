@@ -1,0 +1,401 @@
+//! Image front end: decode (dimension check before decoding) -> channels -> antialiased
+//! bilinear resize in f32 -> center crop -> scale, invert, normalize.
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageFormat, ImageReader, Limits};
+
+use super::{ImageSpec, Media};
+use crate::error::{bad_input, internal, too_large, ModelError};
+use crate::InputLimits;
+
+/// A planar f32 image `[channels, height, width]`, values in 0..=255.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Planar {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    pub data: Vec<f32>,
+}
+
+fn format_of(m: Media) -> ImageFormat {
+    match m {
+        Media::Png => ImageFormat::Png,
+        Media::Jpeg => ImageFormat::Jpeg,
+        Media::Gif => ImageFormat::Gif,
+        Media::Bmp => ImageFormat::Bmp,
+        Media::WebP => ImageFormat::WebP,
+        Media::Wav => unreachable!("not an image"),
+    }
+}
+
+/// Decodes an image after checking its declared dimensions against `max_pixels`.
+pub fn decode(data: &[u8], media: Media, max_pixels: u64) -> Result<DynamicImage, ModelError> {
+    let format = format_of(media);
+    let what = media.describe();
+    let (w, h) = ImageReader::with_format(Cursor::new(data), format)
+        .into_dimensions()
+        .map_err(|e| bad_input(format!("cannot read {what}: {e}")))?;
+    if w == 0 || h == 0 {
+        return Err(bad_input(format!("{what} has zero size ({w}x{h})")));
+    }
+    let pixels = w as u64 * h as u64;
+    if pixels > max_pixels {
+        return Err(too_large(format!(
+            "{what} of {w}x{h} = {pixels} pixels exceeds the limit of {max_pixels}"
+        )));
+    }
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    // RGBA at 16 bits per channel plus decoder scratch.
+    limits.max_alloc = Some(pixels.saturating_mul(16).saturating_add(64 << 20));
+    let mut reader = ImageReader::with_format(Cursor::new(data), format);
+    reader.limits(limits);
+    reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(l) => too_large(format!("{what}: {l}")),
+        other => bad_input(format!("cannot decode {what}: {other}")),
+    })
+}
+
+/// Converts to `channels` (1: luma `0.299R+0.587G+0.114B`; 3: RGB), alpha composited over black.
+pub fn to_planar(img: &DynamicImage, channels: usize) -> Planar {
+    let (width, height) = (img.width() as usize, img.height() as usize);
+    let n = width * height;
+    let mut data = vec![0f32; channels * n];
+    let color = img.color();
+    let eight_bit = color.bytes_per_pixel() / color.channel_count() == 1;
+    if !color.has_color() {
+        // Gray source: luma is the gray value itself, replicated for RGB.
+        let la: Vec<(f32, f32)> = if eight_bit {
+            img.to_luma_alpha8()
+                .pixels()
+                .map(|p| (p.0[0] as f32, p.0[1] as f32 / 255.0))
+                .collect()
+        } else {
+            img.to_luma_alpha32f()
+                .pixels()
+                .map(|p| (p.0[0] * 255.0, p.0[1]))
+                .collect()
+        };
+        for (i, (l, a)) in la.into_iter().enumerate() {
+            let v = if a >= 1.0 { l } else { l * a };
+            for c in 0..channels {
+                data[c * n + i] = v;
+            }
+        }
+    } else {
+        let rgba: Vec<[f32; 4]> = if eight_bit {
+            img.to_rgba8()
+                .pixels()
+                .map(|p| {
+                    [
+                        p.0[0] as f32,
+                        p.0[1] as f32,
+                        p.0[2] as f32,
+                        p.0[3] as f32 / 255.0,
+                    ]
+                })
+                .collect()
+        } else {
+            img.to_rgba32f()
+                .pixels()
+                .map(|p| [p.0[0] * 255.0, p.0[1] * 255.0, p.0[2] * 255.0, p.0[3]])
+                .collect()
+        };
+        for (i, [r, g, b, a]) in rgba.into_iter().enumerate() {
+            let (r, g, b) = if a >= 1.0 {
+                (r, g, b)
+            } else {
+                (r * a, g * a, b * a)
+            };
+            if channels == 1 {
+                data[i] = 0.299 * r + 0.587 * g + 0.114 * b;
+            } else {
+                data[i] = r;
+                data[n + i] = g;
+                data[2 * n + i] = b;
+            }
+        }
+    }
+    Planar {
+        channels,
+        height,
+        width,
+        data,
+    }
+}
+
+/// Filter taps of one output position along one axis.
+struct Taps {
+    start: Vec<usize>,
+    len: Vec<usize>,
+    /// `out_size * max_len` weights, row per output position.
+    weights: Vec<f32>,
+    max_len: usize,
+}
+
+/// PyTorch's antialiased bilinear weights (`align_corners=False`): triangle filter stretched by
+/// the scale when downscaling, taps normalised to sum 1.
+fn taps(in_size: usize, out_size: usize) -> Taps {
+    // Weights in f64 like the reference (which resizes a float64 tensor), stored as f32.
+    let scale = in_size as f64 / out_size as f64;
+    let support = if scale >= 1.0 { scale } else { 1.0 };
+    let invscale = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
+    let max_len = (support.ceil() as usize) * 2 + 1;
+    let mut t = Taps {
+        start: Vec::with_capacity(out_size),
+        len: Vec::with_capacity(out_size),
+        weights: vec![0.0; out_size * max_len],
+        max_len,
+    };
+    let mut w = vec![0f64; max_len];
+    for i in 0..out_size {
+        let center = scale * (i as f64 + 0.5);
+        // `as i64` truncates toward zero, like static_cast<int64_t>.
+        let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+        let xmax = ((center + support + 0.5) as i64)
+            .min(in_size as i64)
+            .max(xmin as i64) as usize;
+        let len = (xmax - xmin).min(max_len);
+        let mut total = 0f64;
+        for (j, wj) in w[..len].iter_mut().enumerate() {
+            let x = (j as f64 + xmin as f64 - center + 0.5) * invscale;
+            let v = (1.0 - x.abs()).max(0.0);
+            *wj = v;
+            total += v;
+        }
+        for (j, &wj) in w[..len].iter().enumerate() {
+            t.weights[i * max_len + j] = if total != 0.0 {
+                (wj / total) as f32
+            } else {
+                wj as f32
+            };
+        }
+        t.start.push(xmin);
+        t.len.push(len);
+    }
+    t
+}
+
+/// Separable antialiased bilinear resize (width pass, then height pass, f32 throughout),
+/// matching `F.interpolate(mode="bilinear", antialias=True, align_corners=False)`.
+pub fn resize(src: &Planar, out_h: usize, out_w: usize) -> Planar {
+    let (c, h, w) = (src.channels, src.height, src.width);
+    let horizontal = if out_w != w {
+        let t = taps(w, out_w);
+        let mut out = vec![0f32; c * h * out_w];
+        for (row_in, row_out) in src.data.chunks_exact(w).zip(out.chunks_exact_mut(out_w)) {
+            for (x, o) in row_out.iter_mut().enumerate() {
+                let ws = &t.weights[x * t.max_len..x * t.max_len + t.len[x]];
+                let s = &row_in[t.start[x]..t.start[x] + t.len[x]];
+                let mut acc = 0f32;
+                for (a, b) in ws.iter().zip(s) {
+                    acc += a * b;
+                }
+                *o = acc;
+            }
+        }
+        Planar {
+            channels: c,
+            height: h,
+            width: out_w,
+            data: out,
+        }
+    } else {
+        src.clone()
+    };
+    if out_h == h {
+        return horizontal;
+    }
+    let t = taps(h, out_h);
+    let wd = out_w;
+    let mut out = vec![0f32; c * out_h * wd];
+    for ch in 0..c {
+        let plane = &horizontal.data[ch * h * wd..(ch + 1) * h * wd];
+        let oplane = &mut out[ch * out_h * wd..(ch + 1) * out_h * wd];
+        for y in 0..out_h {
+            let ws = &t.weights[y * t.max_len..y * t.max_len + t.len[y]];
+            let orow = &mut oplane[y * wd..(y + 1) * wd];
+            for (x, o) in orow.iter_mut().enumerate() {
+                let mut acc = 0f32;
+                for (j, wj) in ws.iter().enumerate() {
+                    acc += wj * plane[(t.start[y] + j) * wd + x];
+                }
+                *o = acc;
+            }
+        }
+    }
+    Planar {
+        channels: c,
+        height: out_h,
+        width: out_w,
+        data: out,
+    }
+}
+
+/// Output size when the shorter side becomes `size` (torchvision `Resize(int)`).
+pub fn shorter_side_size(h: usize, w: usize, size: usize) -> (usize, usize) {
+    if w <= h {
+        (((size * h) as f64 / w as f64) as usize, size)
+    } else {
+        (size, ((size * w) as f64 / h as f64) as usize)
+    }
+}
+
+/// Center crop to `(ch, cw)` at offset `(size - crop) // 2`; a crop larger than the image pads
+/// with zeros, `(crop - size) // 2` before the image (the convention of the Python reference,
+/// `shiftserve_train.features.center_crop`).
+pub fn center_crop(src: &Planar, ch: usize, cw: usize) -> Planar {
+    let (c, h, w) = (src.channels, src.height, src.width);
+    // offset of the crop window in source coordinates (may be negative when padding)
+    let off = |size: usize, crop: usize| -> isize {
+        if crop > size {
+            -(((crop - size) / 2) as isize)
+        } else {
+            ((size - crop) / 2) as isize
+        }
+    };
+    let (oy, ox) = (off(h, ch), off(w, cw));
+    let mut out = vec![0f32; c * ch * cw];
+    for k in 0..c {
+        for y in 0..ch {
+            let sy = y as isize + oy;
+            if sy < 0 || sy >= h as isize {
+                continue;
+            }
+            for x in 0..cw {
+                let sx = x as isize + ox;
+                if sx < 0 || sx >= w as isize {
+                    continue;
+                }
+                out[(k * ch + y) * cw + x] = src.data[(k * h + sy as usize) * w + sx as usize];
+            }
+        }
+    }
+    Planar {
+        channels: c,
+        height: ch,
+        width: cw,
+        data: out,
+    }
+}
+
+/// Everything after decoding: channels, resize, crop, scale, invert, normalize.
+pub fn featurize(img: &DynamicImage, spec: &ImageSpec) -> Vec<f32> {
+    let planar = to_planar(img, spec.channels);
+    let (h, w) = (planar.height, planar.width);
+    let (rh, rw) = match spec.resize {
+        Some(s) => shorter_side_size(h, w, s),
+        None => spec.crop,
+    };
+    let resized = if (rh, rw) != (h, w) {
+        resize(&planar, rh.max(1), rw.max(1))
+    } else {
+        planar
+    };
+    let cropped = if (resized.height, resized.width) != spec.crop {
+        center_crop(&resized, spec.crop.0, spec.crop.1)
+    } else {
+        resized
+    };
+    let plane = spec.crop.0 * spec.crop.1;
+    let mut out = cropped.data;
+    for (c, chunk) in out.chunks_exact_mut(plane).enumerate() {
+        let (m, s) = (spec.mean[c], spec.std[c]);
+        for v in chunk.iter_mut() {
+            let mut x = *v / 255.0;
+            if spec.invert {
+                x = 1.0 - x;
+            }
+            *v = (x - m) / s;
+        }
+    }
+    out
+}
+
+/// The whole image front end.
+pub fn preprocess(
+    spec: &ImageSpec,
+    data: &[u8],
+    media: Media,
+    limits: &InputLimits,
+) -> Result<Vec<f32>, ModelError> {
+    let img = decode(data, media, limits.max_pixels)?;
+    let out = featurize(&img, spec);
+    if out.len() != spec.channels * spec.crop.0 * spec.crop.1 {
+        return Err(internal(
+            "image preprocessing produced a wrong-sized tensor",
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planar(h: usize, w: usize, f: impl Fn(usize, usize) -> f32) -> Planar {
+        let mut data = Vec::new();
+        for y in 0..h {
+            for x in 0..w {
+                data.push(f(y, x));
+            }
+        }
+        Planar {
+            channels: 1,
+            height: h,
+            width: w,
+            data,
+        }
+    }
+
+    #[test]
+    fn downscale_by_two_averages_pairs_with_triangle_weights() {
+        // scale 2: support 2, taps at distance 0.5 and 1.5 -> weights 3/4, 1/4 (normalised: 3:3:1:1 / 8)
+        let t = taps(8, 4);
+        assert_eq!(t.start[1], 1);
+        let w = &t.weights[t.max_len..t.max_len + t.len[1]];
+        assert_eq!(w.len(), 4);
+        let expect = [0.125, 0.375, 0.375, 0.125];
+        for (a, b) in w.iter().zip(expect) {
+            assert!((a - b).abs() < 1e-7, "{w:?}");
+        }
+        // edge: taps truncated and renormalised
+        let w0 = &t.weights[..t.len[0]];
+        assert_eq!(t.start[0], 0);
+        let s: f32 = w0.iter().sum();
+        assert!((s - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn constant_image_stays_constant_and_ramp_stays_monotone() {
+        let p = planar(37, 53, |_, _| 77.0);
+        let r = resize(&p, 11, 16);
+        assert!(r.data.iter().all(|&v| (v - 77.0).abs() < 1e-4));
+        let ramp = planar(10, 40, |_, x| x as f32);
+        let r = resize(&ramp, 10, 13);
+        assert!(r.data[..13].windows(2).all(|p| p[0] < p[1]));
+        // upscale: interior samples interpolate linearly
+        let small = planar(1, 4, |_, x| (x * 10) as f32);
+        let up = resize(&small, 1, 8);
+        // output x=2 has center 1.25 -> between inputs 0 and 1 (at 0.5 and 1.5): 0.75*10 + 0.25*0
+        assert!((up.data[2] - 7.5).abs() < 1e-5, "{:?}", up.data);
+    }
+
+    #[test]
+    fn crop_offsets_follow_the_python_reference() {
+        let p = planar(5, 5, |y, x| (y * 5 + x) as f32);
+        let c = center_crop(&p, 2, 2); // (5-2)//2 = 1
+        assert_eq!(c.data, vec![6.0, 7.0, 11.0, 12.0]);
+        let c = center_crop(&p, 3, 3); // offset 1
+        assert_eq!(c.data[0], 6.0);
+        let padded = center_crop(&planar(2, 2, |_, _| 1.0), 4, 5);
+        // pad top (4-2)//2 = 1, left (5-2)//2 = 1
+        assert_eq!(padded.data[5 + 1], 1.0);
+        assert_eq!(padded.data[0], 0.0);
+        assert_eq!(padded.data.iter().filter(|&&v| v == 1.0).count(), 4);
+        assert_eq!(shorter_side_size(480, 640, 256), (256, 341));
+        assert_eq!(shorter_side_size(640, 480, 256), (341, 256));
+    }
+}
