@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use realfft::RealFftPlanner;
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
-use rubato::{Fft, FixedSync, Resampler};
+use rubato::{Fft, FixedSync, Resampler, WindowFunction};
 
 use super::{AudioSpec, Normalize};
 use crate::error::{bad_input, internal, too_large, unsupported, ModelError};
@@ -39,21 +39,25 @@ fn check_length(frames: u64, rate: u32, limits: &InputLimits) -> Result<(), Mode
 pub fn decode_wav(data: &[u8], limits: &InputLimits) -> Result<Mono, ModelError> {
     match hound::WavReader::new(Cursor::new(data)) {
         Ok(reader) => decode_hound(reader, limits),
-        // hound has no 64-bit float; read those (and only those) with the chunk walker below.
-        Err(hound::Error::Unsupported) => match parse_riff(data)? {
-            Riff {
+        Err(e) => {
+            // hound has no 64-bit float; read those (and only those) with the chunk walker below.
+            if let Ok(Riff {
                 tag: 3,
                 bits: 64,
                 channels,
                 rate,
                 pcm,
-            } => decode_f64(channels, rate, pcm, limits),
-            r => Err(unsupported(format!(
-                "unsupported WAV encoding (format tag {:#x}, {} bits per sample)",
-                r.tag, r.bits
-            ))),
-        },
-        Err(e) => Err(bad_input(format!("cannot read WAV audio: {e}"))),
+            }) = parse_riff(data)
+            {
+                return decode_f64(channels, rate, pcm, limits);
+            }
+            Err(match e {
+                hound::Error::Unsupported => {
+                    unsupported("unsupported WAV encoding (only PCM and IEEE float)")
+                }
+                e => bad_input(format!("cannot read WAV audio: {e}")),
+            })
+        }
     }
 }
 
@@ -208,8 +212,16 @@ pub fn resample(x: &[f64], from: u32, to: u32) -> Result<Vec<f64>, ModelError> {
     if from == to || x.is_empty() {
         return Ok(x.to_vec());
     }
-    let mut r = Fft::<f64>::new(from as usize, to as usize, 1024, 1, FixedSync::Input)
-        .map_err(|e| internal(format!("resampler: {e}")))?;
+    let mut r = Fft::<f64>::new_custom(
+        from as usize,
+        to as usize,
+        1024,
+        1,
+        1,
+        WindowFunction::Hann,
+        FixedSync::Input,
+    )
+    .map_err(|e| internal(format!("resampler: {e}")))?;
     let input = InterleavedSlice::new(x, 1, x.len())
         .map_err(|e| internal(format!("resampler input: {e}")))?;
     let out = r
