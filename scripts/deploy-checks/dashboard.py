@@ -16,7 +16,8 @@ What it checks (exit 1 with the list of problems otherwise):
   `x_count`; rules may also use recording-rule names), and every label it matches or groups by is
   a label of those series (plus Prometheus' own `job`/`instance`, and `le` on buckets);
 - with --prometheus, every expression, Grafana variables substituted, is also parsed and evaluated
-  by that real Prometheus (/api/v1/query answers success).
+  by that real Prometheus (/api/v1/query answers success); with --require-data every dashboard
+  query and recording rule must also return at least one series (alerts may be empty).
 """
 import argparse
 import json
@@ -151,7 +152,7 @@ def dashboard_exprs(path, doc):
             if not m:
                 problem(f"{path.name}: template variable {var.get('name')} query not understood: {text}")
                 continue
-            out.append((f"{path.name} variable ${var['name']}", m.group(1), [m.group(2)]))
+            out.append((f"{path.name} variable ${var['name']}", m.group(1), [m.group(2)], True))
     for p in walk_panels(doc.get("panels", [])):
         for t in p.get("targets", []):
             if "expr" not in t:
@@ -159,7 +160,7 @@ def dashboard_exprs(path, doc):
                 continue
             if not t.get("datasource") and not p.get("datasource"):
                 problem(f"{path.name}: panel '{p.get('title')}' target {t.get('refId')} has no datasource")
-            out.append((f"{path.name} panel '{p.get('title')}' {t.get('refId')}", t["expr"], []))
+            out.append((f"{path.name} panel '{p.get('title')}' {t.get('refId')}", t["expr"], [], True))
     return out
 
 
@@ -203,7 +204,8 @@ def rule_exprs():
             for r in g.get("rules", []):
                 if "record" in r:
                     recorded.add(r["record"])
-                out.append((f"{f.name} {r.get('record') or r.get('alert')}", r["expr"], []))
+                # alerts are conditions: no result is the healthy answer
+                out.append((f"{f.name} {r.get('record') or r.get('alert')}", r["expr"], [], "record" in r))
     return out, recorded
 
 
@@ -251,9 +253,9 @@ def check_provisioning(dashboards_found):
     return uids
 
 
-def prometheus_eval(prom, exprs):
+def prometheus_eval(prom, exprs, require_data):
     evaluated = with_data = 0
-    for where, expr, _ in exprs:
+    for where, expr, _, must_have_data in exprs:
         q = grafana_substitute(expr)
         url = f"{prom}/api/v1/query?" + urllib.parse.urlencode({"query": q})
         try:
@@ -267,6 +269,8 @@ def prometheus_eval(prom, exprs):
         evaluated += 1
         if doc["data"]["result"]:
             with_data += 1
+        elif require_data and must_have_data:
+            problem(f"{where}: no data from Prometheus for {q}")
     return evaluated, with_data
 
 
@@ -276,6 +280,8 @@ def main():
     src.add_argument("--metrics-url")
     src.add_argument("--metrics-file")
     ap.add_argument("--prometheus", help="base URL of a Prometheus to evaluate every expression on")
+    ap.add_argument("--require-data", action="store_true",
+                    help="with --prometheus: every dashboard query and recording rule must return a series")
     args = ap.parse_args()
 
     if args.metrics_url:
@@ -327,7 +333,7 @@ def main():
     rexprs, recorded = rule_exprs()
 
     checked_names = set()
-    for where, expr, extra_labels in exprs + rexprs:
+    for where, expr, extra_labels, _ in exprs + rexprs:
         metrics, label_uses = analyse(expr)
         if not metrics:
             problem(f"{where}: no metric found in {expr!r}")
@@ -359,9 +365,9 @@ def main():
 
     print(f"dashboards: {len(dashboards)} ({n_panels} panels); expressions: {len(exprs)} in dashboards, "
           f"{len(rexprs)} in rules; exported series names: {len(series)}")
-    print(f"metrics referenced and exported: {', '.join(sorted(checked_names))}")
+    print(f"metrics referenced (exported by the server, or recorded by the rules): {', '.join(sorted(checked_names))}")
     if args.prometheus:
-        ev, data = prometheus_eval(args.prometheus, exprs + rexprs)
+        ev, data = prometheus_eval(args.prometheus, exprs + rexprs, args.require_data)
         print(f"Prometheus at {args.prometheus} parsed and evaluated {ev}/{len(exprs) + len(rexprs)} expressions "
               f"({data} returned data)")
     sys.stdout.flush()

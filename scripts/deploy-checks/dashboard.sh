@@ -8,11 +8,18 @@ source "$(dirname "$0")/common.sh"
 dc_require_tools
 dc_start_server "$1" "$2"
 SPEC=$(dc_models_spec) || dc_fail "could not derive the model list from $SERVER_URL/v1/models"
-dc_log "exercising every model once (good and malformed input) so every series exists"
-dc_exercise "$SPEC"
 dc_start_prometheus
-# Let Prometheus scrape at least twice so rate() has two points (bounded wait).
-sleep 11
-"$DC_PY" "$DC_DIR/dashboard.py" --metrics-url "$SERVER_URL/metrics" --prometheus "$PROM" ||
+# First scrape before any traffic, then one good and one malformed request per model, then wait
+# until a scrape has them: every rate() in the dashboard then has two points and a value.
+"$DC_PY" "$DC_DIR/prom_wait.py" "$PROM" 'up{job="shiftserve"}' 1 30 || dc_fail "Prometheus never scraped the server"
+dc_log "exercising every model once (good and malformed input) so every series moves"
+dc_exercise "$SPEC"
+N=$(tr ',' '\n' <<<"$SPEC" | wc -l)
+"$DC_PY" "$DC_DIR/prom_wait.py" "$PROM" 'sum(shiftserve_requests_total)' "$((2 * N))" 30 ||
+  dc_fail "Prometheus never saw the exercise requests"
+# Series born with the exercise (e.g. the first error of a reason) need a second sample for rate().
+"$DC_PY" "$DC_DIR/prom_wait.py" "$PROM" 'min(count_over_time(shiftserve_requests_total[1m]))' 2 30 ||
+  dc_fail "Prometheus did not scrape twice after the exercise"
+"$DC_PY" "$DC_DIR/dashboard.py" --metrics-url "$SERVER_URL/metrics" --prometheus "$PROM" --require-data ||
   dc_fail "dashboard/provisioning/rules check failed"
 dc_log "PASS: dashboard, provisioning and rules reference only exported metrics and labels"
