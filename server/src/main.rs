@@ -1,4 +1,159 @@
-fn main() {
-    eprintln!("shiftserve: under construction");
-    std::process::exit(2);
+//! The `shiftserve` binary: `serve` (default), `inspect`, `run`, `bench`.
+
+use clap::{Parser, Subcommand};
+use shiftserve::cli;
+use shiftserve::config::{LogFormat, ServeArgs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "shiftserve",
+    version,
+    about = "CPU inference server for multiplication-free (power-of-two weight) networks",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// With no subcommand, `shiftserve` serves (same options as `shiftserve serve`).
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the model repository over HTTP (the default).
+    Serve(ServeArgs),
+    /// Show a model file's metadata, layers, bits, sizes and compression ratio against fp32.
+    Inspect {
+        /// Path to a model file (.safetensors).
+        model: PathBuf,
+    },
+    /// Classify one image or WAV file.
+    Run {
+        model: PathBuf,
+        input: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Latency percentiles (p50/p90/p99) and throughput per batch size and thread count.
+    Bench {
+        /// Path to a model file; or use --synthetic.
+        #[arg(required_unless_present = "synthetic", conflicts_with = "synthetic")]
+        model: Option<PathBuf>,
+        /// Build a model with random low-variance weights: `resnet18-w3` (ImageNet ResNet-18, 224x224, W3).
+        #[arg(long, value_parser = ["resnet18-w3"])]
+        synthetic: Option<String>,
+        /// Batch sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,8")]
+        batch: Vec<usize>,
+        /// Thread counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        threads: Vec<usize>,
+        /// Seconds to measure each configuration.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Minimum iterations per configuration.
+        #[arg(long, default_value_t = 5)]
+        min_iters: usize,
+        /// Warmup iterations per configuration.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Seed of the synthetic weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn run_serve(args: ServeArgs) -> Result<(), String> {
+    let args = args.with_config_file()?;
+    init_logging(args.log_format(), &args.log_level());
+    let opts = args.resolve()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("shiftserve-http")
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(shiftserve::serve::serve(opts))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => run_serve(cli.serve),
+        Some(Command::Serve(args)) => run_serve(args),
+        Some(Command::Inspect { model }) => cli::inspect(&model).map(|s| print!("{s}")),
+        Some(Command::Run {
+            model,
+            input,
+            top_k,
+            threads,
+            json,
+        }) => cli::run(&model, &input, top_k, threads, json).map(|s| print!("{s}")),
+        Some(Command::Bench {
+            model,
+            synthetic,
+            batch,
+            threads,
+            seconds,
+            min_iters,
+            warmup,
+            seed,
+        }) => (|| {
+            if batch.contains(&0) || threads.contains(&0) {
+                return Err("batch sizes and thread counts must be positive".to_string());
+            }
+            let (name, m) = match (model, synthetic) {
+                (Some(p), _) => (
+                    p.display().to_string(),
+                    models::Model::open(&p)
+                        .map_err(|e| format!("{}: {}", p.display(), e.message))?,
+                ),
+                (None, Some(s)) => {
+                    eprintln!("building synthetic {s} (seed {seed})...");
+                    (s, models::synth::resnet18_w3(seed))
+                }
+                (None, None) => return Err("give a MODEL path or --synthetic resnet18-w3".into()),
+            };
+            let spec = cli::BenchSpec {
+                batches: batch,
+                threads,
+                seconds,
+                min_iters: min_iters.max(1),
+                warmup,
+            };
+            let rows = cli::bench(&m, &spec)?;
+            print!("{}", cli::bench_table(&name, &rows));
+            Ok(())
+        })(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shiftserve: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,558 @@
+//! One bounded queue and dynamic batcher per model version, drained by dedicated inference
+//! threads (never tokio workers). A batch leaves when it reaches `max_batch_size`, when it
+//! reaches one of the preferred sizes, or `max_queue_delay` after its oldest request arrived.
+//! Requests whose client went away or whose deadline passed are dropped before they run.
+
+use models::{ErrorKind, ModelError};
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Executes batches; one per inference thread, owning its preallocated buffers.
+pub trait Runner: Send {
+    /// Runs `batch` (each a preprocessed sample) and returns `[batch.len(), outputs]` row-major.
+    fn run(&mut self, batch: &[&[f32]]) -> Result<Vec<f32>, ModelError>;
+}
+
+/// The real runner: a `models::Session`.
+pub struct SessionRunner(pub models::Session);
+
+impl Runner for SessionRunner {
+    fn run(&mut self, batch: &[&[f32]]) -> Result<Vec<f32>, ModelError> {
+        self.0.run(batch).map(|out| out.to_vec())
+    }
+}
+
+/// Hooks for metrics and statistics.
+pub trait BatchObserver: Send + Sync {
+    fn queue_depth(&self, _depth: usize) {}
+    fn batch_done(&self, _size: usize, _infer: Duration) {}
+    /// A queued request was dropped without running: its client went away (`cancelled`) or its
+    /// deadline passed.
+    fn skipped(&self, _cancelled: bool) {}
+}
+
+pub struct NoObserver;
+impl BatchObserver for NoObserver {}
+
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    pub max_batch_size: usize,
+    pub preferred_batch_sizes: Vec<usize>,
+    pub max_queue_delay: Duration,
+    pub queue_capacity: usize,
+}
+
+#[derive(Debug)]
+pub struct JobOutput {
+    /// This sample's row of the batch output.
+    pub output: Vec<f32>,
+    pub batch_size: usize,
+    pub queue_time: Duration,
+    pub infer_time: Duration,
+}
+
+#[derive(Debug)]
+pub enum JobError {
+    /// The deadline passed while the request was still queued.
+    Expired,
+    Failed(ModelError),
+}
+
+pub type JobResult = Result<JobOutput, JobError>;
+
+pub struct Job {
+    pub input: Vec<f32>,
+    pub enqueued: Instant,
+    pub deadline: Instant,
+    pub reply: oneshot::Sender<JobResult>,
+}
+
+impl Job {
+    pub fn new(input: Vec<f32>, deadline: Instant) -> (Job, oneshot::Receiver<JobResult>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            Job {
+                input,
+                enqueued: Instant::now(),
+                deadline,
+                reply: tx,
+            },
+            rx,
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The queue is at capacity.
+    Full,
+    /// The batcher no longer accepts work (version being unloaded or server shutting down).
+    Closed,
+}
+
+struct State {
+    queue: VecDeque<Job>,
+    closed: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    cv: Condvar,
+    cfg: BatchConfig,
+    observer: Arc<dyn BatchObserver>,
+}
+
+pub struct Batcher {
+    shared: Arc<Shared>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// How many queued requests to take now, if a batch should leave.
+pub fn batch_take(queued: usize, cfg: &BatchConfig, flush: bool) -> Option<usize> {
+    if queued == 0 {
+        return None;
+    }
+    if queued >= cfg.max_batch_size {
+        return Some(cfg.max_batch_size);
+    }
+    if flush {
+        return Some(queued);
+    }
+    cfg.preferred_batch_sizes
+        .iter()
+        .copied()
+        .filter(|&p| p <= queued)
+        .max()
+}
+
+impl Batcher {
+    /// Starts one inference thread per runner.
+    pub fn start(
+        name: &str,
+        cfg: BatchConfig,
+        runners: Vec<Box<dyn Runner>>,
+        observer: Arc<dyn BatchObserver>,
+    ) -> std::io::Result<Batcher> {
+        assert!(
+            cfg.max_batch_size >= 1 && cfg.queue_capacity >= 1,
+            "invalid batch config"
+        );
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                closed: false,
+            }),
+            cv: Condvar::new(),
+            cfg,
+            observer,
+        });
+        let mut workers = Vec::new();
+        for (i, runner) in runners.into_iter().enumerate() {
+            let sh = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("infer-{name}-{i}"))
+                .spawn(move || worker_loop(sh, runner));
+            match spawned {
+                Ok(h) => workers.push(h),
+                Err(e) => {
+                    shared.state.lock().unwrap().closed = true;
+                    shared.cv.notify_all();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Batcher {
+            shared,
+            workers: Mutex::new(workers),
+        })
+    }
+
+    /// Enqueues all jobs of one request, or none of them.
+    pub fn submit(&self, jobs: Vec<Job>) -> Result<(), SubmitError> {
+        let mut st = self.shared.state.lock().unwrap();
+        if st.closed {
+            return Err(SubmitError::Closed);
+        }
+        if st.queue.len() + jobs.len() > self.shared.cfg.queue_capacity {
+            return Err(SubmitError::Full);
+        }
+        st.queue.extend(jobs);
+        let depth = st.queue.len();
+        drop(st);
+        self.shared.observer.queue_depth(depth);
+        self.shared.cv.notify_one();
+        Ok(())
+    }
+
+    pub fn depth(&self) -> usize {
+        self.shared.state.lock().unwrap().queue.len()
+    }
+
+    pub fn config(&self) -> &BatchConfig {
+        &self.shared.cfg
+    }
+
+    /// Stops accepting work; queued requests still run, then the threads exit.
+    pub fn close(&self) {
+        self.shared.state.lock().unwrap().closed = true;
+        self.shared.cv.notify_all();
+    }
+
+    /// Closes and waits until every queued request has been answered and the threads exited.
+    pub fn shutdown(&self) {
+        self.close();
+        let handles: Vec<_> = self.workers.lock().unwrap().drain(..).collect();
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Batcher {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Removes cancelled and expired jobs; answers the expired ones.
+fn purge(queue: &mut VecDeque<Job>, observer: &dyn BatchObserver) -> bool {
+    let now = Instant::now();
+    let before = queue.len();
+    let mut kept = VecDeque::with_capacity(queue.len());
+    for job in queue.drain(..) {
+        if job.deadline <= now {
+            // A closed reply past its deadline is the handler's own timeout, not a disconnect.
+            let _ = job.reply.send(Err(JobError::Expired));
+            observer.skipped(false);
+        } else if job.reply.is_closed() {
+            observer.skipped(true);
+        } else {
+            kept.push_back(job);
+        }
+    }
+    *queue = kept;
+    queue.len() != before
+}
+
+fn worker_loop(shared: Arc<Shared>, mut runner: Box<dyn Runner>) {
+    let cfg = &shared.cfg;
+    loop {
+        let jobs: Vec<Job> = {
+            let mut st = shared.state.lock().unwrap();
+            let take = loop {
+                if purge(&mut st.queue, &*shared.observer) {
+                    shared.observer.queue_depth(st.queue.len());
+                }
+                let n = st.queue.len();
+                if n == 0 {
+                    if st.closed {
+                        return;
+                    }
+                    st = shared.cv.wait(st).unwrap();
+                    continue;
+                }
+                let now = Instant::now();
+                let oldest = st.queue.front().map(|j| j.enqueued).unwrap_or(now);
+                let due = oldest + cfg.max_queue_delay;
+                if let Some(take) = batch_take(n, cfg, now >= due || st.closed) {
+                    break take;
+                }
+                let earliest_deadline = st.queue.iter().map(|j| j.deadline).min().unwrap_or(due);
+                let wake = due.min(earliest_deadline);
+                let wait = wake
+                    .saturating_duration_since(now)
+                    .max(Duration::from_micros(20));
+                st = shared.cv.wait_timeout(st, wait).unwrap().0;
+            };
+            let jobs: Vec<Job> = st.queue.drain(..take).collect();
+            let rest = st.queue.len();
+            drop(st);
+            shared.observer.queue_depth(rest);
+            if rest > 0 {
+                // Let another instance start forming the next batch.
+                shared.cv.notify_one();
+            }
+            jobs
+        };
+        run_batch(&mut *runner, jobs, &*shared.observer);
+    }
+}
+
+fn run_batch(runner: &mut dyn Runner, jobs: Vec<Job>, observer: &dyn BatchObserver) {
+    let size = jobs.len();
+    let started = Instant::now();
+    let inputs: Vec<&[f32]> = jobs.iter().map(|j| j.input.as_slice()).collect();
+    let result = catch_unwind(AssertUnwindSafe(|| runner.run(&inputs)));
+    let infer = started.elapsed();
+    observer.batch_done(size, infer);
+    let result = match result {
+        Ok(Ok(out)) if !out.is_empty() && out.len() % size == 0 => Ok(out),
+        Ok(Ok(out)) => Err(ModelError::new(
+            ErrorKind::Internal,
+            format!("model returned {} values for a batch of {size}", out.len()),
+        )),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ModelError::new(ErrorKind::Internal, "inference panicked")),
+    };
+    match result {
+        Ok(out) => {
+            let per = out.len() / size;
+            for (i, job) in jobs.into_iter().enumerate() {
+                let _ = job.reply.send(Ok(JobOutput {
+                    output: out[i * per..(i + 1) * per].to_vec(),
+                    batch_size: size,
+                    queue_time: started.saturating_duration_since(job.enqueued),
+                    infer_time: infer,
+                }));
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e.message, batch = size, "batch execution failed");
+            for job in jobs {
+                let _ = job.reply.send(Err(JobError::Failed(e.clone())));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+
+    /// Sums each sample; reports executed batch sizes.
+    struct SumRunner {
+        sizes: mpsc::Sender<usize>,
+        fail_on: Option<f32>,
+    }
+
+    impl Runner for SumRunner {
+        fn run(&mut self, batch: &[&[f32]]) -> Result<Vec<f32>, ModelError> {
+            self.sizes.send(batch.len()).unwrap();
+            let out: Vec<f32> = batch.iter().map(|x| x.iter().sum()).collect();
+            if let Some(bad) = self.fail_on {
+                if out.contains(&bad) {
+                    panic!("poisoned sample");
+                }
+            }
+            Ok(out)
+        }
+    }
+
+    #[derive(Default)]
+    struct Counts {
+        cancelled: AtomicUsize,
+        expired: AtomicUsize,
+        batches: AtomicUsize,
+    }
+    impl BatchObserver for Counts {
+        fn batch_done(&self, _size: usize, _infer: Duration) {
+            self.batches.fetch_add(1, Ordering::SeqCst);
+        }
+        fn skipped(&self, cancelled: bool) {
+            if cancelled {
+                &self.cancelled
+            } else {
+                &self.expired
+            }
+            .fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn cfg(max: usize, preferred: &[usize], delay_ms: u64, cap: usize) -> BatchConfig {
+        BatchConfig {
+            max_batch_size: max,
+            preferred_batch_sizes: preferred.to_vec(),
+            max_queue_delay: Duration::from_millis(delay_ms),
+            queue_capacity: cap,
+        }
+    }
+
+    fn start(
+        c: BatchConfig,
+        fail_on: Option<f32>,
+    ) -> (Batcher, mpsc::Receiver<usize>, Arc<Counts>) {
+        let (tx, rx) = mpsc::channel();
+        let counts = Arc::new(Counts::default());
+        let b = Batcher::start(
+            "t",
+            c,
+            vec![Box::new(SumRunner { sizes: tx, fail_on })],
+            counts.clone(),
+        )
+        .unwrap();
+        (b, rx, counts)
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    #[test]
+    fn take_rules() {
+        let c = cfg(8, &[2, 4], 1000, 100);
+        assert_eq!(batch_take(0, &c, true), None);
+        assert_eq!(batch_take(1, &c, false), None);
+        assert_eq!(batch_take(1, &c, true), Some(1));
+        assert_eq!(batch_take(3, &c, false), Some(2));
+        assert_eq!(batch_take(5, &c, false), Some(4));
+        assert_eq!(batch_take(7, &c, true), Some(7));
+        assert_eq!(batch_take(20, &c, false), Some(8));
+    }
+
+    #[test]
+    fn full_batch_leaves_without_waiting_for_the_delay() {
+        // The delay is far longer than the test: only reaching max_batch_size can send it.
+        let (b, sizes, _) = start(cfg(4, &[], 60_000, 100), None);
+        let mut rxs = Vec::new();
+        for i in 0..4 {
+            let (job, rx) = Job::new(vec![i as f32, 1.0], far());
+            rxs.push(rx);
+            b.submit(vec![job]).unwrap();
+        }
+        for (i, rx) in rxs.into_iter().enumerate() {
+            let out = rx.blocking_recv().unwrap().unwrap();
+            assert_eq!(out.output, vec![i as f32 + 1.0]);
+            assert_eq!(out.batch_size, 4);
+        }
+        assert_eq!(sizes.recv().unwrap(), 4);
+    }
+
+    #[test]
+    fn delay_flushes_a_partial_batch() {
+        let (b, sizes, _) = start(cfg(8, &[], 30, 100), None);
+        let t0 = Instant::now();
+        let (job, rx) = Job::new(vec![2.0], far());
+        b.submit(vec![job]).unwrap();
+        let out = rx.blocking_recv().unwrap().unwrap();
+        assert_eq!(out.output, vec![2.0]);
+        assert_eq!(out.batch_size, 1);
+        assert!(t0.elapsed() >= Duration::from_millis(30));
+        assert!(out.queue_time >= Duration::from_millis(29));
+        assert_eq!(sizes.recv().unwrap(), 1);
+    }
+
+    #[test]
+    fn preferred_size_leaves_early() {
+        let (b, sizes, _) = start(cfg(8, &[2], 60_000, 100), None);
+        let jobs: Vec<_> = (0..3).map(|i| Job::new(vec![i as f32], far())).collect();
+        let (jobs, mut rxs): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
+        b.submit(jobs).unwrap();
+        assert_eq!(sizes.recv().unwrap(), 2);
+        assert_eq!(
+            rxs.remove(0).blocking_recv().unwrap().unwrap().batch_size,
+            2
+        );
+        // The third waits for more company until the batcher is closed, which flushes it.
+        b.shutdown();
+        assert_eq!(
+            rxs.pop()
+                .unwrap()
+                .blocking_recv()
+                .unwrap()
+                .unwrap()
+                .batch_size,
+            1
+        );
+    }
+
+    #[test]
+    fn full_queue_rejects_and_closed_rejects() {
+        let (b, _sizes, _) = start(cfg(8, &[], 60_000, 2), None);
+        let (j1, r1) = Job::new(vec![1.0], far());
+        let (j2, r2) = Job::new(vec![1.0], far());
+        let (j3, _r3) = Job::new(vec![1.0], far());
+        b.submit(vec![j1]).unwrap();
+        b.submit(vec![j2]).unwrap();
+        assert_eq!(b.depth(), 2);
+        assert_eq!(b.submit(vec![j3]).unwrap_err(), SubmitError::Full);
+        // Drain: queued work still completes.
+        b.shutdown();
+        assert!(r1.blocking_recv().unwrap().is_ok());
+        assert!(r2.blocking_recv().unwrap().is_ok());
+        let (j4, _r4) = Job::new(vec![1.0], far());
+        assert_eq!(b.submit(vec![j4]).unwrap_err(), SubmitError::Closed);
+    }
+
+    #[test]
+    fn cancelled_and_expired_requests_never_run() {
+        let (b, sizes, counts) = start(cfg(8, &[], 60_000, 10), None);
+        let (gone, rx_gone) = Job::new(vec![100.0], far());
+        drop(rx_gone);
+        let (late, rx_late) = Job::new(vec![200.0], Instant::now());
+        let (ok, rx_ok) = Job::new(vec![3.0], far());
+        b.submit(vec![gone, late, ok]).unwrap();
+        b.shutdown();
+        assert!(matches!(
+            rx_late.blocking_recv().unwrap(),
+            Err(JobError::Expired)
+        ));
+        let out = rx_ok.blocking_recv().unwrap().unwrap();
+        assert_eq!(out.output, vec![3.0]);
+        assert_eq!(out.batch_size, 1);
+        assert_eq!(sizes.try_iter().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(counts.cancelled.load(Ordering::SeqCst), 1);
+        assert_eq!(counts.expired.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn expired_request_is_answered_while_others_wait() {
+        // Nothing forms a batch (long delay, no preferred size), yet the deadline is honoured.
+        let (b, _sizes, counts) = start(cfg(8, &[], 60_000, 10), None);
+        let (job, rx) = Job::new(vec![1.0], Instant::now() + Duration::from_millis(20));
+        b.submit(vec![job]).unwrap();
+        assert!(matches!(
+            rx.blocking_recv().unwrap(),
+            Err(JobError::Expired)
+        ));
+        assert_eq!(counts.expired.load(Ordering::SeqCst), 1);
+        assert_eq!(b.depth(), 0);
+    }
+
+    #[test]
+    fn panicking_batch_fails_its_requests_and_the_worker_survives() {
+        let (b, _sizes, counts) = start(cfg(1, &[], 0, 10), Some(13.0));
+        let (bad, rx_bad) = Job::new(vec![13.0], far());
+        b.submit(vec![bad]).unwrap();
+        match rx_bad.blocking_recv().unwrap() {
+            Err(JobError::Failed(e)) => assert!(e.message.contains("panicked")),
+            other => panic!("unexpected {other:?}"),
+        }
+        let (good, rx_good) = Job::new(vec![1.0, 2.0], far());
+        b.submit(vec![good]).unwrap();
+        assert_eq!(rx_good.blocking_recv().unwrap().unwrap().output, vec![3.0]);
+        assert_eq!(counts.batches.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn several_instances_share_one_queue() {
+        let (tx, sizes) = mpsc::channel();
+        let runners: Vec<Box<dyn Runner>> = (0..3)
+            .map(|_| {
+                Box::new(SumRunner {
+                    sizes: tx.clone(),
+                    fail_on: None,
+                }) as Box<dyn Runner>
+            })
+            .collect();
+        let b =
+            Batcher::start("multi", cfg(2, &[], 1, 1000), runners, Arc::new(NoObserver)).unwrap();
+        let mut rxs = Vec::new();
+        for i in 0..200 {
+            let (job, rx) = Job::new(vec![i as f32], far());
+            b.submit(vec![job]).unwrap();
+            rxs.push(rx);
+        }
+        for (i, rx) in rxs.into_iter().enumerate() {
+            assert_eq!(rx.blocking_recv().unwrap().unwrap().output, vec![i as f32]);
+        }
+        b.shutdown();
+        drop(tx);
+        assert_eq!(sizes.iter().sum::<usize>(), 200);
+    }
+}

@@ -1,0 +1,241 @@
+//! Server configuration: flags (Triton's names where one exists), `SHIFTSERVE_*` environment
+//! variables and a TOML config file, in that order of precedence.
+
+use crate::http::ServeOptions;
+use crate::repository::ControlMode;
+use clap::Args;
+use models::InputLimits;
+use serde::Deserialize;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Options of `shiftserve serve` (also accepted with no subcommand).
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeArgs {
+    /// TOML file with any of these options (snake_case keys, e.g. `http_port = 8080`);
+    /// flags and environment variables take precedence.
+    #[arg(long, env = "SHIFTSERVE_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 0.0.0.0].
+    #[arg(long, env = "SHIFTSERVE_HTTP_ADDRESS")]
+    pub http_address: Option<IpAddr>,
+    /// HTTP port [default: 8080]; 0 picks a free port (printed on stdout).
+    #[arg(long, env = "SHIFTSERVE_HTTP_PORT")]
+    pub http_port: Option<u16>,
+    /// Model repository [default: models/repository, searched from the current directory, then
+    /// from the executable's location].
+    #[arg(long, env = "SHIFTSERVE_MODEL_REPOSITORY")]
+    pub model_repository: Option<PathBuf>,
+    /// none: load everything once; poll: also rescan periodically; explicit: load/unload via API [default: none].
+    #[arg(long, env = "SHIFTSERVE_MODEL_CONTROL_MODE", value_enum)]
+    pub model_control_mode: Option<ControlMode>,
+    /// Seconds between repository scans in poll mode [default: 15].
+    #[arg(long, env = "SHIFTSERVE_REPOSITORY_POLL_SECS")]
+    pub repository_poll_secs: Option<u64>,
+    /// Models to load at startup in explicit mode (repeatable; `*` loads all).
+    #[arg(long, env = "SHIFTSERVE_LOAD_MODEL", value_delimiter = ',')]
+    pub load_model: Vec<String>,
+    /// Seconds to wait for in-flight and queued requests on SIGTERM/SIGINT [default: 30].
+    #[arg(long, env = "SHIFTSERVE_EXIT_TIMEOUT_SECS")]
+    pub exit_timeout_secs: Option<u64>,
+    /// Require `Authorization: Bearer <key>` on every route except health, metrics and docs.
+    #[arg(long, env = "SHIFTSERVE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Largest accepted request body in bytes [default: 16 MiB].
+    #[arg(long, env = "SHIFTSERVE_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Concurrent decoding/feature-extraction jobs [default: number of CPUs].
+    #[arg(long, env = "SHIFTSERVE_PREPROCESS_THREADS")]
+    pub preprocess_threads: Option<usize>,
+    /// Largest decoded image in pixels [default: 40000000].
+    #[arg(long, env = "SHIFTSERVE_MAX_IMAGE_PIXELS")]
+    pub max_image_pixels: Option<u64>,
+    /// Longest accepted audio in seconds [default: 30].
+    #[arg(long, env = "SHIFTSERVE_MAX_AUDIO_SECONDS")]
+    pub max_audio_seconds: Option<f32>,
+    /// Upper bound for a per-request timeout in milliseconds [default: 600000].
+    #[arg(long, env = "SHIFTSERVE_MAX_TIMEOUT_MS")]
+    pub max_timeout_ms: Option<u64>,
+    /// Log format [default: text].
+    #[arg(long, env = "SHIFTSERVE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `shiftserve=debug,tower_http=info` [default: info].
+    #[arg(long, env = "SHIFTSERVE_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+impl ServeArgs {
+    /// Fills options not given on the command line or environment from the config file.
+    pub fn with_config_file(self) -> Result<ServeArgs, String> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("config file {}: {e}", path.display()))?;
+        let file: ServeArgs = toml::from_str(&text)
+            .map_err(|e| format!("config file {}: {}", path.display(), e.message()))?;
+        Ok(self.merge(file))
+    }
+
+    fn merge(self, f: ServeArgs) -> ServeArgs {
+        ServeArgs {
+            config: self.config,
+            http_address: self.http_address.or(f.http_address),
+            http_port: self.http_port.or(f.http_port),
+            model_repository: self.model_repository.or(f.model_repository),
+            model_control_mode: self.model_control_mode.or(f.model_control_mode),
+            repository_poll_secs: self.repository_poll_secs.or(f.repository_poll_secs),
+            load_model: if self.load_model.is_empty() {
+                f.load_model
+            } else {
+                self.load_model
+            },
+            exit_timeout_secs: self.exit_timeout_secs.or(f.exit_timeout_secs),
+            api_key: self.api_key.or(f.api_key),
+            max_body_bytes: self.max_body_bytes.or(f.max_body_bytes),
+            preprocess_threads: self.preprocess_threads.or(f.preprocess_threads),
+            max_image_pixels: self.max_image_pixels.or(f.max_image_pixels),
+            max_audio_seconds: self.max_audio_seconds.or(f.max_audio_seconds),
+            max_timeout_ms: self.max_timeout_ms.or(f.max_timeout_ms),
+            log_format: self.log_format.or(f.log_format),
+            log_level: self.log_level.or(f.log_level),
+        }
+    }
+
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format.unwrap_or(LogFormat::Text)
+    }
+
+    pub fn log_level(&self) -> String {
+        self.log_level.clone().unwrap_or_else(|| "info".to_string())
+    }
+
+    /// Resolves defaults and validates.
+    pub fn resolve(&self) -> Result<ServeOptions, String> {
+        let model_repository = match &self.model_repository {
+            Some(p) => {
+                if !p.is_dir() {
+                    return Err(format!("model repository {} is not a directory", p.display()));
+                }
+                p.clone()
+            }
+            None => find_bundled_repository().ok_or_else(|| {
+                "no model repository found (looked for models/repository from the current directory and from the executable); pass --model-repository".to_string()
+            })?,
+        };
+        let api_key = match &self.api_key {
+            Some(k) if k.trim().is_empty() => return Err("--api-key is empty".into()),
+            Some(k) => Some(k.trim().to_string()),
+            None => None,
+        };
+        let defaults = InputLimits::default();
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let max_body_bytes = self.max_body_bytes.unwrap_or(16 << 20);
+        if max_body_bytes == 0 {
+            return Err("--max-body-bytes must be positive".into());
+        }
+        Ok(ServeOptions {
+            addr: SocketAddr::new(
+                self.http_address
+                    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                self.http_port.unwrap_or(8080),
+            ),
+            model_repository,
+            control_mode: self.model_control_mode.unwrap_or(ControlMode::None),
+            poll_secs: self.repository_poll_secs.unwrap_or(15).max(1),
+            load_models: self.load_model.clone(),
+            exit_timeout_secs: self.exit_timeout_secs.unwrap_or(30),
+            api_key,
+            max_body_bytes,
+            preprocess_threads: self.preprocess_threads.unwrap_or(cpus).max(1),
+            limits: InputLimits {
+                max_pixels: self.max_image_pixels.unwrap_or(defaults.max_pixels),
+                max_audio_seconds: self.max_audio_seconds.unwrap_or(defaults.max_audio_seconds),
+            },
+            max_timeout_ms: self.max_timeout_ms.unwrap_or(600_000).max(1),
+        })
+    }
+}
+
+/// `models/repository` under the current directory or any ancestor of the executable's directory.
+pub fn find_bundled_repository() -> Option<PathBuf> {
+    let rel = Path::new("models").join("repository");
+    if let Ok(cwd) = std::env::current_dir() {
+        let p = cwd.join(&rel);
+        if p.is_dir() {
+            return Some(p);
+        }
+    }
+    let exe = std::env::current_exe().ok()?.canonicalize().ok()?;
+    for dir in exe.parent()?.ancestors() {
+        let p = dir.join(&rel);
+        if p.is_dir() {
+            return Some(p);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_fills_what_flags_leave_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("shiftserve.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "http_port = 9001\nmodel_control_mode = \"poll\"\nrepository_poll_secs = 3\napi_key = \"k\"\nmodel_repository = \"{}\"\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let cli = ServeArgs {
+            config: Some(cfg),
+            http_port: Some(7000),
+            ..Default::default()
+        };
+        let opts = cli.with_config_file().unwrap().resolve().unwrap();
+        assert_eq!(opts.addr.port(), 7000);
+        assert_eq!(opts.control_mode, ControlMode::Poll);
+        assert_eq!(opts.poll_secs, 3);
+        assert_eq!(opts.api_key.as_deref(), Some("k"));
+        assert_eq!(opts.model_repository, dir.path());
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(&cfg, "http_prot = 1\n").unwrap();
+        let err = ServeArgs {
+            config: Some(cfg),
+            ..Default::default()
+        }
+        .with_config_file()
+        .unwrap_err();
+        assert!(err.contains("http_prot"), "{err}");
+    }
+
+    #[test]
+    fn missing_repository_is_an_error() {
+        let args = ServeArgs {
+            model_repository: Some("/nonexistent/repo".into()),
+            ..Default::default()
+        };
+        assert!(args.resolve().unwrap_err().contains("not a directory"));
+    }
+}

@@ -1,0 +1,152 @@
+//! The one error type every HTTP handler returns: a status, a metrics reason and a message,
+//! rendered as `{"error": "..."}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use models::{ErrorKind, ModelError};
+
+/// Why a request ended; the `reason` label of `shiftserve_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Ok,
+    BadInput,
+    UnsupportedMedia,
+    TooLarge,
+    Overloaded,
+    Timeout,
+    Unavailable,
+    Cancelled,
+    Internal,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 9] = [
+        Reason::Ok,
+        Reason::BadInput,
+        Reason::UnsupportedMedia,
+        Reason::TooLarge,
+        Reason::Overloaded,
+        Reason::Timeout,
+        Reason::Unavailable,
+        Reason::Cancelled,
+        Reason::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Ok => "ok",
+            Reason::BadInput => "bad_input",
+            Reason::UnsupportedMedia => "unsupported_media",
+            Reason::TooLarge => "too_large",
+            Reason::Overloaded => "overloaded",
+            Reason::Timeout => "timeout",
+            Reason::Unavailable => "unavailable",
+            Reason::Cancelled => "cancelled",
+            Reason::Internal => "internal",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub reason: Reason,
+    pub message: String,
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, reason: Reason, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            reason,
+            message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, Reason::BadInput, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, Reason::BadInput, message)
+    }
+    pub fn unsupported_media(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Reason::UnsupportedMedia,
+            message,
+        )
+    }
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, Reason::TooLarge, message)
+    }
+    pub fn overloaded(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        ApiError {
+            retry_after_secs: Some(retry_after_secs),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, Reason::Overloaded, message)
+        }
+    }
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, Reason::Timeout, message)
+    }
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Unavailable,
+            message,
+        )
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, Reason::Internal, message)
+    }
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, Reason::BadInput, message)
+    }
+}
+
+impl From<ModelError> for ApiError {
+    fn from(e: ModelError) -> Self {
+        match e.kind {
+            ErrorKind::BadInput => ApiError::bad_request(e.message),
+            ErrorKind::UnsupportedMedia => ApiError::unsupported_media(e.message),
+            ErrorKind::TooLarge => ApiError::too_large(e.message),
+            ErrorKind::InvalidModel | ErrorKind::Io | ErrorKind::Internal => {
+                ApiError::internal(e.message)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.status)
+    }
+}
+
+/// Builds the JSON error body used everywhere.
+pub fn error_body(message: &str) -> String {
+    serde_json::json!({ "error": message }).to_string()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (
+            self.status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            error_body(&self.message),
+        )
+            .into_response();
+        if let Some(secs) = self.retry_after_secs {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,501 @@
+//! The inference pipeline shared by the v1 and v2 endpoints: deadline, bounded preprocessing on
+//! the blocking pool, submission to the model's batcher, waiting, accounting.
+
+use super::{lookup_error, AppState};
+use crate::batcher::{Job, JobError, SubmitError};
+use crate::error::{ApiError, Reason};
+use crate::repository::LoadedVersion;
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use bytes::Bytes;
+use models::MediaHint;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One input sample as the client sent it.
+pub enum Sample {
+    /// An encoded image or WAV file, decoded server-side.
+    Encoded { data: Bytes, hint: MediaHint },
+    /// An already preprocessed tensor (`info().input_shape`, row-major).
+    Tensor(Vec<f32>),
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    pub queue: Duration,
+    pub preprocess: Duration,
+    pub inference: Duration,
+    pub total: Duration,
+}
+
+pub struct InferOutcome {
+    pub lv: Arc<LoadedVersion>,
+    /// Logits per sample.
+    pub logits: Vec<Vec<f32>>,
+    pub timing: Timing,
+    /// Largest batch any of the samples ran in.
+    pub batch_size: usize,
+}
+
+/// Tracks one accepted inference request: in-flight gauges, and its outcome in the metrics.
+/// Dropped without `finish` (the client went away) it records `cancelled`.
+pub struct Tracker {
+    state: Arc<AppState>,
+    model: String,
+    version: String,
+    lv: Option<Arc<LoadedVersion>>,
+    pub started: Instant,
+    done: bool,
+}
+
+impl Tracker {
+    pub fn new(state: Arc<AppState>, model: &str, started: Instant) -> Tracker {
+        state.inflight_inc();
+        state.metrics.inflight.with_label_values(&[model]).inc();
+        Tracker {
+            state,
+            model: model.to_string(),
+            version: String::new(),
+            lv: None,
+            started,
+            done: false,
+        }
+    }
+
+    fn set_version(&mut self, lv: &Arc<LoadedVersion>) {
+        self.version = lv.version_str();
+        self.lv = Some(lv.clone());
+    }
+
+    pub fn fail(&mut self, err: &ApiError) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let total = self.started.elapsed();
+        self.state
+            .metrics
+            .record_outcome(&self.model, &self.version, err.reason, total);
+        if let Some(lv) = &self.lv {
+            lv.stats.request_failed(total);
+        }
+        tracing::debug!(model = %self.model, status = %err.status, error = %err.message, "inference request failed");
+    }
+
+    pub fn succeed(&mut self, timing: &Timing, output: Duration) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let m = &self.state.metrics;
+        let l = [self.model.as_str(), self.version.as_str()];
+        m.record_outcome(&self.model, &self.version, Reason::Ok, timing.total);
+        m.queue_duration
+            .with_label_values(&l)
+            .observe(timing.queue.as_secs_f64());
+        m.preprocess_duration
+            .with_label_values(&l)
+            .observe(timing.preprocess.as_secs_f64());
+        m.nv_queue_us
+            .with_label_values(&l)
+            .inc_by(timing.queue.as_secs_f64() * 1e6);
+        m.nv_input_us
+            .with_label_values(&l)
+            .inc_by(timing.preprocess.as_secs_f64() * 1e6);
+        m.nv_output_us
+            .with_label_values(&l)
+            .inc_by(output.as_secs_f64() * 1e6);
+        if let Some(lv) = &self.lv {
+            lv.stats
+                .request_ok(timing.total, timing.queue, timing.preprocess, output);
+        }
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        if !self.done {
+            let total = self.started.elapsed();
+            self.state
+                .metrics
+                .record_outcome(&self.model, &self.version, Reason::Cancelled, total);
+            tracing::info!(model = %self.model, "client went away before the answer");
+        }
+        self.state
+            .metrics
+            .inflight
+            .with_label_values(&[&self.model])
+            .dec();
+        self.state.inflight_dec();
+    }
+}
+
+/// The per-request deadline: `timeout_ms` query parameter, else `x-request-timeout-ms`, else
+/// the model's `timeout_ms`.
+pub fn request_timeout(
+    query_ms: Option<u64>,
+    headers: &HeaderMap,
+    model_default_ms: u64,
+    max_ms: u64,
+) -> Result<Duration, ApiError> {
+    let header_ms = match headers.get("x-request-timeout-ms") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request("x-request-timeout-ms must be a non-negative integer")
+                })?,
+        ),
+    };
+    let ms = query_ms.or(header_ms).unwrap_or(model_default_ms);
+    Ok(Duration::from_millis(ms.min(max_ms)))
+}
+
+/// Runs samples through `model` (optionally a pinned `version`) and waits for the logits.
+pub async fn run(
+    state: &Arc<AppState>,
+    tracker: &mut Tracker,
+    model: &str,
+    version: Option<u64>,
+    version_str: Option<&str>,
+    samples: Vec<Sample>,
+    timeout: Option<(Option<u64>, &HeaderMap)>,
+) -> Result<InferOutcome, ApiError> {
+    let result = run_inner(
+        state,
+        tracker,
+        model,
+        version,
+        version_str,
+        samples,
+        timeout,
+    )
+    .await;
+    if let Err(e) = &result {
+        tracker.fail(e);
+    }
+    result
+}
+
+async fn run_inner(
+    state: &Arc<AppState>,
+    tracker: &mut Tracker,
+    model: &str,
+    version: Option<u64>,
+    version_str: Option<&str>,
+    samples: Vec<Sample>,
+    timeout: Option<(Option<u64>, &HeaderMap)>,
+) -> Result<InferOutcome, ApiError> {
+    if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(ApiError::unavailable("server is shutting down"));
+    }
+    let mut lv = state
+        .repo
+        .get(model, version)
+        .map_err(|e| lookup_error(model, version_str, e))?;
+    tracker.set_version(&lv);
+    let timeout = match timeout {
+        Some((q, h)) => request_timeout(q, h, lv.config.timeout_ms, state.opts.max_timeout_ms)?,
+        None => Duration::from_millis(lv.config.timeout_ms),
+    };
+    let deadline = tracker.started + timeout;
+    let tokio_deadline = tokio::time::Instant::from_std(deadline);
+    if samples.is_empty() {
+        return Err(ApiError::bad_request("no input given"));
+    }
+    if samples.len() > lv.config.max_batch_size {
+        return Err(ApiError::bad_request(format!(
+            "batch of {} exceeds the model's max_batch_size {}",
+            samples.len(),
+            lv.config.max_batch_size
+        )));
+    }
+
+    // Preprocessing, on the bounded blocking pool.
+    let pre_start = Instant::now();
+    let mut inputs: Vec<Vec<f32>> = Vec::with_capacity(samples.len());
+    for sample in samples {
+        match sample {
+            Sample::Tensor(t) => {
+                if t.len() != lv.input_len {
+                    return Err(ApiError::bad_request(format!(
+                        "input tensor has {} values, the model takes {:?} = {} per sample",
+                        t.len(),
+                        lv.model.info().input_shape,
+                        lv.input_len
+                    )));
+                }
+                if t.iter().any(|x| !x.is_finite()) {
+                    return Err(ApiError::bad_request(
+                        "input tensor contains NaN or infinite values",
+                    ));
+                }
+                inputs.push(t);
+            }
+            Sample::Encoded { data, hint } => {
+                check_media_kind(&lv, hint)?;
+                let permit = match tokio::time::timeout_at(
+                    tokio_deadline,
+                    state.preprocess_permits.clone().acquire_owned(),
+                )
+                .await
+                {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => return Err(ApiError::unavailable("server is shutting down")),
+                    Err(_) => {
+                        return Err(ApiError::timeout(
+                            "deadline exceeded while waiting to preprocess",
+                        ))
+                    }
+                };
+                let m = lv.model.clone();
+                let limits = state.opts.limits;
+                let task = tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    m.preprocess(&data, hint, &limits)
+                });
+                let t = task
+                    .await
+                    .map_err(|_| ApiError::internal("preprocessing panicked"))??;
+                if t.len() != lv.input_len {
+                    return Err(ApiError::internal(format!(
+                        "preprocessing produced {} values, expected {}",
+                        t.len(),
+                        lv.input_len
+                    )));
+                }
+                inputs.push(t);
+            }
+        }
+    }
+    let preprocess = pre_start.elapsed();
+    if Instant::now() >= deadline {
+        return Err(ApiError::timeout("deadline exceeded during preprocessing"));
+    }
+
+    // Submission. A version retired between lookup and submit (poll swap, unload) is retried
+    // on the current version when the client did not pin one.
+    let mut receivers = Vec::with_capacity(inputs.len());
+    let mut attempt = 0;
+    loop {
+        let mut jobs = Vec::with_capacity(inputs.len());
+        receivers.clear();
+        for t in &inputs {
+            let (job, rx) = Job::new(t.clone(), deadline);
+            jobs.push(job);
+            receivers.push(rx);
+        }
+        match lv.batcher.submit(jobs) {
+            Ok(()) => break,
+            Err(SubmitError::Full) => {
+                return Err(ApiError::overloaded(
+                    format!(
+                        "model \"{model}\" queue is full ({} requests)",
+                        lv.config.queue_capacity
+                    ),
+                    1,
+                ))
+            }
+            Err(SubmitError::Closed) => {
+                attempt += 1;
+                if version.is_some()
+                    || attempt > 3
+                    || state.draining.load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    return Err(ApiError::unavailable(format!(
+                        "model \"{model}\" version {} is being unloaded",
+                        lv.version
+                    )));
+                }
+                let next = state
+                    .repo
+                    .get(model, None)
+                    .map_err(|e| lookup_error(model, None, e))?;
+                if next.input_len != lv.input_len {
+                    return Err(ApiError::unavailable(
+                        "model was replaced while the request was preprocessed; retry",
+                    ));
+                }
+                lv = next;
+                tracker.set_version(&lv);
+            }
+        }
+    }
+
+    // Waiting, bounded by the deadline.
+    let wait = async {
+        let mut outs = Vec::with_capacity(receivers.len());
+        for rx in receivers.drain(..) {
+            outs.push(rx.await);
+        }
+        outs
+    };
+    let results = match tokio::time::timeout_at(tokio_deadline, wait).await {
+        Ok(r) => r,
+        Err(_) => {
+            return Err(ApiError::timeout(format!(
+                "deadline of {} ms exceeded",
+                timeout.as_millis()
+            )))
+        }
+    };
+    let mut timing = Timing {
+        preprocess,
+        ..Default::default()
+    };
+    let mut logits = Vec::with_capacity(results.len());
+    let mut batch_size = 0;
+    for r in results {
+        match r {
+            Err(_) => return Err(ApiError::unavailable("inference worker stopped")),
+            Ok(Err(JobError::Expired)) => {
+                return Err(ApiError::timeout(format!(
+                    "deadline of {} ms exceeded while queued",
+                    timeout.as_millis()
+                )))
+            }
+            Ok(Err(JobError::Failed(e))) => return Err(e.into()),
+            Ok(Ok(out)) => {
+                timing.queue = timing.queue.max(out.queue_time);
+                timing.inference = timing.inference.max(out.infer_time);
+                batch_size = batch_size.max(out.batch_size);
+                logits.push(out.output);
+            }
+        }
+    }
+    timing.total = tracker.started.elapsed();
+    Ok(InferOutcome {
+        lv,
+        logits,
+        timing,
+        batch_size,
+    })
+}
+
+fn check_media_kind(lv: &LoadedVersion, hint: MediaHint) -> Result<(), ApiError> {
+    let kind = lv.model.info().input_kind;
+    let mismatch = match hint {
+        MediaHint::Image => kind != "image",
+        MediaHint::Audio => kind != "audio",
+        MediaHint::Unknown => false,
+    };
+    if mismatch {
+        return Err(ApiError::unsupported_media(format!(
+            "model \"{}\" takes {kind} input, not {}",
+            lv.name,
+            if hint == MediaHint::Image {
+                "an image"
+            } else {
+                "audio"
+            }
+        )));
+    }
+    Ok(())
+}
+
+/// Milliseconds with microsecond resolution.
+pub fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// Timing headers carried by every inference answer.
+pub fn timing_headers(
+    headers: &mut HeaderMap,
+    request_id: &str,
+    timing: &Timing,
+    batch_size: usize,
+) {
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    };
+    if !request_id.is_empty() {
+        put("x-request-id", request_id.to_string());
+    }
+    put("x-queue-time", format!("{:.3}", ms(timing.queue)));
+    put("x-inference-time", format!("{:.3}", ms(timing.inference)));
+    put("x-total-time", format!("{:.3}", ms(timing.total)));
+    put("x-batch-size", batch_size.to_string());
+}
+
+pub fn timing_json(t: &Timing) -> serde_json::Value {
+    serde_json::json!({
+        "queue_ms": ms(t.queue),
+        "preprocess_ms": ms(t.preprocess),
+        "inference_ms": ms(t.inference),
+        "total_ms": ms(t.total),
+    })
+}
+
+/// Reads a body up to `limit` bytes: 413 beyond.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match axum::body::to_bytes(body, limit).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(s) = src {
+                if s.is::<http_body_util::LengthLimitError>() {
+                    return Err(ApiError::too_large(format!(
+                        "request body exceeds {limit} bytes"
+                    )));
+                }
+                src = s.source();
+            }
+            Err(ApiError::bad_request(format!(
+                "cannot read request body: {e}"
+            )))
+        }
+    }
+}
+
+/// Top-k `(index, score)` by descending score (ties: lower index first).
+pub fn top_k(scores: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx.into_iter().map(|i| (i, scores[i])).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_orders_and_truncates() {
+        assert_eq!(
+            top_k(&[0.1, 0.5, 0.2, 0.5], 3),
+            vec![(1, 0.5), (3, 0.5), (2, 0.2)]
+        );
+        assert_eq!(top_k(&[1.0], 5), vec![(0, 1.0)]);
+    }
+
+    #[test]
+    fn timeout_precedence() {
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            request_timeout(None, &h, 100, 1000).unwrap(),
+            Duration::from_millis(100)
+        );
+        h.insert("x-request-timeout-ms", HeaderValue::from_static("50"));
+        assert_eq!(
+            request_timeout(None, &h, 100, 1000).unwrap(),
+            Duration::from_millis(50)
+        );
+        assert_eq!(
+            request_timeout(Some(7), &h, 100, 1000).unwrap(),
+            Duration::from_millis(7)
+        );
+        assert_eq!(
+            request_timeout(Some(70_000), &h, 100, 1000).unwrap(),
+            Duration::from_millis(1000)
+        );
+        h.insert("x-request-timeout-ms", HeaderValue::from_static("soon"));
+        assert_eq!(
+            request_timeout(None, &h, 100, 1000).unwrap_err().status,
+            400
+        );
+    }
+}

@@ -1,0 +1,697 @@
+//! The model repository: scanning `<repo>/<model>/<version>/model.safetensors`, loading with
+//! warmup, atomic version swaps, control modes (none, poll, explicit) and the index.
+
+use crate::batcher::{BatchConfig, BatchObserver, Batcher, Runner, SessionRunner};
+use crate::metrics::Metrics;
+use crate::model_config::ModelConfig;
+use crate::stats::VersionStats;
+use models::Model;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+pub const MODEL_FILE: &str = "model.safetensors";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlMode {
+    /// Load everything at startup; the repository never changes.
+    None,
+    /// Load everything at startup, then rescan every `--repository-poll-secs`.
+    Poll,
+    /// Load only `--load-model` names at startup; load/unload through the API.
+    Explicit,
+}
+
+impl ControlMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlMode::None => "none",
+            ControlMode::Poll => "poll",
+            ControlMode::Explicit => "explicit",
+        }
+    }
+}
+
+/// Identifies the bytes of a version on disk (size + mtime) and its config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+fn fingerprint(path: &Path) -> std::io::Result<Fingerprint> {
+    let md = std::fs::metadata(path)?;
+    Ok(Fingerprint {
+        len: md.len(),
+        modified: md.modified().ok(),
+    })
+}
+
+/// One loaded, warmed-up, serving version.
+pub struct LoadedVersion {
+    pub name: String,
+    pub version: u64,
+    pub model: Arc<Model>,
+    pub config: ModelConfig,
+    pub batcher: Batcher,
+    pub stats: Arc<VersionStats>,
+    pub input_len: usize,
+    pub num_classes: usize,
+    pub load_seconds: f64,
+    fingerprint: Fingerprint,
+}
+
+impl LoadedVersion {
+    pub fn version_str(&self) -> String {
+        self.version.to_string()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum SlotState {
+    Loading,
+    Ready,
+    Unavailable,
+}
+
+struct Slot {
+    versions: BTreeMap<u64, Arc<LoadedVersion>>,
+    state: SlotState,
+    reason: String,
+    /// Versions whose last load failed, with the file they failed on (poll mode retries only
+    /// when the file changes).
+    failed: HashMap<u64, Fingerprint>,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            versions: BTreeMap::new(),
+            state: SlotState::Unavailable,
+            reason: String::new(),
+            failed: HashMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct IndexEntry {
+    pub name: String,
+    /// Empty when no version is loaded.
+    pub version: String,
+    /// `READY`, `LOADING` or `UNAVAILABLE`.
+    pub state: String,
+    pub reason: String,
+}
+
+/// Why a lookup failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupError {
+    UnknownModel,
+    UnknownVersion,
+    /// Known but has no ready version (loading, failed or unloaded).
+    NotReady(String),
+}
+
+pub struct Repository {
+    root: PathBuf,
+    mode: ControlMode,
+    metrics: Arc<Metrics>,
+    slots: RwLock<BTreeMap<String, Slot>>,
+    load_lock: Mutex<()>,
+}
+
+/// A model name usable as a directory name and URL segment.
+pub fn valid_model_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        && !name.starts_with('.')
+}
+
+struct VersionObserver {
+    metrics: Arc<Metrics>,
+    stats: Arc<VersionStats>,
+    model: String,
+    version: String,
+    last_depth: AtomicI64,
+}
+
+impl BatchObserver for VersionObserver {
+    fn queue_depth(&self, depth: usize) {
+        // The gauge is per model: add this version's change so several versions sum up.
+        let prev = self.last_depth.swap(depth as i64, Ordering::SeqCst);
+        self.metrics
+            .queue_depth
+            .with_label_values(&[&self.model])
+            .add(depth as i64 - prev);
+    }
+
+    fn batch_done(&self, size: usize, infer: Duration) {
+        let l = [self.model.as_str(), self.version.as_str()];
+        let m = &self.metrics;
+        m.inference_duration
+            .with_label_values(&l)
+            .observe(infer.as_secs_f64());
+        m.batch_size.with_label_values(&l).observe(size as f64);
+        m.nv_exec_count.with_label_values(&l).inc();
+        m.nv_count.with_label_values(&l).inc_by(size as u64);
+        m.nv_infer_us
+            .with_label_values(&l)
+            .inc_by(infer.as_secs_f64() * 1e6);
+        self.stats.batch_executed(size, infer);
+    }
+
+    fn skipped(&self, cancelled: bool) {
+        tracing::debug!(model = %self.model, version = %self.version, cancelled, "queued request dropped before running");
+    }
+}
+
+/// Opens, plans and warms up one version, then starts its inference threads.
+pub fn load_version(
+    name: &str,
+    version: u64,
+    path: &Path,
+    config: &ModelConfig,
+    metrics: &Arc<Metrics>,
+) -> Result<LoadedVersion, String> {
+    let t0 = Instant::now();
+    let fp = fingerprint(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let model = Model::open(path).map_err(|e| format!("{}: {}", path.display(), e.message))?;
+    let info = model.info();
+    let input_len: usize = info.input_shape.iter().product();
+    let num_classes = info.labels.len();
+    if input_len == 0 || num_classes == 0 {
+        return Err(format!(
+            "{}: model has an empty input shape or no labels",
+            path.display()
+        ));
+    }
+    let mut runners: Vec<Box<dyn Runner>> = Vec::new();
+    let zeros = vec![0.0f32; input_len];
+    for _ in 0..config.instances {
+        let mut session = model.session(config.max_batch_size, config.threads);
+        for &bs in &config.warmup.batch_sizes {
+            let batch: Vec<&[f32]> = (0..bs).map(|_| zeros.as_slice()).collect();
+            for _ in 0..config.warmup.iterations {
+                let out = session
+                    .run(&batch)
+                    .map_err(|e| format!("warmup failed: {}", e.message))?;
+                if out.len() != bs * num_classes || out.iter().any(|x| !x.is_finite()) {
+                    return Err(format!(
+                        "warmup produced {} values (expected {}) or non-finite logits",
+                        out.len(),
+                        bs * num_classes
+                    ));
+                }
+            }
+        }
+        runners.push(Box::new(SessionRunner(session)));
+    }
+    let vs = version.to_string();
+    metrics.init_version(name, &vs);
+    let stats = Arc::new(VersionStats::default());
+    let observer = Arc::new(VersionObserver {
+        metrics: metrics.clone(),
+        stats: stats.clone(),
+        model: name.to_string(),
+        version: vs.clone(),
+        last_depth: AtomicI64::new(0),
+    });
+    let batch_cfg = BatchConfig {
+        max_batch_size: config.max_batch_size,
+        preferred_batch_sizes: config.preferred_batch_sizes.clone(),
+        max_queue_delay: Duration::from_micros(config.max_queue_delay_us),
+        queue_capacity: config.queue_capacity,
+    };
+    let batcher = Batcher::start(&format!("{name}-{version}"), batch_cfg, runners, observer)
+        .map_err(|e| format!("cannot start inference threads: {e}"))?;
+    let load_seconds = t0.elapsed().as_secs_f64();
+    metrics
+        .model_load_duration
+        .with_label_values(&[name, &vs])
+        .set(load_seconds);
+    Ok(LoadedVersion {
+        name: name.to_string(),
+        version,
+        model: Arc::new(model),
+        config: config.clone(),
+        batcher,
+        stats,
+        input_len,
+        num_classes,
+        load_seconds,
+        fingerprint: fp,
+    })
+}
+
+/// Version directories (positive integers) holding a model file.
+fn list_versions(dir: &Path) -> Vec<u64> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(s) = name.to_str() else { continue };
+            let Ok(v) = s.parse::<u64>() else { continue };
+            if v > 0 && !s.starts_with('+') && e.path().join(MODEL_FILE).is_file() {
+                out.push(v);
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+impl Repository {
+    pub fn new(root: PathBuf, mode: ControlMode, metrics: Arc<Metrics>) -> Repository {
+        Repository {
+            root,
+            mode,
+            metrics,
+            slots: RwLock::new(BTreeMap::new()),
+            load_lock: Mutex::new(()),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn mode(&self) -> ControlMode {
+        self.mode
+    }
+
+    /// Model directories currently in the repository.
+    pub fn model_dirs(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(&self.root) {
+            for e in rd.flatten() {
+                if let Some(n) = e.file_name().to_str() {
+                    if valid_model_name(n) && e.path().is_dir() {
+                        names.push(n.to_string());
+                    }
+                }
+            }
+        }
+        names.sort();
+        names
+    }
+
+    /// Brings a model in line with the repository: loads new or changed versions (with warmup)
+    /// and swaps them in atomically; versions that fail keep their previous copy serving.
+    /// `retry_failed` retries versions whose identical file failed before.
+    /// Returns an error describing every failure (the model may still be serving).
+    pub fn sync_model(&self, name: &str, retry_failed: bool) -> Result<(), String> {
+        if !valid_model_name(name) {
+            return Err(format!("invalid model name \"{name}\""));
+        }
+        let _guard = self.load_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = self.root.join(name);
+        if !dir.is_dir() {
+            self.unload_locked(name, "not found in the model repository");
+            return Err(format!(
+                "model \"{name}\" not found in the model repository"
+            ));
+        }
+        let (current, failed) = {
+            let mut slots = self.slots.write().unwrap();
+            let slot = slots.entry(name.to_string()).or_insert_with(Slot::new);
+            if slot.versions.is_empty() {
+                slot.state = SlotState::Loading;
+            }
+            (slot.versions.clone(), slot.failed.clone())
+        };
+        let mut errors: Vec<String> = Vec::new();
+        let config = match ModelConfig::load(&dir) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        };
+        let mut next: BTreeMap<u64, Arc<LoadedVersion>> = BTreeMap::new();
+        let mut new_failed = failed.clone();
+        match &config {
+            None => {
+                // Bad config: keep serving what we have.
+                self.metrics
+                    .model_load_failures
+                    .with_label_values(&[name])
+                    .inc();
+                next = current.clone();
+            }
+            Some(cfg) => {
+                let available = list_versions(&dir);
+                let wanted = cfg.version_policy.select(&available);
+                if wanted.is_empty() {
+                    errors.push(format!(
+                        "no version directory with a {MODEL_FILE} matches the version policy"
+                    ));
+                }
+                for v in wanted {
+                    let path = dir.join(v.to_string()).join(MODEL_FILE);
+                    let fp = match fingerprint(&path) {
+                        Ok(fp) => fp,
+                        Err(e) => {
+                            errors.push(format!("{}: {e}", path.display()));
+                            if let Some(cur) = current.get(&v) {
+                                next.insert(v, cur.clone());
+                            }
+                            continue;
+                        }
+                    };
+                    if let Some(cur) = current.get(&v) {
+                        if cur.fingerprint == fp && &cur.config == cfg {
+                            next.insert(v, cur.clone());
+                            continue;
+                        }
+                    }
+                    if !retry_failed && failed.get(&v) == Some(&fp) {
+                        if let Some(cur) = current.get(&v) {
+                            next.insert(v, cur.clone());
+                        }
+                        errors.push(format!("version {v}: unchanged since its last failed load"));
+                        continue;
+                    }
+                    tracing::info!(model = name, version = v, path = %path.display(), "loading model version");
+                    match load_version(name, v, &path, cfg, &self.metrics) {
+                        Ok(lv) => {
+                            tracing::info!(
+                                model = name,
+                                version = v,
+                                seconds = lv.load_seconds,
+                                "model version ready"
+                            );
+                            new_failed.remove(&v);
+                            next.insert(v, Arc::new(lv));
+                        }
+                        Err(e) => {
+                            tracing::error!(model = name, version = v, error = %e, "model load failed; previous version keeps serving");
+                            self.metrics
+                                .model_load_failures
+                                .with_label_values(&[name])
+                                .inc();
+                            new_failed.insert(v, fp);
+                            errors.push(format!("version {v}: {e}"));
+                            if let Some(cur) = current.get(&v) {
+                                next.insert(v, cur.clone());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Atomic swap.
+        let retired: Vec<Arc<LoadedVersion>> = {
+            let mut slots = self.slots.write().unwrap();
+            let slot = slots.entry(name.to_string()).or_insert_with(Slot::new);
+            let old = std::mem::replace(&mut slot.versions, next.clone());
+            slot.failed = new_failed;
+            slot.state = if next.is_empty() {
+                SlotState::Unavailable
+            } else {
+                SlotState::Ready
+            };
+            slot.reason = errors.join("; ");
+            old.into_values()
+                .filter(|o| !next.get(&o.version).is_some_and(|n| Arc::ptr_eq(n, o)))
+                .collect()
+        };
+        for lv in next.values() {
+            self.metrics
+                .model_ready
+                .with_label_values(&[name, &lv.version_str()])
+                .set(1);
+        }
+        self.retire(retired, &next);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// Stops old versions: they finish their queued work on a background thread.
+    fn retire(
+        &self,
+        retired: Vec<Arc<LoadedVersion>>,
+        still_serving: &BTreeMap<u64, Arc<LoadedVersion>>,
+    ) {
+        for lv in retired {
+            if !still_serving.contains_key(&lv.version) {
+                self.metrics
+                    .model_ready
+                    .with_label_values(&[&lv.name, &lv.version_str()])
+                    .set(0);
+            }
+            lv.batcher.close();
+            let _ = std::thread::Builder::new().name("retire".into()).spawn(move || {
+                lv.batcher.shutdown();
+                tracing::info!(model = %lv.name, version = lv.version, "retired version drained");
+            });
+        }
+    }
+
+    fn unload_locked(&self, name: &str, reason: &str) -> bool {
+        let retired: Vec<Arc<LoadedVersion>> = {
+            let mut slots = self.slots.write().unwrap();
+            let Some(slot) = slots.get_mut(name) else {
+                return false;
+            };
+            slot.state = SlotState::Unavailable;
+            slot.reason = reason.to_string();
+            std::mem::take(&mut slot.versions).into_values().collect()
+        };
+        if !retired.is_empty() {
+            tracing::info!(model = name, reason, "model unloaded");
+        }
+        self.retire(retired, &BTreeMap::new());
+        true
+    }
+
+    /// Unloads every version; queued requests still complete. False if the model is unknown.
+    pub fn unload(&self, name: &str) -> bool {
+        let _guard = self.load_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let known = self.unload_locked(name, "unloaded");
+        known || (valid_model_name(name) && self.root.join(name).is_dir())
+    }
+
+    /// Initial load according to the control mode.
+    pub fn load_initial(&self, explicit: &[String]) {
+        let names: Vec<String> = match self.mode {
+            ControlMode::None | ControlMode::Poll => self.model_dirs(),
+            ControlMode::Explicit if explicit.iter().any(|n| n == "*") => self.model_dirs(),
+            ControlMode::Explicit => explicit.to_vec(),
+        };
+        for name in names {
+            if let Err(e) = self.sync_model(&name, true) {
+                tracing::error!(model = %name, error = %e, "model not (fully) loaded");
+            }
+        }
+    }
+
+    /// One poll pass: new and changed models load, removed ones unload.
+    pub fn poll_once(&self) {
+        let dirs = self.model_dirs();
+        for name in &dirs {
+            if let Err(e) = self.sync_model(name, false) {
+                tracing::debug!(model = %name, error = %e, "poll: model not fully in sync");
+            }
+        }
+        let known: Vec<String> = self.slots.read().unwrap().keys().cloned().collect();
+        for name in known {
+            if !dirs.contains(&name) {
+                let _guard = self.load_lock.lock().unwrap_or_else(|p| p.into_inner());
+                self.unload_locked(&name, "removed from the model repository");
+            }
+        }
+    }
+
+    /// The version to serve: `version` if given, else the highest loaded one.
+    pub fn get(&self, name: &str, version: Option<u64>) -> Result<Arc<LoadedVersion>, LookupError> {
+        let slots = self.slots.read().unwrap();
+        let Some(slot) = slots.get(name) else {
+            if valid_model_name(name) && self.root.join(name).is_dir() {
+                return Err(LookupError::NotReady("model is not loaded".into()));
+            }
+            return Err(LookupError::UnknownModel);
+        };
+        match version {
+            Some(v) => slot
+                .versions
+                .get(&v)
+                .cloned()
+                .ok_or(LookupError::UnknownVersion),
+            None => slot.versions.values().next_back().cloned().ok_or_else(|| {
+                LookupError::NotReady(match slot.state {
+                    SlotState::Loading => "model is loading".to_string(),
+                    _ if slot.reason.is_empty() => "model is not loaded".to_string(),
+                    _ => format!("model is not available: {}", slot.reason),
+                })
+            }),
+        }
+    }
+
+    /// Loaded versions of a model, ascending.
+    pub fn versions(&self, name: &str) -> Vec<Arc<LoadedVersion>> {
+        self.slots
+            .read()
+            .unwrap()
+            .get(name)
+            .map(|s| s.versions.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every loaded version of every model.
+    pub fn all_loaded(&self) -> Vec<Arc<LoadedVersion>> {
+        self.slots
+            .read()
+            .unwrap()
+            .values()
+            .flat_map(|s| s.versions.values().cloned())
+            .collect()
+    }
+
+    pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
+        let slots = self.slots.read().unwrap();
+        let mut out = Vec::new();
+        let mut names: Vec<String> = self.model_dirs();
+        for k in slots.keys() {
+            if !names.contains(k) {
+                names.push(k.clone());
+            }
+        }
+        names.sort();
+        for name in names {
+            match slots.get(&name) {
+                Some(slot) if !slot.versions.is_empty() => {
+                    for v in slot.versions.keys() {
+                        out.push(IndexEntry {
+                            name: name.clone(),
+                            version: v.to_string(),
+                            state: "READY".into(),
+                            reason: String::new(),
+                        });
+                    }
+                }
+                Some(slot) if !ready_only => out.push(IndexEntry {
+                    name: name.clone(),
+                    version: String::new(),
+                    state: match slot.state {
+                        SlotState::Loading => "LOADING".into(),
+                        _ => "UNAVAILABLE".into(),
+                    },
+                    reason: slot.reason.clone(),
+                }),
+                None if !ready_only => out.push(IndexEntry {
+                    name: name.clone(),
+                    version: String::new(),
+                    state: "UNAVAILABLE".into(),
+                    reason: "not loaded".into(),
+                }),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Stops accepting work everywhere and waits until every queued request has been answered.
+    pub fn shutdown(&self) {
+        let all = self.all_loaded();
+        for lv in &all {
+            lv.batcher.close();
+        }
+        for lv in &all {
+            lv.batcher.shutdown();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(valid_model_name("fashion-mnist_w3.v2"));
+        assert!(!valid_model_name("../etc"));
+        assert!(!valid_model_name(".hidden"));
+        assert!(!valid_model_name(""));
+        assert!(!valid_model_name("a/b"));
+    }
+
+    #[test]
+    fn version_dirs_need_a_model_file() {
+        let t = tempfile::tempdir().unwrap();
+        for v in ["1", "2", "10", "x", "0", "+3"] {
+            std::fs::create_dir_all(t.path().join(v)).unwrap();
+            std::fs::write(t.path().join(v).join(MODEL_FILE), b"").unwrap();
+        }
+        std::fs::create_dir_all(t.path().join("7")).unwrap();
+        assert_eq!(list_versions(t.path()), vec![1, 2, 10]);
+    }
+
+    #[test]
+    fn failed_load_is_reported_and_counted() {
+        let t = tempfile::tempdir().unwrap();
+        let mdir = t.path().join("broken");
+        std::fs::create_dir_all(mdir.join("1")).unwrap();
+        std::fs::write(mdir.join("1").join(MODEL_FILE), b"not a safetensors file").unwrap();
+        let metrics = Arc::new(Metrics::new("scalar"));
+        let repo = Repository::new(t.path().to_path_buf(), ControlMode::Poll, metrics.clone());
+        let err = repo.sync_model("broken", true).unwrap_err();
+        assert!(err.contains("version 1"), "{err}");
+        assert_eq!(
+            metrics
+                .model_load_failures
+                .with_label_values(&["broken"])
+                .get(),
+            1
+        );
+        assert!(matches!(
+            repo.get("broken", None),
+            Err(LookupError::NotReady(_))
+        ));
+        // Unchanged file: poll mode does not retry.
+        repo.poll_once();
+        assert_eq!(
+            metrics
+                .model_load_failures
+                .with_label_values(&["broken"])
+                .get(),
+            1
+        );
+        let idx = repo.index(false);
+        assert_eq!(idx.len(), 1);
+        assert_eq!(idx[0].state, "UNAVAILABLE");
+        assert!(idx[0].reason.contains("version 1"));
+        assert_eq!(
+            repo.get("nope", None).err(),
+            Some(LookupError::UnknownModel)
+        );
+    }
+
+    #[test]
+    fn bad_config_is_an_error() {
+        let t = tempfile::tempdir().unwrap();
+        let mdir = t.path().join("m");
+        std::fs::create_dir_all(&mdir).unwrap();
+        std::fs::write(mdir.join("config.toml"), "max_batch_size = 0").unwrap();
+        let repo = Repository::new(
+            t.path().to_path_buf(),
+            ControlMode::None,
+            Arc::new(Metrics::new("scalar")),
+        );
+        assert!(repo
+            .sync_model("m", true)
+            .unwrap_err()
+            .contains("max_batch_size"));
+    }
+}
