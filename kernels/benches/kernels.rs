@@ -1,1 +1,222 @@
-fn main() {}
+//! `cargo bench -p kernels`: one table of GMAC/s (median of repeated runs, one thread) for the
+//! shift kernels of every ISA this CPU supports, the int8 dot-product baseline on the same
+//! weights, and fp32 `gemm`, on ResNet-18 conv shapes (as GEMMs over im2col'd activations) and
+//! GEMV/LSTM-sized matrices. Ratios are against fp32 gemm (and int8) measured in the same run.
+//!
+//! Environment: `KERNELS_BENCH_QUICK=1` runs a reduced set; `KERNELS_BENCH_SECS` sets the time
+//! budget per measurement (default 0.25 s, at least 3 runs); `KERNELS_BENCH_FILTER=substring`
+//! keeps matching shapes, `KERNELS_BENCH_ISA=name` one shift variant.
+
+use kernels::baseline::Int8Weights;
+use kernels::*;
+use std::hint::black_box;
+use std::time::Instant;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// CPU time of the calling thread in seconds (Linux schedstat), so that time slices lost to
+/// other processes on this shared machine do not count; `None` where unavailable.
+fn thread_cpu() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(ns as f64 * 1e-9)
+}
+
+fn median_secs(budget: f64, mut f: impl FnMut()) -> f64 {
+    f(); // warm up (also grows workspaces)
+    let mut v = Vec::new();
+    let start = Instant::now();
+    while v.len() < 3 || (start.elapsed().as_secs_f64() < budget && v.len() < 50) {
+        let (t, c) = (Instant::now(), thread_cpu());
+        f();
+        let wall = t.elapsed().as_secs_f64();
+        v.push(match (c, thread_cpu()) {
+            (Some(a), Some(b)) if b > a => b - a,
+            _ => wall,
+        });
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+struct Case {
+    name: String,
+    rows: usize,
+    k: usize,
+    p: usize,
+}
+
+fn main() {
+    let quick = std::env::var("KERNELS_BENCH_QUICK").is_ok();
+    let budget: f64 = std::env::var("KERNELS_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.25);
+    let only_isa = std::env::var("KERNELS_BENCH_ISA").ok();
+    let isas: Vec<Isa> = available_isas()
+        .into_iter()
+        .rev()
+        .filter(|i| only_isa.as_deref().is_none_or(|o| o == i.name()))
+        .collect();
+    let filter = std::env::var("KERNELS_BENCH_FILTER").ok();
+    let mut cases = Vec::new();
+    let convs: &[(usize, usize)] = if quick {
+        &[(64, 56), (512, 7)]
+    } else {
+        &[(64, 56), (128, 28), (256, 14), (512, 7)]
+    };
+    for &(c, hw) in convs {
+        for &ks in &[3usize, 1] {
+            for &n in &[1usize, 8] {
+                cases.push(Case {
+                    name: format!("conv{ks}x{ks} {c}ch@{hw}x{hw} b{n}"),
+                    rows: c,
+                    k: c * ks * ks,
+                    p: n * hw * hw,
+                });
+            }
+        }
+    }
+    for &(r, k) in &[(4096usize, 4096usize), (1024, 256), (1024, 40)] {
+        for &n in &[1usize, 8] {
+            if quick && n == 8 {
+                continue;
+            }
+            cases.push(Case {
+                name: format!("gemv {r}x{k} b{n}"),
+                rows: r,
+                k,
+                p: n,
+            });
+        }
+    }
+    if let Some(f) = &filter {
+        cases.retain(|c| c.name.contains(f.as_str()));
+    }
+    println!("kernels benchmark: 1 thread, W3 zero-free weights, int path (u8 activations)");
+    println!("CPU: {}", cpu_model());
+    println!(
+        "ISAs: {}; int8 baseline: {}",
+        isas.iter().map(|i| i.name()).collect::<Vec<_>>().join(", "),
+        if has_avx512_vnni() {
+            "AVX-512 VNNI vpdpbusd"
+        } else {
+            "scalar"
+        }
+    );
+    println!("GMAC/s = MACs / thread CPU time (median of runs); ratios: best shift ISA / fp32 gemm and / int8\n");
+    let mut hdr = format!("| {:<26} | {:>8} |", "shape (rows x K x pixels)", "MMAC");
+    for i in &isas {
+        hdr += &format!(" {:>9} |", format!("shift {}", i.name()));
+    }
+    hdr += &format!(
+        " {:>9} | {:>9} | {:>11} | {:>11} |",
+        "int8", "fp32 gemm", "shift/fp32", "shift/int8"
+    );
+    println!("{hdr}");
+    println!(
+        "|{}|",
+        hdr[1..hdr.len() - 1]
+            .split('|')
+            .map(|c| "-".repeat(c.len()))
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    for c in &cases {
+        let vals: Vec<i32> = (0..c.rows * c.k)
+            .map(|_| {
+                let r = rng.next();
+                let m = (r >> 8) % 4;
+                if r & 1 == 1 {
+                    -(1 << m)
+                } else {
+                    1 << m
+                }
+            })
+            .collect();
+        let w = PackedShift::from_values(Code::ZeroFree, 3, c.rows, c.k, &vals).unwrap();
+        let act: Vec<u8> = (0..c.k * c.p).map(|_| (rng.next() >> 24) as u8).collect();
+        let actf: Vec<f32> = act.iter().map(|&a| a as f32 / 255.0).collect();
+        let wf: Vec<f32> = vals.iter().map(|&v| v as f32).collect();
+        let macs = (c.rows * c.k * c.p) as f64;
+        let mut line = format!("| {:<26} | {:>8.1} |", c.name, macs / 1e6);
+        let mut acc = vec![0i32; c.rows * c.p];
+        let mut scratch = Scratch::new();
+        let mut best: f64 = 0.0;
+        let mut reference: Option<Vec<i32>> = None;
+        for &isa in &isas {
+            let pw = PreparedShift::new(&w, isa).unwrap();
+            let t = median_secs(budget, || {
+                shift_gemm_i32(&pw, black_box(&act), c.p, &mut acc, 1, &mut scratch).unwrap();
+                black_box(&acc);
+            });
+            // every ISA must agree (cheap sanity check; the property tests are the real proof)
+            match &reference {
+                None => reference = Some(acc.clone()),
+                Some(r) => assert!(r == &acc, "ISA {isa} disagrees"),
+            }
+            let g = macs / t / 1e9;
+            best = best.max(g);
+            line += &format!(" {:>9.2} |", g);
+        }
+        if std::env::var("KERNELS_BENCH_ONLY_SHIFT").is_ok() {
+            println!("{line}");
+            continue;
+        }
+        let iw = Int8Weights::new(&w).unwrap();
+        let ti = if c.p == 1 {
+            let mut y = vec![0i32; c.rows];
+            let t = median_secs(budget, || {
+                iw.gemv_i32(black_box(&act), &mut y).unwrap();
+                black_box(&y);
+            });
+            assert!(reference.as_ref().unwrap() == &y, "int8 gemv disagrees");
+            t
+        } else {
+            // Activations are repacked for vpdpbusd outside the timed region, as the shift
+            // kernels also get their preferred layout (the repack is im2col's job in a model).
+            let pa = iw.pack_activations(&act, c.p).unwrap();
+            let t = median_secs(budget, || {
+                iw.gemm_i32_packed(black_box(&pa), c.p, &mut acc).unwrap();
+                black_box(&acc);
+            });
+            assert!(reference.as_ref().unwrap() == &acc, "int8 gemm disagrees");
+            t
+        };
+        let gi = macs / ti / 1e9;
+        let mut outf = vec![0f32; c.rows * c.p];
+        let tf = median_secs(budget, || {
+            gemm_f32(c.rows, c.p, c.k, &wf, black_box(&actf), &mut outf, false, 1).unwrap();
+            black_box(&outf);
+        });
+        let gf = macs / tf / 1e9;
+        line += &format!(
+            " {:>9.2} | {:>9.2} | {:>10.2}x | {:>10.2}x |",
+            gi,
+            gf,
+            best / gf,
+            best / gi
+        );
+        println!("{line}");
+    }
+}

@@ -94,19 +94,22 @@ fn table_core<E: Elem, const L: usize, const R: usize>(
                 for (r, ar) in a.iter_mut().enumerate() {
                     *ar = init(o + r, p0, pn, first);
                 }
-                let cbase = w.codes.as_ptr();
-                for kl in 0..kn {
-                    for (r, ar) in a.iter_mut().enumerate() {
-                        // SAFETY: (o+r) < rows and k0+kl < k, so the index is inside `codes`;
-                        // codes are < ncodes (checked when the layout was built), so the entry
-                        // lies inside the kn*nc*L table entries just built.
-                        unsafe {
-                            let c = *cbase.add((o + r) * k + k0 + kl) as usize;
-                            let t = &*(tp.add((kl * nc + c) * L) as *const [E; L]);
+                // SAFETY: (o+r) < rows and k0+kl < k, so every index is inside `codes`; codes
+                // are < ncodes (checked when the layout was built), so each entry lies inside
+                // the kn*nc*L table entries just built.
+                unsafe {
+                    let crow: [*const u8; R] =
+                        std::array::from_fn(|r| w.codes.as_ptr().add((o + r) * k + k0));
+                    let mut tk = tp;
+                    for kl in 0..kn {
+                        for (r, ar) in a.iter_mut().enumerate() {
+                            let c = *crow[r].add(kl) as usize;
+                            let t = &*(tk.add(c * L) as *const [E; L]);
                             for j in 0..L {
                                 ar[j] = ar[j].add(t[j]);
                             }
                         }
+                        tk = tk.add(nc * L);
                     }
                 }
                 for (r, ar) in a.iter().enumerate() {
@@ -152,6 +155,12 @@ pub(crate) fn table_i16<const L: usize, const R: usize>(
     tbl: &mut [i16],
 ) {
     let ops = w.ops;
+    let max_shift = ops
+        .iter()
+        .filter(|o| !o.zero)
+        .map(|o| o.shift)
+        .max()
+        .unwrap_or(0);
     table_core::<i16, L, R>(
         w,
         kc,
@@ -171,13 +180,33 @@ pub(crate) fn table_i16<const L: usize, const R: usize>(
                         a[j] = src[j] as i16 - 128;
                     }
                 }
+                // a << m by repeated doubling; each code stores +v, -v or 0.
+                let nc = ops.len();
+                let tk = &mut t[kl * nc * L..(kl + 1) * nc * L];
+                let mut v = a;
+                for m in 0..=max_shift {
+                    if m > 0 {
+                        for j in 0..L {
+                            v[j] = v[j].wrapping_add(v[j]);
+                        }
+                    }
+                    for (c, op) in ops.iter().enumerate() {
+                        if op.zero || op.shift != m {
+                            continue;
+                        }
+                        let dst: &mut [i16; L] = (&mut tk[c * L..(c + 1) * L]).try_into().unwrap();
+                        if op.neg {
+                            for j in 0..L {
+                                dst[j] = 0i16.wrapping_sub(v[j]);
+                            }
+                        } else {
+                            *dst = v;
+                        }
+                    }
+                }
                 for (c, op) in ops.iter().enumerate() {
-                    let keep: i16 = if op.zero { 0 } else { -1 };
-                    let neg: i16 = if op.neg { -1 } else { 0 };
-                    let sh = op.shift;
-                    let dst = &mut t[(kl * ops.len() + c) * L..(kl * ops.len() + c + 1) * L];
-                    for j in 0..L {
-                        dst[j] = ((a[j].wrapping_shl(sh) & keep) ^ neg).wrapping_sub(neg);
+                    if op.zero {
+                        tk[c * L..(c + 1) * L].fill(0);
                     }
                 }
             }
@@ -186,14 +215,22 @@ pub(crate) fn table_i16<const L: usize, const R: usize>(
         |o, p0, pn, v, first| {
             // SAFETY: callers give each thread a disjoint pixel range of a [rows, stride] buffer.
             unsafe {
-                let dst = std::slice::from_raw_parts_mut(acc.0.add(o * stride + p0), pn);
-                if first {
-                    for j in 0..pn {
-                        dst[j] = v[j] as i32;
+                let dst = acc.0.add(o * stride + p0);
+                if pn == L {
+                    let dst = &mut *(dst as *mut [i32; L]);
+                    if first {
+                        for j in 0..L {
+                            dst[j] = v[j] as i32;
+                        }
+                    } else {
+                        for j in 0..L {
+                            dst[j] = dst[j].wrapping_add(v[j] as i32);
+                        }
                     }
                 } else {
+                    let dst = std::slice::from_raw_parts_mut(dst, pn);
                     for j in 0..pn {
-                        dst[j] = dst[j].wrapping_add(v[j] as i32);
+                        dst[j] = if first { 0 } else { dst[j] }.wrapping_add(v[j] as i32);
                     }
                 }
             }
