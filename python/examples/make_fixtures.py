@@ -15,6 +15,8 @@ from :func:`shiftserve_train.reference.forward` over the exported file):
   mlp_wz5         flatten + shift_linear (5-bit with-zero) + BN + fp32 linear, int8
   tt_lstm         MPS tensor-train LSTM (output last) on [1, 40, 51]
   dense_lstm      dense LSTM (output mean) on [1, 40, 51]
+  misc_ops        grouped shift conv (groups 4), avgpool2d (with padding), relu, flatten,
+                  shift_linear W4 with bias + BN, int8 path: a custom model's export_graph
 
 Preprocessing:
   images/*.{png,jpg,bmp,gif,webp} and preprocess_images.safetensors (``<file>/<spec>`` tensors,
@@ -38,6 +40,7 @@ import tiny_export  # noqa: E402
 
 from shiftserve_train import features, reference  # noqa: E402
 from shiftserve_train.export import export  # noqa: E402
+from shiftserve_train.layers import ShiftConv2d, ShiftLinear  # noqa: E402
 from shiftserve_train.models import (LSTMClassifier, ResNet, ShiftMLP, TTLSTMClassifier,  # noqa: E402
                                      resnet_cifar, slu_resnet)
 from shiftserve_train.quant import set_quant_mode  # noqa: E402
@@ -195,6 +198,58 @@ def models(out_dir):
                       desc="dense LSTM (H=16), output mean")
 
 
+class MiscNet(torch.nn.Module):
+    """Ops the ResNets do not produce, written as a user's custom model would be: a forward
+    for PyTorch and an ``export_graph`` describing the same computation."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Conv2d(1, 8, 3, 1, 1, bias=True)
+        self.stem_bn = nn.BatchNorm2d(8)
+        self.gconv = ShiftConv2d(8, 8, 3, stride=1, padding=1, groups=4, bits=3)
+        self.gbn = nn.BatchNorm2d(8)
+        self.pool = nn.AvgPool2d(2, 2)
+        self.pool2 = nn.AvgPool2d(3, 2, padding=1)
+        self.fc1 = ShiftLinear(8 * 3 * 3, 16, bias=True, bits=4)
+        self.bn1 = nn.BatchNorm1d(16)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        F = torch.nn.functional
+        x = F.relu(self.stem_bn(self.stem(x)))
+        x = F.relu(self.gbn(self.gconv(x)))
+        x = F.relu(self.pool2(self.pool(x)))
+        x = F.relu(self.bn1(self.fc1(torch.flatten(x, 1))))
+        return self.fc(x)
+
+    def export_graph(self, g, x):
+        x = g.conv("stem", self.stem, self.stem_bn, x, relu=True)
+        x = g.conv("gconv", self.gconv, self.gbn, x, relu=True)
+        x = g.avgpool("pool", x, self.pool)
+        x = g.avgpool("pool2", x, self.pool2)
+        x = g.relu("relu", x)
+        x = g.flatten("flatten", x)
+        x = g.linear("fc1", self.fc1, self.bn1, x, relu=True)
+        return g.linear("fc", self.fc, None, x, relu=False)
+
+
+def misc(out_dir):
+    torch.manual_seed(9)
+    m = MiscNet()
+    with torch.no_grad():
+        m.fc1.bias.normal_()
+        m.stem.bias.normal_()
+    randomize_batchnorm(m, seed=9, warmup=synthetic_images(32, 1, 12, 12, seed=13))
+    randomize_linear(m.fc, seed=9, std=1.0)
+    pp = {"kind": "image", "channels": 1, "resize": 12, "crop": [12, 12], "invert": False,
+          "mean": [0.5], "std": [0.25]}
+    export_and_golden(out_dir, "misc_ops", m, synthetic_images(32, 1, 12, 12, seed=14).numpy(),
+                      labels=list("abcde"), preprocess=pp,
+                      calib=[synthetic_images(16, 1, 12, 12, seed=15 + i) for i in range(2)],
+                      desc="grouped shift conv, avgpool2d, relu, flatten, shift_linear W4", batch=4)
+
+
 # ----------------------------------------------------------------------------------------------
 # preprocessing fixtures
 
@@ -294,6 +349,7 @@ def main(out_dir):
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.use_deterministic_algorithms(True)
     models(out_dir)
+    misc(out_dir)
     images(out_dir)
     audio(out_dir)
     total = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())

@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import re
+import warnings
 from typing import Iterable
 
 import numpy as np
@@ -23,6 +24,7 @@ from safetensors.numpy import save_file
 
 from . import __version__
 from .layers import WITH_ZERO, ZERO_FREE, ShiftConv2d, ShiftLinear, check_bits, shift_modules
+from .quant import act_quants as _act_quants
 from .quant import calibrate as _calibrate
 
 FORMAT_VERSION = "1"
@@ -387,6 +389,9 @@ def export(model: nn.Module, path, *, name: str, task: str, labels: list[str], p
         raise ExportError(f"{type(model).__name__} has no export_graph(); use a shiftserve_train model")
 
     model.eval()
+    if numeric_path == "float" and any(m.mode == "on" for m in _act_quants(model)):
+        warnings.warn("exporting the float path while activation fake-quant is on: the PyTorch eval "
+                      "forward will not match the file; call quant.set_quant_mode(model, 'off')", stacklevel=2)
     shape = list(input_shape) if input_shape is not None else input_shape_from_preprocess(preprocess)
     if numeric_path == "int8" and shift_modules(model):
         if calib is not None:

@@ -293,8 +293,11 @@ def _tt_cores(mf, node, part, rows, cols):
         raise FormatError(f"node {node['name']}: {part} modes do not match the matrix shape")
     full = [1] + ranks + [1]
     modes = in_modes + out_modes
-    cores = [mf.tensor(f"{node['name']}.{part}.core{k + 1}", np.float32, [full[k], modes[k], full[k + 1]])
-             .astype(np.float64) for k in range(2 * d)]
+    names = spec.get("cores") or [f"{node['name']}.{part}.core{k + 1}" for k in range(2 * d)]
+    if len(names) != 2 * d:
+        raise FormatError(f"node {node['name']}: {part}.cores must name {2 * d} tensors")
+    cores = [mf.tensor(names[k], np.float32, [full[k], modes[k], full[k + 1]]).astype(np.float64)
+             for k in range(2 * d)]
     return cores, in_modes, out_modes
 
 
@@ -381,3 +384,35 @@ def forward(mf: ModelFile | str | Path, x, return_all: bool = False):
         vals[node["output"]] = np.ascontiguousarray(y, dtype=F32)
     out = vals[mf.graph["nodes"][-1]["output"]]
     return (out, vals) if return_all else out
+
+
+def main(argv=None):
+    """``shiftserve-ref MODEL INPUT...``: preprocess inputs (images / WAVs) as declared in the
+    model file, run the reference forward and print the top predictions (compare with
+    ``shiftserve run``)."""
+    import argparse
+
+    from .features import features
+
+    ap = argparse.ArgumentParser(prog="shiftserve-ref", description=main.__doc__)
+    ap.add_argument("model")
+    ap.add_argument("inputs", nargs="+")
+    ap.add_argument("--top", type=int, default=5)
+    args = ap.parse_args(argv)
+    mf = ModelFile(args.model)
+    print(f"{mf.name}: task {mf.task}, input {mf.input_shape}, {len(mf.labels)} labels")
+    for path in args.inputs:
+        x = features(path, mf.preprocess)[None]
+        logits = forward(mf, x)[0].astype(np.float64)
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        order = np.argsort(-p, kind="stable")[: args.top]
+        print(path)
+        for i in order:
+            extra = f"  {mf.intents[i]}" if mf.intents else ""
+            print(f"  {p[i]:.4f}  {mf.labels[i]}{extra}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

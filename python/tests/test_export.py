@@ -233,3 +233,25 @@ def test_spoken_intent_metadata(tmp_path):
     mf = reference.ModelFile(p)
     assert mf.intents == intents and mf.task == "spoken_intent"
     _agree(m, p, torch.randn(2, 1, 12, 21).numpy(), 1e-2)
+
+
+def test_custom_model_grouped_conv_avgpool(tmp_path):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from make_fixtures import MiscNet
+
+    torch.manual_seed(0)
+    m = MiscNet()
+    randomize_batchnorm(m, seed=0, warmup=synthetic_images(16, 1, 12, 12, seed=1))
+    pp = {"kind": "image", "channels": 1, "crop": [12, 12], "mean": [0.5], "std": [0.25]}
+    p = tmp_path / "misc.safetensors"
+    export(m, p, name="misc", task="image_classification", labels=list("abcde"), preprocess=pp,
+           calib=[synthetic_images(16, 1, 12, 12, seed=2)], progress=False)
+    nodes = {n["name"]: n for n in reference.ModelFile(p).graph["nodes"]}
+    assert nodes["gconv"]["groups"] == 4 and nodes["pool2"]["op"] == "avgpool2d"
+    _agree(m, p, synthetic_images(4, 1, 12, 12, seed=3).numpy(), 1e-3)
+    set_quant_mode(m, "on")
+    with pytest.warns(UserWarning, match="fake-quant"):
+        export(m, p, name="misc", task="image_classification", labels=list("abcde"), preprocess=pp,
+               numeric_path="float", progress=False)

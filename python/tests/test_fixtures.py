@@ -13,7 +13,7 @@ from shiftserve_train import features, reference
 ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "models/tests/fixtures"
 MODELS = ["tiny_w3", "tiny_w3_float", "tiny_w2", "tiny_wz3_float", "tiny_fp32", "bottleneck_w4", "slu_w3",
-          "mlp_wz5", "tt_lstm", "dense_lstm"]
+          "mlp_wz5", "tt_lstm", "dense_lstm", "misc_ops"]
 
 
 @pytest.mark.parametrize("name", MODELS)
