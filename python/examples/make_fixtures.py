@@ -41,11 +41,15 @@ import tiny_export  # noqa: E402
 from shiftserve_train import features, reference  # noqa: E402
 from shiftserve_train.export import export  # noqa: E402
 from shiftserve_train.layers import ShiftConv2d, ShiftLinear  # noqa: E402
-from shiftserve_train.models import (LSTMClassifier, ResNet, ShiftMLP, TTLSTMClassifier,  # noqa: E402
-                                     resnet_cifar, slu_resnet)
+from shiftserve_train.models import LSTMClassifier, ResNet, ShiftMLP, TTLSTMClassifier, resnet_cifar, slu_resnet  # noqa: E402
 from shiftserve_train.quant import set_quant_mode  # noqa: E402
-from shiftserve_train.testing import (pick_robust_inputs, randomize_batchnorm, randomize_linear,  # noqa: E402
-                                      replace_if_changed, synthetic_images)
+from shiftserve_train.testing import (  # noqa: E402
+    pick_robust_inputs,
+    randomize_batchnorm,
+    randomize_linear,
+    replace_if_changed,
+    synthetic_images,
+)
 
 AUDIO_SPEC = {"kind": "audio", "sample_rate": 16000, "seconds": 1.0, "features": "log_mel",
               "n_fft": 512, "win_length": 400, "hop_length": 160, "window": "hann", "center": True,

@@ -22,8 +22,13 @@ from safetensors.numpy import save_file
 from shiftserve_train import reference
 from shiftserve_train.export import export
 from shiftserve_train.models import resnet_cifar
-from shiftserve_train.testing import (pick_robust_inputs, randomize_batchnorm, randomize_linear, replace_if_changed,
-                                      synthetic_images)
+from shiftserve_train.testing import (
+    pick_robust_inputs,
+    randomize_batchnorm,
+    randomize_linear,
+    replace_if_changed,
+    synthetic_images,
+)
 
 FMNIST_LABELS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
                  "bag", "ankle-boot"]

@@ -23,7 +23,7 @@ import torch.nn as nn
 from safetensors.numpy import save_file
 
 from . import __version__
-from .layers import WITH_ZERO, ZERO_FREE, ShiftConv2d, ShiftLinear, check_bits, shift_modules
+from .layers import ZERO_FREE, ShiftConv2d, ShiftLinear, check_bits, shift_modules
 from .quant import act_quants as _act_quants
 from .quant import calibrate as _calibrate
 

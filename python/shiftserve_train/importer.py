@@ -32,7 +32,7 @@ import torch.nn as nn
 from .layers import WITH_ZERO, ZERO_FREE, ShiftConv2d, ShiftLinear
 
 
-class ImportError_(ValueError):
+class CheckpointImportError(ValueError):
     """Raised when a checkpoint does not fit the model (missing/extra/mismatched tensors)."""
 
 
@@ -59,7 +59,7 @@ def default_layout(module) -> LatentLayout:
         return denseshift_layout(module.bits)
     if module.code == WITH_ZERO and module.bits == 3:
         return S3_W3_LAYOUT
-    raise ImportError_(f"no default latent layout for {module.bits}-bit {module.code}; pass layout=")
+    raise CheckpointImportError(f"no default latent layout for {module.bits}-bit {module.code}; pass layout=")
 
 
 def identity_names(name: str) -> str:
@@ -80,7 +80,7 @@ def torchvision_resnet_names(name: str) -> str:
 
 def _get(sd, key):
     if key not in sd:
-        raise ImportError_(f"checkpoint has no tensor {key!r}")
+        raise CheckpointImportError(f"checkpoint has no tensor {key!r}")
     return sd[key]
 
 
@@ -109,21 +109,21 @@ def import_latent_checkpoint(model: nn.Module, state_dict: Mapping[str, torch.Te
             lay = layout(mod) if callable(layout) else (layout or default_layout(mod))
             w = mod.weight
             if len(lay.thermometer) != w.n_latents:
-                raise ImportError_(f"{name}: layout has {len(lay.thermometer)} exponent latents, "
+                raise CheckpointImportError(f"{name}: layout has {len(lay.thermometer)} exponent latents, "
                                    f"{mod.bits}-bit {mod.code} needs {w.n_latents}")
             sign_key = next((f"{theirs}.{s}" for s in lay.sign if f"{theirs}.{s}" in sd), None)
             if sign_key is None:
-                raise ImportError_(f"{name}: no sign latent among {[f'{theirs}.{s}' for s in lay.sign]}")
+                raise CheckpointImportError(f"{name}: no sign latent among {[f'{theirs}.{s}' for s in lay.sign]}")
             pairs = [(w.weight_sign, sign_key)]
             pairs += [(getattr(w, f"weight_t{i + 1}"), f"{theirs}.{k}") for i, k in enumerate(lay.thermometer)]
             if mod.code == WITH_ZERO:
                 if lay.gate is None:
-                    raise ImportError_(f"{name}: with-zero module needs a gate latent in the layout")
+                    raise CheckpointImportError(f"{name}: with-zero module needs a gate latent in the layout")
                 pairs.append((w.weight_gate, f"{theirs}.{lay.gate}"))
             for param, key in pairs:
                 t = _get(sd, key)
                 if tuple(t.shape) != tuple(param.shape):
-                    raise ImportError_(f"{key}: shape {list(t.shape)}, expected {list(param.shape)}")
+                    raise CheckpointImportError(f"{key}: shape {list(t.shape)}, expected {list(param.shape)}")
                 param.copy_(t.to(param.dtype))
                 used.add(key)
             for alias in lay.aliases:
@@ -135,7 +135,7 @@ def import_latent_checkpoint(model: nn.Module, state_dict: Mapping[str, torch.Te
                 if mod.bias is not None:
                     mod.bias.copy_(b)
                 elif bool((b != 0).any()):
-                    raise ImportError_(f"{bkey}: non-zero conv bias but the module has bias=False")
+                    raise CheckpointImportError(f"{bkey}: non-zero conv bias but the module has bias=False")
                 used.add(bkey)
         else:
             local = dict(mod.named_parameters(recurse=False))
@@ -150,15 +150,15 @@ def import_latent_checkpoint(model: nn.Module, state_dict: Mapping[str, torch.Te
                 if key not in sd:
                     if k == "num_batches_tracked":
                         continue
-                    raise ImportError_(f"checkpoint has no tensor {key!r} (for {name}.{k})")
+                    raise CheckpointImportError(f"checkpoint has no tensor {key!r} (for {name}.{k})")
                 t = sd[key]
                 if tuple(t.shape) != tuple(v.shape):
-                    raise ImportError_(f"{key}: shape {list(t.shape)}, expected {list(v.shape)}")
+                    raise CheckpointImportError(f"{key}: shape {list(t.shape)}, expected {list(v.shape)}")
                 v.copy_(t.to(v.dtype))
                 used.add(key)
     unused = sorted(k for k in sd if k not in used and not k.endswith("num_batches_tracked"))
     if strict and unused:
-        raise ImportError_(f"unused checkpoint tensors: {unused[:10]}{' ...' if len(unused) > 10 else ''}")
+        raise CheckpointImportError(f"unused checkpoint tensors: {unused[:10]}{' ...' if len(unused) > 10 else ''}")
     return {"shift_modules": n_shift, "copied": sorted(used), "unused": unused}
 
 

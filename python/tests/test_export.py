@@ -8,8 +8,16 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from shiftserve_train import reference
-from shiftserve_train.export import (ExportError, bn_affine, export, fold_float, fold_shift, pack_planes,
-                                     tensor_sha256, unpack_planes)
+from shiftserve_train.export import (
+    ExportError,
+    bn_affine,
+    export,
+    fold_float,
+    fold_shift,
+    pack_planes,
+    tensor_sha256,
+    unpack_planes,
+)
 from shiftserve_train.layers import ShiftConv2d
 from shiftserve_train.models import LSTMClassifier, ResNet, ShiftMLP, TTLSTMClassifier, resnet_cifar
 from shiftserve_train.quant import set_quant_mode

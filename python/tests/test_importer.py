@@ -2,8 +2,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from shiftserve_train.importer import (ImportError_, LatentLayout, import_latent_checkpoint,
-                                       torchvision_resnet_names)
+from shiftserve_train.importer import (
+    CheckpointImportError,
+    LatentLayout,
+    import_latent_checkpoint,
+    torchvision_resnet_names,
+)
 from shiftserve_train.layers import ShiftConv2d
 from shiftserve_train.models import resnet_cifar
 
@@ -73,18 +77,18 @@ def test_import_custom_layout_and_strict_errors():
     renamed = {k.replace("weight_t", "bit"): v for k, v in sd.items()}
     import_latent_checkpoint(model, renamed, rename=torchvision_resnet_names,
                              layout=LatentLayout(thermometer=("bit1", "bit2", "bit3")))
-    with pytest.raises(ImportError_, match="no tensor"):
+    with pytest.raises(CheckpointImportError, match="no tensor"):
         import_latent_checkpoint(model, renamed, rename=torchvision_resnet_names)
     extra = dict(sd, **{"junk.weight": torch.zeros(1)})
-    with pytest.raises(ImportError_, match="unused"):
+    with pytest.raises(CheckpointImportError, match="unused"):
         import_latent_checkpoint(model, extra, rename=torchvision_resnet_names)
     assert import_latent_checkpoint(model, extra, rename=torchvision_resnet_names, strict=False)["unused"] == [
         "junk.weight"]
     bad = dict(sd)
     bad["layer1.0.conv1.weight_t1"] = torch.zeros(3)
-    with pytest.raises(ImportError_, match="shape"):
+    with pytest.raises(CheckpointImportError, match="shape"):
         import_latent_checkpoint(model, bad, rename=torchvision_resnet_names)
     nz = dict(sd)
     nz["layer1.0.conv1.bias"] = torch.ones(4)
-    with pytest.raises(ImportError_, match="bias"):
+    with pytest.raises(CheckpointImportError, match="bias"):
         import_latent_checkpoint(model, nz, rename=torchvision_resnet_names)

@@ -1,8 +1,14 @@
 import pytest
 import torch
 
-from shiftserve_train.layers import (ShiftConv2d, ShiftLinear, ShiftWeight, num_thermometer_latents,
-                                     ste_binarize01, ste_sign)
+from shiftserve_train.layers import (
+    ShiftConv2d,
+    ShiftLinear,
+    ShiftWeight,
+    num_thermometer_latents,
+    ste_binarize01,
+    ste_sign,
+)
 
 
 def test_ste_forward_values_and_identity_gradients():

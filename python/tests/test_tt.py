@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from shiftserve_train.models import TTLinear, TTLSTM
+from shiftserve_train.models import TTLSTM, TTLinear
 from shiftserve_train.reference import tt_apply
 
 
