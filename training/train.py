@@ -1,0 +1,561 @@
+#!/usr/bin/env python3
+"""Train, export and evaluate one bundled model (and its full-precision twin).
+
+    nice -n 10 /opt/venv/bin/python training/train.py digits
+    nice -n 10 /opt/venv/bin/python training/train.py intent
+    nice -n 10 /opt/venv/bin/python training/train.py intent-lstm
+    nice -n 10 /opt/venv/bin/python training/train.py fashion
+
+Each command: checks the data (generating it with training/data/*.py when missing), trains the
+shift model (DenseShift W3 / MPS-TT) and its full-precision twin with the same recipe, calibrates
+the 8-bit activation quantisers and fine-tunes with fake-quant, exports the model file, measures
+accuracy *from the exported file* with ``shiftserve_train.reference``, writes
+``models/repository/<name>/{config.toml,1/model.safetensors}`` and
+``training/results/<name>.json`` (the figures of docs/models.md).
+
+Data lives under $SHIFTSERVE_DATA (default /work/data), never in the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+from common import DATA, REPO, log  # noqa: E402
+
+PY = sys.executable
+
+
+# ----------------------------------------------------------------------------------------------
+# preprocessing specs (stored in the model files; training features go through the same code)
+
+INTENT_SPEC = {"kind": "audio", "sample_rate": 16000, "seconds": 3.0, "features": "log_mel",
+               "n_fft": 512, "win_length": 480, "hop_length": 320, "window": "hann",
+               "center": True, "n_mels": 40, "f_min": 20.0, "f_max": 8000.0, "log_eps": 1e-6,
+               "normalize": "utterance"}  # [1, 40, 151]: 30 ms windows, 20 ms hop
+INTENT_LSTM_SPEC = INTENT_SPEC
+DIGITS_SPEC = {"kind": "audio", "sample_rate": 8000, "seconds": 1.5, "features": "log_mel",
+               "n_fft": 256, "win_length": 240, "hop_length": 120, "window": "hann",
+               "center": True, "n_mels": 32, "f_min": 20.0, "f_max": 4000.0, "log_eps": 1e-6,
+               "normalize": "utterance"}
+# Fashion-MNIST: the served input is a photo of one garment on a LIGHT background (product
+# photo); "invert" maps it to the dataset's polarity (light garment on black), so the network is
+# trained on the official images unchanged. Resize: shorter side to 28, center crop 28x28.
+FASHION_SPEC = {"kind": "image", "channels": 1, "resize": 28, "crop": [28, 28], "invert": True,
+                "mean": [0.2860], "std": [0.3530]}
+
+
+def run_data_script(script, *args):
+    cmd = ["nice", "-n", "10", PY, os.path.join(REPO, "training", "data", script), *args]
+    log("generating data:", " ".join(cmd))
+    subprocess.run(cmd, check=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# audio data
+
+
+def load_audio_manifest(manifest, spec, root=None, cache=None):
+    """-> dict(wave float32 [N, samples], rows) with every clip read by shiftserve_train.features
+    (read_wav, resample when needed, fit_length), cached as .npy."""
+    from shiftserve_train import features as feat
+
+    with open(manifest) as f:
+        rows = list(csv.DictReader(f))
+    sr = int(spec["sample_rate"])
+    n = int(round(float(spec["seconds"]) * sr))
+    if cache and os.path.exists(cache) and os.path.getmtime(cache) > os.path.getmtime(manifest):
+        wave = np.load(cache)
+        if wave.shape == (len(rows), n):
+            return wave, rows
+    wave = np.zeros((len(rows), n), dtype=np.float32)
+    for i, r in enumerate(rows):
+        p = r["path"] if os.path.isabs(r["path"]) else os.path.join(root, r["path"])
+        x, rate = feat.read_wav(p)
+        if rate != sr:
+            x = feat.resample(x, rate, sr)
+        wave[i] = feat.fit_length(x, n).astype(np.float32)
+    if cache:
+        np.save(cache, wave)
+    return wave, rows
+
+
+def logmel_batches(wave, spec, batch=256):
+    from shiftserve_train.features import LogMel
+
+    lm = LogMel(spec)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(wave), batch):
+            out.append(lm(torch.from_numpy(wave[i:i + batch])))
+    return torch.cat(out).numpy()
+
+
+def spec_augment(x, rng, n_freq=2, max_f=5, n_time=2, max_t=12):
+    """SpecAugment-style masks on a feature batch [B, 1, M, T] (set to 0 = the utterance mean)."""
+    x = x.clone()
+    b, _, m, t = x.shape
+    for i in range(b):
+        for _ in range(n_freq):
+            w = int(rng.integers(0, max_f + 1))
+            s = int(rng.integers(0, m - w + 1))
+            x[i, :, s:s + w, :] = 0
+        for _ in range(n_time):
+            w = int(rng.integers(0, max_t + 1))
+            s = int(rng.integers(0, t - w + 1))
+            x[i, :, :, s:s + w] = 0
+    return x
+
+
+def augment_waves(w, rng, sr, max_shift_s=0.35, speed=(0.85, 1.15), snr=(10, 40), p_noise=0.6):
+    """Online waveform augmentation [B, n]: speed perturbation (linear resampling: tempo and pitch
+    together, like sox `speed`), random leading silence, gain, white noise."""
+    b, n = w.shape
+    out = np.zeros_like(w)
+    for i in range(b):
+        x = w[i]
+        nz = np.nonzero(np.abs(x) > 1e-4)[0]
+        x = x[: nz[-1] + 1] if len(nz) else x[:1]
+        f = rng.uniform(*speed)
+        m = max(2, int(len(x) / f))
+        x = np.interp(np.linspace(0, len(x) - 1, m), np.arange(len(x)), x)
+        room = n - len(x)
+        off = int(rng.integers(0, max(1, min(room, int(max_shift_s * sr)) + 1))) if room > 0 else 0
+        seg = x[: n - off]
+        out[i, off:off + len(seg)] = seg * rng.uniform(0.3, 1.0)
+        if rng.random() < p_noise:
+            rms = np.sqrt(np.mean(seg ** 2)) + 1e-6
+            s = rng.uniform(*snr)
+            out[i] += rng.standard_normal(n).astype(np.float32) * rms * 10 ** (-s / 20)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# digits
+
+
+def digits_data():
+    d = os.path.join(DATA, "digits")
+    man = os.path.join(d, "manifest.csv")
+    if not os.path.exists(man):
+        run_data_script("make_digits.py", "--out", d)
+    wave, rows = load_audio_manifest(man, DIGITS_SPEC, cache=os.path.join(d, "wave_8k_1.5s.npy"))
+    return wave, rows
+
+
+def build_digits(shift):
+    from shiftserve_train.models import ResNet
+
+    return ResNet("basic", (1, 1, 1), (16, 32, 64), stem="imagenet", stem_width=16,
+                  in_channels=1, num_classes=10, shift=shift, bits=3)
+
+
+def run_digits(args):
+    from shiftserve_train import export as ex
+
+    labels = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    wave, rows = digits_data()
+    y = np.array([labels.index(r["label"]) for r in rows])
+    split = np.array([r["split"] for r in rows])
+    spk = np.array([r["speaker"] for r in rows])
+    src = np.array([r["source"] for r in rows])
+    tr, va, te = split == "train", split == "valid", split == "test"
+    log(f"digits: train {tr.sum()} (fsdd {(tr & (src == 'fsdd')).sum()}, tts {(tr & (src != 'fsdd')).sum()}),"
+        f" valid {va.sum()}, test {te.sum()} (speakers {sorted(set(spk[te]))})")
+    assert not set(spk[tr]) & {"george", "lucas"}
+    feats_va = torch.from_numpy(logmel_batches(wave[va], DIGITS_SPEC))
+    feats_te = torch.from_numpy(logmel_batches(wave[te], DIGITS_SPEC))
+    from shiftserve_train.features import LogMel
+
+    lm = LogMel(DIGITS_SPEC)
+    tr_idx = np.nonzero(tr)[0]
+    bs = 64
+
+    def batches(ep, augment=True):
+        rng = np.random.default_rng(ep)
+        perm = rng.permutation(tr_idx)
+        for i in range(0, len(perm) - bs + 1, bs):
+            idx = perm[i:i + bs]
+            w = wave[idx]
+            if augment:
+                w = augment_waves(w, rng, 8000)
+            with torch.no_grad():
+                x = lm(torch.from_numpy(w))
+            if augment:
+                x = spec_augment(x, rng, max_f=4, max_t=8)
+            yield x, torch.from_numpy(y[idx])
+
+    steps = len(tr_idx) // bs
+    res = {"name": "digits", "spec": DIGITS_SPEC, "epochs": args.epochs or 12}
+    for kind in kinds_of(args, ("fp32", "shift")):
+        torch.manual_seed(0)
+        model = build_digits(kind == "shift")
+        t = common.train_loop(model, batches, res["epochs"], lr=args.lr or 3e-3, steps_per_epoch=steps,
+                              eval_fn=lambda: common.acc(common.predict(model, feats_va), y[va]),
+                              desc=f"digits-{kind}")
+        if kind == "shift":
+            common.qat(model, [x for x, _ in itertools.islice(batches(998, augment=False), 8)],
+                       batches, steps=args.qat_steps, lr=3e-4, desc="digits")
+        pt_te = common.predict(model, feats_te)
+        r = {"train_seconds": t, "valid_acc_pytorch": common.acc(common.predict(model, feats_va), y[va]),
+             "test_acc_pytorch": common.acc(pt_te, y[te]),
+             "test_per_speaker_pytorch": common.per_group(pt_te, y[te], spk[te])}
+        log(f"digits-{kind}: {json.dumps(r)}")
+        res[kind] = r
+    if "shift" not in res:
+        return save_part("digits", res)
+    out = os.path.join(DATA, "digits", "digits.safetensors")
+    ex.export(model, out, name="digits", task="audio_classification", labels=labels,
+              preprocess=DIGITS_SPEC, numeric_path="int8", progress=False,
+              description="DenseShift W3 ResNet (3 stages) on log-mel, 8 kHz; trained on FSDD "
+                          "speakers jackson/nicolas/theo/yweweler + TTS digits")
+    f_va = common.predict_file(out, feats_va.numpy())
+    f_te = common.predict_file(out, feats_te.numpy())
+    res["shift"]["valid_acc_file"] = common.acc(f_va, y[va])
+    res["shift"]["test_acc_file"] = common.acc(f_te, y[te])
+    res["shift"]["test_per_speaker_file"] = common.per_group(f_te, y[te], spk[te])
+    # card-check subset: recordings 0-9 of every digit of george and lucas, read from the WAVs
+    sub = [i for i, r in enumerate(rows) if r["split"] == "test" and
+           int(os.path.basename(r["path"])[:-4].split("_")[2]) < 10]
+    res["card_check"] = card_check_audio(out, [rows[i]["path"] for i in sub], y[sub], DIGITS_SPEC)
+    res["model_file"] = out
+    res["description"] = "DenseShift W3 ResNet spoken digits (8 kHz log-mel)"
+    save_part("digits", res)
+
+
+def card_check_audio(model_file, paths, y, spec):
+    """Accuracy of the exported file on WAV files, features from the files themselves
+    (shiftserve_train.features.audio_features, the reference of the server's preprocessing)."""
+    from shiftserve_train.features import audio_features
+
+    x = np.stack([audio_features(p, spec) for p in paths])
+    p = common.predict_file(model_file, x)
+    return {"n": len(paths), "acc": common.acc(p, y)}
+
+
+def kinds_of(args, both):
+    return both if args.variant == "both" else (args.variant,)
+
+
+def part_path(name, variant):
+    return os.path.join(DATA, "parts", f"{name}.{variant}.json")
+
+
+def save_part(name, res):
+    kinds = [k for k in ("fp32", "shift", "dense", "tt") if k in res]
+    os.makedirs(os.path.join(DATA, "parts"), exist_ok=True)
+    for k in kinds:
+        part = {kk: v for kk, v in res.items() if kk not in ("fp32", "shift", "dense", "tt")
+                or kk == k}
+        with open(part_path(name, k), "w") as f:
+            json.dump(part, f)
+    log(f"{name}: saved {kinds}")
+
+
+def run_parallel(args):
+    """Train the two variants in two single-threaded child processes (less OpenMP barrier
+    waiting on a shared, oversubscribed machine), then merge and install the model."""
+    kinds = ("dense", "tt") if args.model == "intent-lstm" else ("fp32", "shift")
+    procs = []
+    for k in kinds:
+        cmd = [PY, os.path.abspath(__file__), args.model, "--variant", k, "--threads", "1",
+               "--qat-steps", str(args.qat_steps), "--width", str(args.width)]
+        for opt in ("epochs", "lr", "max_steps"):
+            if getattr(args, opt) is not None:
+                cmd += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
+        logf = open(os.path.join(DATA, "logs", f"{args.model}.{k}.log"), "w")
+        log("start:", " ".join(cmd), "->", logf.name)
+        procs.append((k, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT), logf))
+    for k, p, logf in procs:
+        if p.wait() != 0:
+            raise SystemExit(f"{args.model} {k} failed, see {logf.name}")
+    merge(args.model, kinds)
+
+
+def merge(name, kinds):
+    res = {}
+    for k in kinds:
+        with open(part_path(name, k)) as f:
+            part = json.load(f)
+        for kk, v in part.items():
+            res.setdefault(kk, v)
+    if name == "intent-lstm":
+        res["tt_storage_fraction"] = res["tt"]["matrix_params"] / res["dense"]["matrix_params"]
+    finish(name, res.pop("model_file"), res, res["description"])
+
+
+def finish(name, out, res, description):
+    size, fp32 = common.file_sizes(out)
+    res["wall_seconds_total"] = common.T0()
+    res["file_bytes"] = size
+    res["fp32_equivalent_bytes"] = fp32
+    res["compression_vs_fp32"] = fp32 / size
+    common.write_repository_entry(name, out, description)
+    common.save_results(name, res)
+    log(f"{name}: file {size} bytes ({fp32 / size:.1f}x smaller than fp32), results {json.dumps(res)[:2000]}")
+
+
+# ----------------------------------------------------------------------------------------------
+# intents
+
+
+def intent_labels():
+    sys.path.insert(0, os.path.join(REPO, "training", "data"))
+    import intents_text
+
+    its = intents_text.intents()
+    labels = [intents_text.label(a, o, l) for a, o, l, _ in its]
+    intents = [{"action": a, "object": o, "location": l} for a, o, l, _ in its]
+    return labels, intents
+
+
+def intent_data(spec, tag):
+    d = os.path.join(DATA, "intents")
+    man = os.path.join(d, "manifest.csv")
+    if not os.path.exists(man):
+        run_data_script("make_intents.py", "--out", d)
+    wave, rows = load_audio_manifest(man, spec, root=d, cache=os.path.join(d, "wave_16k_3s.npy"))
+    fcache = os.path.join(d, f"feats_{tag}.npy")
+    if os.path.exists(fcache) and os.path.getmtime(fcache) > os.path.getmtime(man):
+        feats = np.load(fcache)
+    else:
+        feats = logmel_batches(wave, spec)
+        np.save(fcache, feats)
+    return feats, rows
+
+
+def build_intent(shift):
+    from shiftserve_train.models import ResNet
+
+    # SLU shift ResNet (Avila et al. style): fp32 7x7/2 stem + maxpool on the 1-channel log-mel,
+    # four BasicBlock stages of shift convs, global pooling, fp32 classifier.
+    return ResNet("basic", (1, 1, 1, 1), (16, 32, 64, 128), stem="imagenet", stem_width=16,
+                  in_channels=1, num_classes=31, shift=shift, bits=3)
+
+
+def build_intent_lstm(tt, hidden=128):
+    from shiftserve_train.models import LSTMClassifier, TTLSTMClassifier
+
+    if not tt:
+        return LSTMClassifier(40, hidden, 31, output="mean")
+    return TTLSTMClassifier(40, hidden, 31, ih_in_modes=[2, 4, 5], ih_out_modes=[8, 8, 8],
+                            hh_in_modes=[4, 4, 8], hh_out_modes=[8, 8, 8], ih_ranks=8, hh_ranks=8,
+                            output="mean")
+
+
+def run_intent(args, lstm=False):
+    from shiftserve_train import export as ex
+
+    name = "intent-lstm" if lstm else "intent"
+    spec = INTENT_LSTM_SPEC if lstm else INTENT_SPEC
+    labels, intents = intent_labels()
+    feats, rows = intent_data(spec, "40x151")
+    y = np.array([labels.index(r["label"]) for r in rows])
+    split = np.array([r["split"] for r in rows])
+    voice = np.array([f"{r['engine']}/{r['voice']}" for r in rows])
+    engine = np.array([r["engine"] for r in rows])
+    tr, va, te = split == "train", split == "valid", split == "test"
+    assert not set(engine[tr]) & {"pico", "rhvoice"} and not any("slt" in v for v in voice[tr])
+    log(f"{name}: train {tr.sum()} valid {va.sum()} test {te.sum()}; input {feats.shape[1:]}")
+    X = torch.from_numpy(feats)
+    tr_idx = np.nonzero(tr)[0]
+    bs = 64
+
+    def batches(ep, augment=True):
+        rng = np.random.default_rng(ep)
+        perm = rng.permutation(tr_idx)
+        for i in range(0, len(perm) - bs + 1, bs):
+            idx = perm[i:i + bs]
+            x = X[idx]
+            if augment:
+                x = spec_augment(x, rng, max_f=5, max_t=20 if not lstm else 10)
+            yield x, torch.from_numpy(y[idx])
+
+    steps = len(tr_idx) // bs
+    res = {"name": name, "spec": spec, "epochs": args.epochs or (10 if lstm else 6)}
+    for kind in kinds_of(args, ("dense", "tt") if lstm else ("fp32", "shift")):
+        torch.manual_seed(0)
+        model = build_intent_lstm(kind == "tt") if lstm else build_intent(kind == "shift")
+        t = common.train_loop(model, batches, res["epochs"], lr=args.lr or (3e-3 if lstm else 3e-3),
+                              steps_per_epoch=steps, grad_clip=5.0 if lstm else None,
+                              eval_fn=lambda: common.acc(common.predict(model, X[va]), y[va]),
+                              desc=f"{name}-{kind}")
+        if kind == "shift":
+            common.qat(model, [x for x, _ in itertools.islice(batches(998, augment=False), 8)], batches,
+                       steps=args.qat_steps, lr=3e-4, desc=name)
+        pt_te = common.predict(model, X[te])
+        r = {"train_seconds": t,
+             "valid_acc_pytorch": common.acc(common.predict(model, X[va]), y[va]),
+             "test_acc_pytorch": common.acc(pt_te, y[te]),
+             "test_per_voice_pytorch": common.per_group(pt_te, y[te], voice[te])}
+        if lstm:
+            lay = model.lstm
+            if kind == "tt":
+                r["matrix_params"] = lay.ih.num_params() + lay.hh.num_params()
+            else:
+                r["matrix_params"] = lay.weight_ih_l0.numel() + lay.weight_hh_l0.numel()
+        log(f"{name}-{kind}: {json.dumps(r)}")
+        res[kind] = r
+    key = "tt" if lstm else "shift"
+    if key not in res:
+        return save_part(name, res)
+    out = os.path.join(DATA, "intents", f"{name}.safetensors")
+    desc = ("LSTM (hidden 128) with MPS tensor-train W_ih/W_hh on 40 log-mel, 20 ms hop; "
+            "FSC-style 31 intents" if lstm else
+            "DenseShift W3 SLU ResNet on 40 log-mel (16 kHz, 3 s, 20 ms hop); FSC-style 31 intents")
+    ex.export(model, out, name=name, task="spoken_intent", labels=labels, intents=intents,
+              preprocess=spec, numeric_path="int8", progress=False, description=desc)
+    f_va = common.predict_file(out, X[va].numpy())
+    f_te = common.predict_file(out, X[te].numpy())
+    res[key]["valid_acc_file"] = common.acc(f_va, y[va])
+    res[key]["test_acc_file"] = common.acc(f_te, y[te])
+    res[key]["test_per_voice_file"] = common.per_group(f_te, y[te], voice[te])
+    res[key]["test_per_engine_file"] = common.per_group(f_te, y[te], engine[te])
+    ev = os.path.join(REPO, "data", "eval", "intents", "manifest.csv")
+    if not os.path.exists(ev):
+        subprocess.run(["nice", "-n", "10", PY, os.path.join(REPO, "training", "data", "make_intents.py"),
+                        "--eval-subset"], check=True)
+    with open(ev) as f:
+        erows = list(csv.DictReader(f))
+    res["card_check"] = card_check_audio(out, [os.path.join(os.path.dirname(ev), r["file"]) for r in erows],
+                                         np.array([labels.index(r["label"]) for r in erows]), spec)
+    res["model_file"] = out
+    res["description"] = desc
+    save_part(name, res)
+
+
+# ----------------------------------------------------------------------------------------------
+# fashion
+
+
+def build_fashion(shift, width=16):
+    from shiftserve_train.models import ResNet
+
+    return ResNet("basic", (1, 1, 1), (width, 2 * width, 4 * width), stem="cifar", in_channels=1,
+                  num_classes=10, shift=shift, bits=3)
+
+
+FASHION_LABELS = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                  "sneaker", "bag", "ankle boot"]
+
+
+def run_fashion(args):
+    from shiftserve_train import export as ex
+    from shiftserve_train.features import image_features
+
+    d = os.path.join(DATA, "fashion")
+    if not os.path.exists(os.path.join(d, "test_labels.npy")):
+        run_data_script("make_fashion.py", "--out", d)
+    xtr = np.load(os.path.join(d, "train_images.npy"))
+    ytr = np.load(os.path.join(d, "train_labels.npy"))
+    xte = np.load(os.path.join(d, "test_images.npy"))
+    yte = np.load(os.path.join(d, "test_labels.npy"))
+    mean, std = FASHION_SPEC["mean"][0], FASHION_SPEC["std"][0]
+
+    # The model input for a dataset image u8 `v` (dark background) is what the served pipeline
+    # makes of the light-background photo 255-v: invert(1-(255-v)/255) = v/255, normalised.
+    def norm(v):
+        return ((v.astype(np.float32) / 255.0 - mean) / std)[:, None]
+
+    Xva, yva = torch.from_numpy(norm(xtr[55000:])), ytr[55000:]
+    Xte = torch.from_numpy(norm(xte))
+    Xtr_u8 = xtr[:55000]
+    ytr = ytr[:55000]
+    bs = 128
+
+    def batches(ep, augment=True):
+        rng = np.random.default_rng(ep)
+        perm = rng.permutation(len(Xtr_u8))
+        for i in range(0, len(perm) - bs + 1, bs):
+            idx = perm[i:i + bs]
+            v = Xtr_u8[idx]
+            if augment:
+                # random crop with 2-pixel zero padding + horizontal flip
+                p = np.pad(v, ((0, 0), (2, 2), (2, 2)))
+                dy, dx = rng.integers(0, 5, 2)
+                v = p[:, dy:dy + 28, dx:dx + 28]
+                flip = rng.random(len(v)) < 0.5
+                v = np.where(flip[:, None, None], v[:, :, ::-1], v)
+            yield torch.from_numpy(norm(v)), torch.from_numpy(ytr[idx])
+
+    steps = len(Xtr_u8) // bs
+    if args.max_steps:
+        steps = min(steps, args.max_steps)
+    res = {"name": "fashion", "spec": FASHION_SPEC, "epochs": args.epochs or 5, "width": args.width}
+    for kind in kinds_of(args, ("fp32", "shift")):
+        torch.manual_seed(0)
+        model = build_fashion(kind == "shift", args.width)
+        t = common.train_loop(model, batches, res["epochs"], lr=args.lr or 3e-3, steps_per_epoch=steps,
+                              eval_fn=lambda: common.acc(common.predict(model, Xva), yva),
+                              desc=f"fashion-{kind}")
+        if kind == "shift":
+            common.qat(model, [x for x, _ in itertools.islice(batches(998, augment=False), 8)], batches,
+                       steps=args.qat_steps, lr=3e-4, desc="fashion")
+        r = {"train_seconds": t, "valid_acc_pytorch": common.acc(common.predict(model, Xva), yva),
+             "test_acc_pytorch": common.acc(common.predict(model, Xte), yte)}
+        log(f"fashion-{kind}: {json.dumps(r)}")
+        res[kind] = r
+    if "shift" not in res:
+        return save_part("fashion", res)
+    out = os.path.join(d, "fashion.safetensors")
+    desc = "DenseShift W3 ResNet-8 (CIFAR stem) on Fashion-MNIST, int8 activations"
+    ex.export(model, out, name="fashion", task="image_classification", labels=FASHION_LABELS,
+              preprocess=FASHION_SPEC, numeric_path="int8", progress=False, description=desc)
+    res["shift"]["valid_acc_file"] = common.acc(common.predict_file(out, Xva.numpy()), yva)
+    res["shift"]["test_acc_file"] = common.acc(common.predict_file(out, Xte.numpy()), yte)
+    # card check: first 1000 official test images, PNG-encoded with a light background (255-v)
+    # and decoded through the preprocessing reference.
+    from PIL import Image
+
+    n = 1000
+    xs = []
+    for v in xte[:n]:
+        buf = io.BytesIO()
+        Image.fromarray(255 - v, mode="L").save(buf, format="PNG")
+        xs.append(image_features(buf.getvalue(), FASHION_SPEC))
+    p = common.predict_file(out, np.stack(xs))
+    res["card_check"] = {"n": n, "acc": common.acc(p, yte[:n])}
+    res["model_file"] = out
+    res["description"] = desc
+    save_part("fashion", res)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", choices=["digits", "intent", "intent-lstm", "fashion"])
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--qat-steps", type=int, default=150)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--width", type=int, default=16, help="fashion: base width")
+    ap.add_argument("--max-steps", type=int, default=None, help="cap steps per epoch (smoke tests)")
+    ap.add_argument("--variant", default="both",
+                    help="both (default: two parallel child processes, then merge) | fp32 | shift | dense | tt")
+    args = ap.parse_args()
+    t = common.Timer()
+    if args.variant == "both":
+        os.makedirs(os.path.join(DATA, "logs"), exist_ok=True)
+        common.setup(1)
+        run_parallel(args)
+        log(f"{args.model}: total wall time {t():.0f}s")
+        return
+    common.setup(args.threads)
+    {"digits": run_digits, "intent": run_intent, "fashion": run_fashion,
+     "intent-lstm": lambda a: run_intent(a, lstm=True)}[args.model](args)
+    log(f"{args.model}: total wall time {t():.0f}s")
+
+
+if __name__ == "__main__":
+    main()
