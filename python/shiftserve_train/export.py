@@ -112,31 +112,31 @@ def bn_affine(bn: nn.Module | None, channels: int):
     """(scale, shift) float64 of an eval-mode BatchNorm, identity when ``bn`` is None."""
     if bn is None:
         return np.ones(channels), np.zeros(channels)
-    mean = bn.running_mean.detach().double().numpy()
-    var = bn.running_var.detach().double().numpy()
-    gamma = bn.weight.detach().double().numpy() if bn.weight is not None else np.ones(channels)
-    beta = bn.bias.detach().double().numpy() if bn.bias is not None else np.zeros(channels)
+    mean = bn.running_mean.detach().cpu().double().numpy()
+    var = bn.running_var.detach().cpu().double().numpy()
+    gamma = bn.weight.detach().cpu().double().numpy() if bn.weight is not None else np.ones(channels)
+    beta = bn.bias.detach().cpu().double().numpy() if bn.bias is not None else np.zeros(channels)
     s = gamma / np.sqrt(var + bn.eps)
     return s, beta - mean * s
 
 
 def fold_shift(layer, bn):
     """Shift layer (+ BN) -> (integer values [out, K] int64, scale f32[out], bias f32[out])."""
-    values = layer.weight.int_values().reshape(layer.weight.shape[0], -1).numpy()
+    values = layer.weight.int_values().cpu().reshape(layer.weight.shape[0], -1).numpy()
     out = values.shape[0]
     s, b = bn_affine(bn, out)
     if layer.bias is not None:
-        b = b + layer.bias.detach().double().numpy() * s
+        b = b + layer.bias.detach().cpu().double().numpy() * s
     return values, s.astype(np.float32), b.astype(np.float32)
 
 
 def fold_float(layer, bn):
     """fp32 conv / linear (+ BN) -> (folded weight f32, bias f32)."""
-    w = layer.weight.detach().double().numpy()
+    w = layer.weight.detach().cpu().double().numpy()
     out = w.shape[0]
     s, b = bn_affine(bn, out)
     if layer.bias is not None:
-        b = b + layer.bias.detach().double().numpy() * s
+        b = b + layer.bias.detach().cpu().double().numpy() * s
     w = w * s.reshape((out,) + (1,) * (w.ndim - 1))
     return w.astype(np.float32), b.astype(np.float32)
 
@@ -273,10 +273,10 @@ class GraphBuilder:
     def lstm(self, name, lstm: nn.LSTM, x, output):
         if lstm.num_layers != 1 or lstm.bidirectional or getattr(lstm, "proj_size", 0):
             raise ExportError(f"{name}: only single-layer unidirectional LSTMs without projection")
-        w_ih = lstm.weight_ih_l0.detach().float().numpy()
-        w_hh = lstm.weight_hh_l0.detach().float().numpy()
+        w_ih = lstm.weight_ih_l0.detach().cpu().float().numpy()
+        w_hh = lstm.weight_hh_l0.detach().cpu().float().numpy()
         if lstm.bias:
-            bias = (lstm.bias_ih_l0.detach().double() + lstm.bias_hh_l0.detach().double()).float().numpy()
+            bias = (lstm.bias_ih_l0.detach().cpu().double() + lstm.bias_hh_l0.detach().cpu().double()).float().numpy()
         else:
             bias = np.zeros(4 * lstm.hidden_size, np.float32)
         return self._node({
@@ -290,12 +290,12 @@ class GraphBuilder:
         for part in ("ih", "hh"):
             tt = getattr(lstm, part)
             for k, core in enumerate(tt.cores):
-                self._add_tensor(f"{name}.{part}.core{k + 1}", core.detach().float().numpy())
+                self._add_tensor(f"{name}.{part}.core{k + 1}", core.detach().cpu().float().numpy())
         return self._node({
             "name": name, "op": "lstm_tt", "inputs": [x], "output": name,
             "input_size": lstm.input_size, "hidden_size": lstm.hidden_size, "output_mode": output,
             "ih": lstm.ih.spec(), "hh": lstm.hh.spec(),
-            "bias": self._add_tensor(f"{name}.bias", lstm.bias.detach().float().numpy()),
+            "bias": self._add_tensor(f"{name}.bias", lstm.bias.detach().cpu().float().numpy()),
         })
 
 
@@ -397,7 +397,8 @@ def export(model: nn.Module, path, *, name: str, task: str, labels: list[str], p
         if calib is not None:
             _calibrate(model, calib, method=calib_method, progress=progress)
     with torch.no_grad():
-        out = model(torch.zeros([1] + shape))
+        dev = next(iter(model.parameters()), torch.zeros(0)).device
+        out = model(torch.zeros([1] + shape, device=dev))
     if out.dim() != 2 or out.shape[1] != len(labels):
         raise ExportError(f"model produces {list(out.shape[1:])} logits but {len(labels)} labels were given")
 

@@ -143,7 +143,7 @@ class ShiftWeight(nn.Module):
     def sign_and_exponent(self):
         """Integer view: ``(sign_bit uint8, m uint8)`` in the format's encoding, and the values."""
         neg = self.weight_sign < 0
-        p = torch.zeros(self.shape, dtype=torch.int64)
+        p = torch.zeros(self.shape, dtype=torch.int64, device=self.weight_sign.device)
         for t in self.latents():
             p = (p + 1) * (t > 0).to(torch.int64)
         if self.code == ZERO_FREE:

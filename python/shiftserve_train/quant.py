@@ -147,6 +147,7 @@ def calibrate(model: nn.Module, batches, method: str = "minmax", percentile: flo
     from tqdm.auto import tqdm
 
     was_training = model.training
+    dev = next(iter(model.parameters()), torch.zeros(0)).device
     model.eval()
     for m in act_quants(model):
         m.method = method
@@ -159,7 +160,7 @@ def calibrate(model: nn.Module, batches, method: str = "minmax", percentile: flo
         if max_batches is not None and i >= max_batches:
             break
         x = b[0] if isinstance(b, (tuple, list)) else b
-        model(x)
+        model(x.to(dev))
     for m in act_quants(model):
         m.finalize()
         m.mode = "on"
