@@ -170,6 +170,14 @@ class GraphBuilder:
             self.progress.update(1)
         return node["output"]
 
+    def _check_int32(self, name, values):
+        """The int8 path accumulates in int32: 255 * sum_k |w[o,k]| must fit."""
+        if self.numeric_path == "int8":
+            worst = int(np.abs(values).sum(axis=1).max()) * 255
+            if worst > 2**31 - 1:
+                raise ExportError(f"{name}: int32 accumulator could overflow (255 * max_o sum_k |w| = {worst}); "
+                                  "use fewer bits or the float path")
+
     def _input_quant(self, layer, name):
         if self.numeric_path != "int8":
             return None
@@ -184,6 +192,7 @@ class GraphBuilder:
     def conv(self, name, conv, bn, x, relu, residual=None):
         if isinstance(conv, ShiftConv2d):
             values, scale, bias = fold_shift(conv, bn)
+            self._check_int32(name, values)
             node = {
                 "name": name, "op": "shift_conv2d", "inputs": [x] + ([residual] if residual else []),
                 "output": name,
@@ -222,6 +231,7 @@ class GraphBuilder:
     def linear(self, name, lin, bn, x, relu):
         if isinstance(lin, ShiftLinear):
             values, scale, bias = fold_shift(lin, bn)
+            self._check_int32(name, values)
             node = {
                 "name": name, "op": "shift_linear", "inputs": [x], "output": name,
                 "in_features": lin.in_features, "out_features": lin.out_features,

@@ -263,3 +263,29 @@ def test_custom_model_grouped_conv_avgpool(tmp_path):
     with pytest.warns(UserWarning, match="fake-quant"):
         export(m, p, name="misc", task="image_classification", labels=list("abcde"), preprocess=pp,
                numeric_path="float", progress=False)
+
+
+def test_int32_accumulator_overflow_is_refused(tmp_path):
+    from shiftserve_train.layers import ShiftLinear
+
+    class Big(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = ShiftLinear(40000, 2, bias=True, bits=5, code="with_zero")
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.fc(self.lin(torch.flatten(x, 1)))
+
+        def export_graph(self, g, x):
+            return g.linear("fc", self.fc, None, g.linear("lin", self.lin, None, g.flatten("f", x), True), False)
+
+    m = Big()
+    m.lin.weight.set_from_values(torch.full((2, 40000), 2 ** 14))
+    pp = {"kind": "image", "channels": 1, "crop": [200, 200], "mean": [0.0], "std": [1.0]}
+    with pytest.raises(ExportError, match="int32"):
+        export(m, tmp_path / "big.safetensors", name="big", task="image_classification", labels=["a", "b"],
+               preprocess=pp, calib=[torch.randn(2, 1, 200, 200)], progress=False)
+    set_quant_mode(m, "off")
+    export(m, tmp_path / "big.safetensors", name="big", task="image_classification", labels=["a", "b"],
+           preprocess=pp, numeric_path="float", progress=False)
