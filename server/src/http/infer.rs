@@ -62,7 +62,8 @@ impl Tracker {
         }
     }
 
-    fn set_version(&mut self, lv: &Arc<LoadedVersion>) {
+    /// Attributes the request to a resolved model version (metrics label, statistics).
+    pub fn set_version(&mut self, lv: &Arc<LoadedVersion>) {
         self.version = lv.version_str();
         self.lv = Some(lv.clone());
     }
@@ -430,25 +431,46 @@ pub fn timing_json(t: &Timing) -> serde_json::Value {
     })
 }
 
-/// Reads a body up to `limit` bytes: 413 beyond.
+/// Reads a body up to `limit` bytes: 413 beyond. An oversized body is still read and discarded
+/// for a bounded amount (at most 64 MiB more, 2 s) so that clients that send the whole body
+/// before reading the answer see the 413 instead of a reset connection.
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    match axum::body::to_bytes(body, limit).await {
-        Ok(b) => Ok(b),
-        Err(e) => {
-            let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-            while let Some(s) = src {
-                if s.is::<http_body_util::LengthLimitError>() {
-                    return Err(ApiError::too_large(format!(
-                        "request body exceeds {limit} bytes"
-                    )));
-                }
-                src = s.source();
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => return Ok(buf.freeze()),
+            Some(Err(e)) => {
+                return Err(ApiError::bad_request(format!(
+                    "cannot read request body: {e}"
+                )))
             }
-            Err(ApiError::bad_request(format!(
-                "cannot read request body: {e}"
-            )))
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if buf.len() + data.len() > limit {
+                        break;
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
         }
     }
+    let too_large = ApiError::too_large(format!("request body exceeds {limit} bytes"));
+    let drain_max = limit.saturating_mul(4).min(64 << 20);
+    let drain = async {
+        let mut drained = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(d) = frame.into_data() {
+                drained += d.len();
+                if drained > drain_max {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    Err(too_large)
 }
 
 /// Top-k `(index, score)` by descending score (ties: lower index first).

@@ -139,28 +139,16 @@ async fn extract_file(
         .trim()
         .to_ascii_lowercase();
     let limit = state.opts.max_body_bytes;
-    if let Some(len) = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-    {
-        if len > limit as u64 {
-            return Err(ApiError::too_large(format!(
-                "request body exceeds {limit} bytes"
-            )));
-        }
-    }
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, limit).await?;
     if base == "multipart/form-data" {
+        let req = Request::from_parts(parts, axum::body::Body::from(body));
         let mut mp = Multipart::from_request(req, &()).await.map_err(|e| {
             ApiError::bad_request(format!("malformed multipart body: {}", e.body_text()))
         })?;
         loop {
             let field = mp.next_field().await.map_err(|e| {
-                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::too_large(format!("request body exceeds {limit} bytes"))
-                } else {
-                    ApiError::bad_request(format!("malformed multipart body: {}", e.body_text()))
-                }
+                ApiError::bad_request(format!("malformed multipart body: {}", e.body_text()))
             })?;
             let Some(field) = field else {
                 return Err(ApiError::bad_request(
@@ -174,16 +162,11 @@ async fn extract_file(
             let fname = field.file_name().map(str::to_string);
             let hint = hint_for(&fct, fname.as_deref())?;
             let data = field.bytes().await.map_err(|e| {
-                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::too_large(format!("request body exceeds {limit} bytes"))
-                } else {
-                    ApiError::bad_request(format!("cannot read multipart field: {}", e.body_text()))
-                }
+                ApiError::bad_request(format!("cannot read multipart field: {}", e.body_text()))
             })?;
             return Ok((data, hint, None));
         }
     }
-    let body = read_body(req.into_body(), limit).await?;
     if base == "application/json" {
         let parsed: B64Body = serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
@@ -244,13 +227,17 @@ async fn predict_common(
         Err(e) => return e.into_response(),
     };
     // Unknown models answer 404 before the body is read and are not counted in the metrics.
-    match st.repo.get(&m, version) {
+    let lv0 = match st.repo.get(&m, version) {
+        Ok(lv) => Some(lv),
         Err(e @ (LookupError::UnknownModel | LookupError::UnknownVersion)) => {
             return super::lookup_error(&m, v.as_deref(), e).into_response()
         }
-        _ => {}
-    }
+        Err(_) => None,
+    };
     let mut tracker = Tracker::new(st.clone(), &m, started);
+    if let Some(lv) = &lv0 {
+        tracker.set_version(lv);
+    }
     let (data, hint, body_top_k) = match extract_file(&st, req).await {
         Ok(x) => x,
         Err(e) => {

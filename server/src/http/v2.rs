@@ -605,6 +605,9 @@ async fn infer_common(
         Err(_) => None,
     };
     let mut tracker = Tracker::new(st.clone(), &m, started);
+    if let Some(lv) = &lv0 {
+        tracker.set_version(lv);
+    }
     let result = async {
         let body = read_body(req.into_body(), st.opts.max_body_bytes).await?;
         let lv = match lv0 {

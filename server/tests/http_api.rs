@@ -1,0 +1,852 @@
+//! Every route and status code over HTTP against the real binary.
+
+mod common;
+
+use common::*;
+use reqwest::blocking::multipart;
+use serde_json::{json, Value};
+
+const TINY_CFG: &str = "max_batch_size = 4\nmax_queue_delay_us = 1000\n[warmup]\nbatch_sizes = [1, 4]\niterations = 1\n";
+
+fn start() -> (Repo, Server) {
+    let repo = Repo::new();
+    repo.add("tiny", 1, "tiny_w3.safetensors", TINY_CFG);
+    repo.add("slu", 1, "slu_w3.safetensors", "max_batch_size = 2\n");
+    let path = repo.path().to_str().unwrap().to_string();
+    let server = Server::start(
+        &["--model-repository", &path, "--max-body-bytes", "200000"],
+        &[("SHIFTSERVE_API_KEY", API_KEY)],
+    );
+    (repo, server)
+}
+
+fn auth(rb: reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder {
+    rb.bearer_auth(API_KEY)
+}
+
+fn assert_error(resp: reqwest::blocking::Response, status: u16) -> String {
+    assert_eq!(resp.status().as_u16(), status, "unexpected status");
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let v: Value = resp.json().unwrap();
+    let msg = v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error field in {v}"))
+        .to_string();
+    assert!(!msg.is_empty());
+    msg
+}
+
+fn top1(v: &Value) -> (String, u64) {
+    let p = &v["predictions"][0];
+    (
+        p["label"].as_str().unwrap().to_string(),
+        p["index"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn health_auth_metadata_and_errors() {
+    let (_repo, s) = start();
+    let c = &s.client;
+    // Public routes.
+    assert_eq!(
+        c.get(s.url("/v2/health/live")).send().unwrap().status(),
+        200
+    );
+    assert_eq!(
+        c.get(s.url("/v2/health/ready")).send().unwrap().status(),
+        200
+    );
+    assert_eq!(c.get(s.url("/metrics")).send().unwrap().status(), 200);
+    let spec: Value = c
+        .get(s.url("/api-doc/openapi.json"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    for p in [
+        "/v1/models/{m}/predict",
+        "/v1/models/{m}/versions/{v}/predict",
+        "/v1/models",
+        "/v2/models/{m}/infer",
+        "/v2/models/{m}/versions/{v}/infer",
+        "/v2/models/{m}/stats",
+        "/v2/repository/index",
+        "/v2/repository/models/{m}/load",
+        "/v2/repository/models/{m}/unload",
+        "/v2/health/ready",
+        "/metrics",
+    ] {
+        assert!(spec["paths"].get(p).is_some(), "OpenAPI lacks {p}");
+    }
+    let docs = c.get(s.url("/docs")).send().unwrap();
+    assert_eq!(docs.status(), 200);
+    assert!(docs.text().unwrap().contains("/api-doc/openapi.json"));
+
+    // Auth: protected routes need the key.
+    let msg = assert_error(c.get(s.url("/v2")).send().unwrap(), 401);
+    assert!(msg.contains("API key"));
+    assert_error(
+        c.get(s.url("/v2")).bearer_auth("wrong").send().unwrap(),
+        401,
+    );
+    assert_error(
+        c.post(s.url("/v1/models/tiny/predict"))
+            .body(png(28, 28, 1))
+            .send()
+            .unwrap(),
+        401,
+    );
+    let meta: Value = auth(c.get(s.url("/v2"))).send().unwrap().json().unwrap();
+    assert_eq!(meta["name"], "shiftserve");
+    assert!(meta["extensions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("binary_tensor_data")));
+
+    // Model metadata, readiness, config.
+    let m: Value = auth(c.get(s.url("/v2/models/tiny")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(m["name"], "tiny");
+    assert_eq!(m["versions"], json!(["1"]));
+    assert_eq!(
+        m["inputs"][0],
+        json!({"name": "input", "datatype": "FP32", "shape": [-1, 1, 28, 28]})
+    );
+    assert_eq!(m["outputs"][0]["shape"], json!([-1, 10]));
+    assert_eq!(
+        auth(c.get(s.url("/v2/models/tiny/versions/1")))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        auth(c.get(s.url("/v2/models/tiny/ready")))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        auth(c.get(s.url("/v2/models/tiny/versions/1/ready")))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    let cfg: Value = auth(c.get(s.url("/v2/models/tiny/config")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(cfg["max_batch_size"], 4);
+    assert_eq!(
+        cfg["dynamic_batching"]["max_queue_delay_microseconds"],
+        1000
+    );
+    assert_eq!(
+        auth(c.get(s.url("/v2/models/tiny/versions/1/config")))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(
+        assert_error(auth(c.get(s.url("/v2/models/nope"))).send().unwrap(), 404).contains("nope")
+    );
+    assert_error(
+        auth(c.get(s.url("/v2/models/tiny/versions/7")))
+            .send()
+            .unwrap(),
+        404,
+    );
+    assert_error(
+        auth(c.get(s.url("/v2/models/tiny/versions/abc/ready")))
+            .send()
+            .unwrap(),
+        404,
+    );
+    assert_error(
+        auth(c.get(s.url("/v2/models/nope/ready"))).send().unwrap(),
+        404,
+    );
+    assert_error(auth(c.get(s.url("/no/such/route"))).send().unwrap(), 404);
+    assert_error(
+        auth(c.delete(s.url("/v2/models/tiny"))).send().unwrap(),
+        405,
+    );
+    assert_error(
+        auth(c.get(s.url("/v2/models/tiny/infer"))).send().unwrap(),
+        405,
+    );
+
+    // Repository extension in "none" mode: index works, load/unload refused.
+    let idx: Value = auth(c.post(s.url("/v2/repository/index")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let names: Vec<&str> = idx
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["slu", "tiny"]);
+    assert!(idx
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["state"] == "READY" && e["version"] == "1"));
+    let ready_only: Value = auth(c.post(s.url("/v2/repository/index")))
+        .json(&json!({"ready": true}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(ready_only.as_array().unwrap().len(), 2);
+    assert!(assert_error(
+        auth(c.post(s.url("/v2/repository/models/tiny/load")))
+            .send()
+            .unwrap(),
+        400
+    )
+    .contains("explicit"));
+    assert_error(
+        auth(c.post(s.url("/v2/repository/models/tiny/unload")))
+            .send()
+            .unwrap(),
+        400,
+    );
+
+    // Model list.
+    let list: Value = auth(c.get(s.url("/v1/models")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let models = list["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    let tiny = models.iter().find(|m| m["name"] == "tiny").unwrap();
+    assert_eq!(tiny["task"], "image_classification");
+    assert_eq!(tiny["weight_bits"], json!([3]));
+    assert_eq!(tiny["input"]["shape"], json!([1, 28, 28]));
+    assert!(tiny["compression_ratio"].as_f64().unwrap() > 1.0);
+    assert!(!tiny["kernel_isa"].as_str().unwrap().is_empty());
+    let slu = models.iter().find(|m| m["name"] == "slu").unwrap();
+    assert_eq!(slu["task"], "spoken_intent");
+    assert_eq!(slu["input"]["kind"], "audio");
+}
+
+#[test]
+fn task_endpoint_all_body_forms_and_errors() {
+    let (_repo, s) = start();
+    let c = &s.client;
+    let img = png(28, 28, 3);
+
+    let raw = auth(c.post(s.url("/v1/models/tiny/predict")))
+        .header("content-type", "image/png")
+        .body(img.clone())
+        .send()
+        .unwrap();
+    assert_eq!(raw.status(), 200);
+    for h in [
+        "x-request-id",
+        "x-queue-time",
+        "x-inference-time",
+        "x-total-time",
+        "x-batch-size",
+    ] {
+        assert!(raw.headers().contains_key(h), "missing header {h}");
+    }
+    assert!(
+        raw.headers()["x-total-time"]
+            .to_str()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+            > 0.0
+    );
+    assert_eq!(raw.headers()["x-batch-size"], "1");
+    let raw: Value = raw.json().unwrap();
+    assert_eq!(raw["model"], "tiny");
+    assert_eq!(raw["version"], "1");
+    let preds = raw["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), 5);
+    let scores: Vec<f64> = preds.iter().map(|p| p["score"].as_f64().unwrap()).collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "not sorted: {scores:?}"
+    );
+    assert!(scores.iter().all(|&x| (0.0..=1.0).contains(&x)));
+    for k in ["queue_ms", "preprocess_ms", "inference_ms", "total_ms"] {
+        assert!(raw["timing"][k].as_f64().is_some(), "timing.{k}");
+    }
+    assert!(raw.get("intent").is_none());
+    let labels: Value = auth(c.get(s.url("/v2/models/tiny")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let (label, index) = top1(&raw);
+    assert_eq!(labels["parameters"]["labels"][index as usize], json!(label));
+
+    // A client-supplied request id is echoed.
+    let r = auth(c.post(s.url("/v1/models/tiny/versions/1/predict?top_k=3")))
+        .header("content-type", "image/png")
+        .header("x-request-id", "abc-123")
+        .body(img.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123");
+    let r: Value = r.json().unwrap();
+    assert_eq!(r["predictions"].as_array().unwrap().len(), 3);
+    assert_eq!(top1(&r), top1(&raw));
+
+    // Multipart and base64 JSON give the same answer.
+    let form = multipart::Form::new().part(
+        "file",
+        multipart::Part::bytes(img.clone())
+            .file_name("x.png")
+            .mime_str("image/png")
+            .unwrap(),
+    );
+    let mp: Value = auth(c.post(s.url("/v1/models/tiny/predict")))
+        .multipart(form)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(top1(&mp), top1(&raw));
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&img);
+    let js: Value = auth(c.post(s.url("/v1/models/tiny/predict?top_k=100")))
+        .json(&json!({ "b64": b64 }))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(top1(&js), top1(&raw));
+    assert_eq!(
+        js["predictions"].as_array().unwrap().len(),
+        10,
+        "top_k is capped at the class count"
+    );
+    let octet: Value = auth(c.post(s.url("/v1/models/tiny/predict")))
+        .header("content-type", "application/octet-stream")
+        .body(img.clone())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(top1(&octet), top1(&raw));
+
+    // Spoken intent model with a WAV: intent slots.
+    let sv: Value = auth(c.post(s.url("/v1/models/slu/predict")))
+        .header("content-type", "audio/wav")
+        .body(wav())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let intent = &sv["intent"];
+    for k in ["action", "object", "location"] {
+        assert!(intent[k].is_string(), "intent.{k} in {sv}");
+    }
+    let label = sv["predictions"][0]["label"].as_str().unwrap();
+    assert!(label.contains(intent["action"].as_str().unwrap()));
+
+    // Errors.
+    let url = s.url("/v1/models/tiny/predict");
+    assert_error(
+        auth(c.post(&url))
+            .header("content-type", "text/plain")
+            .body("hi")
+            .send()
+            .unwrap(),
+        415,
+    );
+    assert_error(
+        auth(c.post(&url))
+            .header("content-type", "audio/wav")
+            .body(wav())
+            .send()
+            .unwrap(),
+        415,
+    );
+    assert_error(
+        auth(c.post(s.url("/v1/models/slu/predict")))
+            .header("content-type", "image/png")
+            .body(img.clone())
+            .send()
+            .unwrap(),
+        415,
+    );
+    assert_error(
+        auth(c.post(&url))
+            .header("content-type", "audio/mpeg")
+            .body(vec![0u8; 10])
+            .send()
+            .unwrap(),
+        415,
+    );
+    assert_error(
+        auth(c.post(&url))
+            .header("content-type", "image/png")
+            .body(b"not an image".to_vec())
+            .send()
+            .unwrap(),
+        415,
+    );
+    assert_error(
+        auth(c.post(&url))
+            .header("content-type", "image/png")
+            .body(img[..40].to_vec())
+            .send()
+            .unwrap(),
+        400,
+    );
+    assert_error(
+        auth(c.post(&url))
+            .header("content-type", "image/png")
+            .body(Vec::new())
+            .send()
+            .unwrap(),
+        400,
+    );
+    assert_error(
+        auth(c.post(&url))
+            .json(&json!({"b64": "%%%"}))
+            .send()
+            .unwrap(),
+        400,
+    );
+    assert_error(
+        auth(c.post(&url))
+            .header("content-type", "application/json")
+            .body("{")
+            .send()
+            .unwrap(),
+        400,
+    );
+    assert_error(
+        auth(c.post(format!("{url}?top_k=0")))
+            .header("content-type", "image/png")
+            .body(img.clone())
+            .send()
+            .unwrap(),
+        400,
+    );
+    assert_error(
+        auth(c.post(format!("{url}?top_k=x")))
+            .header("content-type", "image/png")
+            .body(img.clone())
+            .send()
+            .unwrap(),
+        400,
+    );
+    let form = multipart::Form::new().text("other", "x");
+    assert!(assert_error(auth(c.post(&url)).multipart(form).send().unwrap(), 400).contains("file"));
+    assert_error(
+        auth(c.post(&url))
+            .header("content-type", "image/png")
+            .body(vec![0u8; 300_000])
+            .send()
+            .unwrap(),
+        413,
+    );
+    let form = multipart::Form::new().part(
+        "file",
+        multipart::Part::bytes(vec![0u8; 300_000]).file_name("big.png"),
+    );
+    assert_error(auth(c.post(&url)).multipart(form).send().unwrap(), 413);
+    assert_error(
+        auth(c.post(s.url("/v1/models/nope/predict")))
+            .body(img.clone())
+            .send()
+            .unwrap(),
+        404,
+    );
+    assert_error(
+        auth(c.post(s.url("/v1/models/tiny/versions/2/predict")))
+            .body(img.clone())
+            .send()
+            .unwrap(),
+        404,
+    );
+
+    // Every error above that reached a model was counted with its reason.
+    let m = |reason: &str| {
+        s.metric(
+            "shiftserve_requests_total",
+            &[("model", "tiny"), ("reason", reason)],
+        )
+    };
+    assert!(m("ok") >= 5.0);
+    assert!(m("unsupported_media") >= 4.0);
+    assert!(m("bad_input") >= 5.0);
+    assert!(m("too_large") >= 2.0);
+}
+
+fn f32s(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[test]
+fn v2_infer_json_binary_classification() {
+    let (_repo, s) = start();
+    let c = &s.client;
+    let url = s.url("/v2/models/tiny/infer");
+    let x: Vec<f32> = (0..784)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
+    let y: Vec<f32> = (0..784)
+        .map(|i| ((i * 11 % 53) as f32 / 26.0) - 1.0)
+        .collect();
+
+    // JSON tensor, batch of 2, nested data accepted.
+    let nested: Vec<Vec<f32>> = vec![x.clone(), y.clone()];
+    let r = auth(c.post(&url))
+        .json(&json!({"id": "req-1", "inputs": [{"name": "input", "shape": [2, 1, 28, 28], "datatype": "FP32", "data": nested}]}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("x-batch-size"));
+    let r: Value = r.json().unwrap();
+    assert_eq!(r["id"], "req-1");
+    assert_eq!(r["model_name"], "tiny");
+    assert_eq!(r["model_version"], "1");
+    let outs = r["outputs"].as_array().unwrap();
+    assert_eq!(outs.len(), 2);
+    assert_eq!(outs[0]["name"], "logits");
+    assert_eq!(outs[0]["shape"], json!([2, 10]));
+    let logits = f32s(&outs[0]["data"]);
+    let probs = f32s(&outs[1]["data"]);
+    assert_eq!(logits.len(), 20);
+    assert!((probs[..10].iter().sum::<f32>() - 1.0).abs() < 1e-4);
+    assert_ne!(
+        logits[..10],
+        logits[10..],
+        "two different inputs gave identical logits"
+    );
+
+    // Single sample without batch dim, classification extension, only one output.
+    let r: Value = auth(c.post(s.url("/v2/models/tiny/versions/1/infer")))
+        .json(&json!({"inputs": [{"name": "input", "shape": [1, 28, 28], "datatype": "FP32", "data": x}],
+                      "outputs": [{"name": "probabilities", "parameters": {"classification": 3}}]}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let out = &r["outputs"][0];
+    assert_eq!(out["datatype"], "BYTES");
+    assert_eq!(out["shape"], json!([1, 3]));
+    let first: Vec<String> = out["data"][0]
+        .as_str()
+        .unwrap()
+        .split(':')
+        .map(str::to_string)
+        .collect();
+    assert_eq!(first.len(), 3, "score:index:label");
+    let best = (0..10)
+        .max_by(|&a, &b| probs[a].total_cmp(&probs[b]))
+        .unwrap();
+    assert_eq!(first[1].parse::<usize>().unwrap(), best);
+    assert!((first[0].parse::<f32>().unwrap() - probs[best]).abs() < 1e-4);
+
+    // Binary tensor extension: FP32 input in binary, logits out in binary.
+    let header = json!({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 784 * 4}}],
+                        "outputs": [{"name": "logits", "parameters": {"binary_data": true}}]})
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    for v in &x {
+        body.extend_from_slice(&v.to_le_bytes());
+    }
+    let r = auth(c.post(&url))
+        .header("Inference-Header-Content-Length", header.len().to_string())
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let hlen: usize = r.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = r.bytes().unwrap();
+    let h: Value = serde_json::from_slice(&bytes[..hlen]).unwrap();
+    assert_eq!(h["outputs"][0]["parameters"]["binary_data_size"], 40);
+    let bin: Vec<f32> = bytes[hlen..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(bin.len(), 10);
+    for (a, b) in bin.iter().zip(&logits[..10]) {
+        assert!(
+            (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+            "binary {a} vs json {b}"
+        );
+    }
+
+    // Encoded image as BYTES: JSON base64, binary BYTES, and the raw binary request agree with v1.
+    let img = png(28, 28, 9);
+    let v1: Value = auth(c.post(s.url("/v1/models/tiny/predict")))
+        .header("content-type", "image/png")
+        .body(img.clone())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let v1_index = v1["predictions"][0]["index"].as_u64().unwrap() as usize;
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&img);
+    let r: Value = auth(c.post(&url))
+        .json(
+            &json!({"inputs": [{"name": "raw", "shape": [1], "datatype": "BYTES", "data": [b64]}],
+                      "outputs": [{"name": "logits", "parameters": {"classification": 1}}]}),
+        )
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let s1 = r["outputs"][0]["data"][0].as_str().unwrap();
+    assert_eq!(
+        s1.split(':').nth(1).unwrap().parse::<usize>().unwrap(),
+        v1_index
+    );
+    let header = json!({"inputs": [{"name": "raw", "shape": [1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": img.len() + 4}}]})
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(&(img.len() as u32).to_le_bytes());
+    body.extend_from_slice(&img);
+    let r: Value = auth(c.post(&url))
+        .header("Inference-Header-Content-Length", header.len().to_string())
+        .body(body)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let p = f32s(&r["outputs"][1]["data"]);
+    assert_eq!(
+        (0..10).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap(),
+        v1_index
+    );
+    let r: Value = auth(c.post(&url))
+        .header("Inference-Header-Content-Length", "0")
+        .header("content-type", "application/octet-stream")
+        .body(img.clone())
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let p = f32s(&r["outputs"][1]["data"]);
+    assert_eq!(
+        (0..10).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap(),
+        v1_index
+    );
+
+    // Errors.
+    let bad = |body: Value| assert_error(auth(c.post(&url)).json(&body).send().unwrap(), 400);
+    bad(
+        json!({"inputs": [{"name": "input", "shape": [1, 1, 28, 27], "datatype": "FP32", "data": vec![0.0; 756]}]}),
+    );
+    bad(
+        json!({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": vec![0.0; 10]}]}),
+    );
+    bad(
+        json!({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "BOOL", "data": vec![true; 784]}]}),
+    );
+    bad(json!({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}));
+    bad(json!({"inputs": []}));
+    bad(json!({"inputs": [{"name": "raw", "shape": [1], "datatype": "BYTES", "data": ["!!!"]}]}));
+    bad(
+        json!({"inputs": [{"name": "raw", "shape": [1], "datatype": "BYTES", "data": [b64]}], "outputs": [{"name": "nope"}]}),
+    );
+    bad(
+        json!({"inputs": [{"name": "input", "shape": [5, 1, 28, 28], "datatype": "FP32", "data": vec![0.0; 5 * 784]}]}),
+    );
+    bad(json!({"no_inputs": 1}));
+    assert_error(
+        auth(c.post(&url))
+            .header("Inference-Header-Content-Length", "999999")
+            .body("{}")
+            .send()
+            .unwrap(),
+        400,
+    );
+    assert_error(
+        auth(c.post(s.url("/v2/models/nope/infer")))
+            .json(&json!({"inputs": []}))
+            .send()
+            .unwrap(),
+        404,
+    );
+    assert_error(
+        auth(c.post(s.url("/v2/models/tiny/versions/3/infer")))
+            .json(&json!({"inputs": []}))
+            .send()
+            .unwrap(),
+        404,
+    );
+    assert_error(
+        auth(c.post(&url))
+            .header("Inference-Header-Content-Length", "0")
+            .body(vec![0u8; 300_000])
+            .send()
+            .unwrap(),
+        413,
+    );
+
+    // Statistics reflect the work.
+    let st: Value = auth(c.get(s.url("/v2/models/tiny/stats")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let ms = &st["model_stats"][0];
+    assert_eq!(ms["name"], "tiny");
+    assert_eq!(ms["version"], "1");
+    assert!(ms["inference_count"].as_u64().unwrap() >= 7);
+    assert!(ms["execution_count"].as_u64().unwrap() >= 1);
+    assert!(ms["inference_stats"]["success"]["count"].as_u64().unwrap() >= 6);
+    assert!(ms["inference_stats"]["fail"]["count"].as_u64().unwrap() >= 5);
+    let lat = &ms["latency_percentiles"];
+    for phase in ["request", "queue", "preprocess", "inference"] {
+        for p in ["p50_ms", "p90_ms", "p95_ms", "p99_ms"] {
+            assert!(lat[phase][p].as_f64().is_some(), "{phase}.{p} in {lat}");
+        }
+    }
+    assert!(
+        lat["request"]["p50_ms"].as_f64().unwrap() <= lat["request"]["p99_ms"].as_f64().unwrap()
+    );
+    let all: Value = auth(c.get(s.url("/v2/models/stats")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(all["model_stats"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        auth(c.get(s.url("/v2/models/tiny/versions/1/stats")))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_error(
+        auth(c.get(s.url("/v2/models/tiny/versions/2/stats")))
+            .send()
+            .unwrap(),
+        404,
+    );
+    assert_error(
+        auth(c.get(s.url("/v2/models/nope/stats"))).send().unwrap(),
+        404,
+    );
+}
+
+/// Every documented metric name is present, and the exposition parses.
+#[test]
+fn metrics_parse_and_cover_documented_names() {
+    let (_repo, s) = start();
+    let c = &s.client;
+    let ok = auth(c.post(s.url("/v1/models/tiny/predict")))
+        .header("content-type", "image/png")
+        .body(png(28, 28, 5))
+        .send()
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let text = c.get(s.url("/metrics")).send().unwrap().text().unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut it = rest.split_whitespace();
+                let (_n, t) = (it.next().unwrap(), it.next().unwrap());
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&t),
+                    "{line}"
+                );
+            }
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line}"));
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "{line}"
+        );
+        if let Some(l) = series.strip_prefix(name) {
+            if !l.is_empty() {
+                assert!(l.starts_with('{') && l.ends_with('}'), "{line}");
+            }
+        }
+        names.insert(name.to_string());
+    }
+    // The names documented in docs/metrics.md.
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md"))
+        .unwrap();
+    let documented: Vec<String> = doc
+        .split('`')
+        .filter(|w| {
+            (w.starts_with("shiftserve_") || w.starts_with("nv_") || w.starts_with("process_"))
+                && !w.contains(' ')
+        })
+        .map(|w| w.split('{').next().unwrap().to_string())
+        .collect();
+    assert!(
+        documented.len() >= 20,
+        "docs/metrics.md lists too few names: {documented:?}"
+    );
+    for d in &documented {
+        let present = names.contains(d)
+            || ["_bucket", "_sum", "_count"]
+                .iter()
+                .any(|s| names.contains(&format!("{d}{s}")));
+        assert!(present, "documented metric {d} is not exported");
+    }
+    assert_eq!(
+        metric_sum(
+            &text,
+            "shiftserve_model_ready",
+            &[("model", "tiny"), ("version", "1")]
+        ),
+        1.0
+    );
+    assert!(metric_sum(&text, "nv_inference_count", &[("model", "tiny")]) >= 1.0);
+    assert!(
+        metric_sum(
+            &text,
+            "shiftserve_request_duration_seconds_count",
+            &[("model", "tiny")]
+        ) >= 1.0
+    );
+    assert!(
+        metric_sum(
+            &text,
+            "shiftserve_batch_size_bucket",
+            &[("model", "tiny"), ("le", "1")]
+        ) >= 1.0
+    );
+    assert_eq!(metric_sum(&text, "shiftserve_build_info", &[]), 1.0);
+    assert!(text.contains("le=\"0.0005\""));
+}
