@@ -104,8 +104,13 @@ class ModelFile:
 
 
 def quantize_u8(x: np.ndarray, scale: float, zp: int) -> np.ndarray:
-    q = np.round(x.astype(F32) / F32(scale)) + F32(zp)  # np.round is round-half-even
-    return np.clip(q, 0, 255).astype(np.uint8)
+    """``clamp(round_half_even(x / scale) + zp, 0, 255)`` with f32 division (np.round is
+    round-half-even)."""
+    q = np.asarray(x, dtype=F32) / F32(scale)
+    np.round(q, out=q)
+    q += F32(zp)
+    np.clip(q, 0, 255, out=q)
+    return q.astype(np.uint8)
 
 
 def _im2col(x: np.ndarray, kh, kw, sh, sw, ph, pw):
@@ -133,24 +138,46 @@ def _epilogue(y, node, residual, relu_key="relu"):
     return y.astype(F32)
 
 
+def _shift_input(node, x):
+    """Int8 path: ``q - zero_point`` as exact integers in float64 (so zero padding added later
+    is exactly a quantised 0); float path: ``x`` unchanged."""
+    if node["path"] == "int8":
+        iq = node.get("input_quant")
+        if not isinstance(iq, dict) or "scale" not in iq or "zero_point" not in iq:
+            raise FormatError(f"node {node['name']}: int8 path needs input_quant {{scale, zero_point}}")
+        scale, zp = F32(iq["scale"]), int(iq["zero_point"])
+        if not (np.isfinite(scale) and scale > 0) or not 0 <= zp <= 255:
+            raise FormatError(f"node {node['name']}: bad input_quant {iq}")
+        return quantize_u8(x, scale, zp).astype(np.float64) - zp
+    if node["path"] != "float":
+        raise FormatError(f"node {node['name']}: unknown path {node['path']}")
+    return x
+
+
 def _shift_matmul(node, wint, cols):
-    """wint [O, K] int64, cols [N, K, P] f32 -> y [N, O, P] f32 (before residual / ReLU)."""
+    """wint [O, K] int64, cols [N, K, P] (int8 path: q - zp from _shift_input; float path: f32
+    activations) -> y [N, O, P] f32 (before residual / ReLU)."""
     scale = node["_scale"]
     bias = node["_bias"]
     if node["path"] == "int8":
         iq = node["input_quant"]
-        s_in, zp = F32(iq["scale"]), int(iq["zero_point"])
-        q = quantize_u8(cols, s_in, zp).astype(np.int64) - zp
-        acc = np.einsum("ok,nkp->nop", wint, q)  # exact int64
+        s_in = F32(iq["scale"])
+        q = cols
+        bound = 255 * int(np.abs(wint).sum(axis=1).max(initial=0))
+        if bound < 2**52:
+            # every product and partial sum is an integer below 2^53: float64 GEMM is exact
+            acc = np.matmul(wint.astype(np.float64), q.astype(np.float64)).astype(np.int64)
+        else:
+            acc = np.einsum("ok,nkp->nop", wint, q.astype(np.int64))  # exact int64
         mult = (s_in * scale).astype(F32)  # formed once in f32
         return acc.astype(F32) * mult[None, :, None] + bias[None, :, None]
-    if node["path"] != "float":
-        raise FormatError(f"node {node['name']}: unknown path {node['path']}")
     wf = wint.astype(F32)
     n, k_dim, p = cols.shape
     acc = np.zeros((n, wf.shape[0], p), dtype=F32)
+    tmp = np.empty_like(acc)
     for k in range(k_dim):  # ascending k, f32 adds of exact products
-        acc += wf[None, :, k, None] * cols[:, None, k, :]
+        np.multiply(wf[None, :, k, None], cols[:, None, k, :], out=tmp)
+        acc += tmp
     return (acc * scale[None, :, None]).astype(F32) + bias[None, :, None]
 
 
@@ -171,6 +198,7 @@ def op_shift_conv2d(mf, node, x, residual):
     wint = mf.shift_weight(node, cout, k_dim)
     node["_scale"] = mf.tensor(node["scale"], np.float32, [cout])
     node["_bias"] = mf.tensor(node["bias"], np.float32, [cout])
+    x = _shift_input(node, x)
     outs = []
     og = cout // groups
     for gi in range(groups):
@@ -191,7 +219,7 @@ def op_shift_linear(mf, node, x, residual):
     wint = mf.shift_weight(node, fout, fin)
     node["_scale"] = mf.tensor(node["scale"], np.float32, [fout])
     node["_bias"] = mf.tensor(node["bias"], np.float32, [fout])
-    y = _shift_matmul(node, wint, x[:, :, None])[:, :, 0]
+    y = _shift_matmul(node, wint, _shift_input(node, x)[:, :, None])[:, :, 0]
     return _epilogue(y, node, residual)
 
 
@@ -341,14 +369,22 @@ def quantization_margins(mf: ModelFile | str | Path, x) -> np.ndarray:
     return margins
 
 
-def forward(mf: ModelFile | str | Path, x, return_all: bool = False):
+def forward(mf: ModelFile | str | Path, x, return_all: bool = False, batch_size: int = 64):
     """Run the graph on a batch ``x [B, *input_shape]`` (f32).  Returns logits ``[B, classes]``
-    (and the dict of all values when ``return_all``)."""
+    (and the dict of all values when ``return_all``).  Large batches are processed in chunks of
+    ``batch_size`` (results do not depend on it)."""
     if not isinstance(mf, ModelFile):
         mf = ModelFile(mf)
     x = np.ascontiguousarray(np.asarray(x, dtype=F32))
-    if list(x.shape[1:]) != mf.input_shape:
+    if x.ndim != len(mf.input_shape) + 1 or list(x.shape[1:]) != mf.input_shape:
         raise FormatError(f"input shape {list(x.shape[1:])}, expected {mf.input_shape}")
+    if not return_all and len(x) > batch_size:
+        return np.concatenate([_forward(mf, x[i:i + batch_size])[0] for i in range(0, len(x), batch_size)])
+    out, vals = _forward(mf, x)
+    return (out, vals) if return_all else out
+
+
+def _forward(mf: ModelFile, x):
     vals = {mf.input_name: x}
     for node in mf.graph["nodes"]:
         op = node["op"]
@@ -382,8 +418,7 @@ def forward(mf: ModelFile | str | Path, x, return_all: bool = False):
         else:
             raise FormatError(f"node {node['name']}: unknown op {op}")
         vals[node["output"]] = np.ascontiguousarray(y, dtype=F32)
-    out = vals[mf.graph["nodes"][-1]["output"]]
-    return (out, vals) if return_all else out
+    return vals[mf.graph["nodes"][-1]["output"]], vals
 
 
 def main(argv=None):

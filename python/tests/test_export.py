@@ -289,3 +289,16 @@ def test_int32_accumulator_overflow_is_refused(tmp_path):
     set_quant_mode(m, "off")
     export(m, tmp_path / "big.safetensors", name="big", task="image_classification", labels=["a", "b"],
            preprocess=pp, numeric_path="float", progress=False)
+
+
+def test_reference_batch_chunking_is_invariant(tmp_path):
+    m = _tiny(bits=3)
+    p = tmp_path / "m.safetensors"
+    export(m, p, name="tiny", task="image_classification", labels=LABELS, preprocess=PP,
+           calib=[synthetic_images(8, 1, 16, 16, seed=20)], progress=False)
+    x = synthetic_images(10, 1, 16, 16, seed=21).numpy()
+    whole = reference.forward(p, x, batch_size=100)
+    assert np.array_equal(whole, reference.forward(p, x, batch_size=3))
+    assert np.array_equal(whole[4:5], reference.forward(p, x[4:5]))
+    with pytest.raises(reference.FormatError, match="input shape"):
+        reference.forward(p, x[:, :, :8])
