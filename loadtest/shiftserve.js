@@ -317,7 +317,7 @@ export function handleSummary(data) {
     }
   }
   const total = Object.values(data.metrics).reduce((n, m) => n + (m.thresholds ? Object.keys(m.thresholds).length : 0), 0);
-  lines.push(`thresholds: ${total - failed} passed, ${failed} failed`);
+  lines.push(total === 0 ? 'thresholds: none evaluated (--no-thresholds)' : `thresholds: ${total - failed} passed, ${failed} failed`);
   lines.push(`summary written to ${SUMMARY}`);
   const out = {};
   out[SUMMARY] = JSON.stringify(data, null, 2);
