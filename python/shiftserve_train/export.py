@@ -47,19 +47,13 @@ def encode_codes(values: np.ndarray, bits: int, code: str):
     mag = np.abs(v)
     sign = (v < 0).astype(np.uint8)
     max_m = 2 ** (bits - 1) - 1
-    if code == ZERO_FREE:
-        if np.any(mag == 0):
-            raise ExportError("zero-free code cannot represent 0")
-        e = np.zeros_like(mag)
-        nz = mag > 0
-        e[nz] = np.round(np.log2(mag[nz])).astype(np.int64)
-        m = e
-    else:
-        e = np.zeros_like(mag)
-        nz = mag > 0
-        e[nz] = np.round(np.log2(mag[nz])).astype(np.int64)
-        m = np.where(nz, e + 1, 0)
-    if np.any(nz & (np.left_shift(1, e) != mag)):
+    nz = mag > 0
+    if code == ZERO_FREE and not np.all(nz):
+        raise ExportError("zero-free code cannot represent 0")
+    e = np.zeros_like(mag)
+    e[nz] = np.round(np.log2(mag[nz])).astype(np.int64)
+    m = e if code == ZERO_FREE else np.where(nz, e + 1, 0)
+    if np.any(nz & ((e > 62) | (np.left_shift(1, np.minimum(e, 62)) != mag))):
         raise ExportError("weights must be powers of two")
     if np.any(m > max_m):
         raise ExportError(f"weight magnitude out of range for {bits}-bit {code}")
@@ -418,6 +412,9 @@ def export(model: nn.Module, path, *, name: str, task: str, labels: list[str], p
     bar.close()
     if final != g.nodes[-1]["output"]:
         raise ExportError("graph output is not produced by the last node")
+    for tname, t in g.tensors.items():
+        if t.dtype == np.float32 and not np.all(np.isfinite(t)):
+            raise ExportError(f"tensor {tname} has non-finite values (diverged training or BN variance?)")
     graph = {"inputs": [{"name": "input", "shape": shape}],
              "outputs": [{"name": final, "shape": [len(labels)]}],
              "nodes": g.nodes}
