@@ -53,3 +53,10 @@ def test_preprocess_fixtures_reproduce():
         fname, what = key.split("/")
         if what == "log_mel":
             assert np.array_equal(features.audio_features(FIX / "audio" / fname, spec), val), key
+
+
+def test_every_committed_model_fixture_is_covered():
+    names = {p.name[: -len(".golden.safetensors")] for p in FIX.glob("*.golden.safetensors")}
+    assert names == set(MODELS)
+    total = sum(p.stat().st_size for p in FIX.rglob("*") if p.is_file())
+    assert total < 3_000_000  # keep the fixtures small
