@@ -226,8 +226,8 @@ fn purge(queue: &mut VecDeque<Job>, observer: &dyn BatchObserver) -> bool {
     for job in queue.drain(..) {
         if job.deadline <= now {
             // A closed reply past its deadline is the handler's own timeout, not a disconnect.
-            let _ = job.reply.send(Err(JobError::Expired));
             observer.skipped(false);
+            let _ = job.reply.send(Err(JobError::Expired));
         } else if job.reply.is_closed() {
             observer.skipped(true);
         } else {

@@ -85,7 +85,7 @@ struct Slot {
     reason: String,
     /// Versions whose last load failed, with the file they failed on (poll mode retries only
     /// when the file changes).
-    failed: HashMap<u64, Fingerprint>,
+    failed: HashMap<u64, (Fingerprint, String)>,
 }
 
 impl Slot {
@@ -373,12 +373,14 @@ impl Repository {
                             continue;
                         }
                     }
-                    if !retry_failed && failed.get(&v) == Some(&fp) {
-                        if let Some(cur) = current.get(&v) {
-                            next.insert(v, cur.clone());
+                    if let Some((failed_fp, why)) = failed.get(&v) {
+                        if !retry_failed && failed_fp == &fp {
+                            if let Some(cur) = current.get(&v) {
+                                next.insert(v, cur.clone());
+                            }
+                            errors.push(why.clone());
+                            continue;
                         }
-                        errors.push(format!("version {v}: unchanged since its last failed load"));
-                        continue;
                     }
                     tracing::info!(model = name, version = v, path = %path.display(), "loading model version");
                     match load_version(name, v, &path, cfg, &self.metrics) {
@@ -398,14 +400,22 @@ impl Repository {
                                 .model_load_failures
                                 .with_label_values(&[name])
                                 .inc();
-                            new_failed.insert(v, fp);
-                            errors.push(format!("version {v}: {e}"));
+                            let why = format!("version {v}: {e}");
+                            new_failed.insert(v, (fp, why.clone()));
+                            errors.push(why);
                             if let Some(cur) = current.get(&v) {
                                 next.insert(v, cur.clone());
                             }
                         }
                     }
                 }
+            }
+        }
+        if !errors.is_empty() {
+            // Something failed: keep every version that serves now, so a broken new version
+            // never takes the model down (the policy is applied again on the next success).
+            for (v, cur) in &current {
+                next.entry(*v).or_insert_with(|| cur.clone());
             }
         }
         // Atomic swap.
@@ -579,6 +589,22 @@ impl Repository {
                             state: "READY".into(),
                             reason: String::new(),
                         });
+                    }
+                    if !ready_only {
+                        let mut failed: Vec<_> = slot
+                            .failed
+                            .iter()
+                            .filter(|(v, _)| !slot.versions.contains_key(v))
+                            .collect();
+                        failed.sort_by_key(|(v, _)| **v);
+                        for (v, (_, why)) in failed {
+                            out.push(IndexEntry {
+                                name: name.clone(),
+                                version: v.to_string(),
+                                state: "UNAVAILABLE".into(),
+                                reason: why.clone(),
+                            });
+                        }
                     }
                 }
                 Some(slot) if !ready_only => out.push(IndexEntry {
