@@ -31,7 +31,7 @@ impl Int8Weights {
     /// Decodes; every weight must fit `i8` (W2/W3, with-zero up to 4 bits).
     pub fn new(w: &PackedShift) -> Result<Self, KernelError> {
         let vals = w.values();
-        if vals.iter().any(|&v| v < -128 || v > 127) {
+        if vals.iter().any(|v| !(-128..=127).contains(v)) {
             return Err(KernelError::invalid("int8 baseline: weights do not fit i8"));
         }
         let (rows, cols) = (w.rows(), w.cols());

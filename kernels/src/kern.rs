@@ -13,6 +13,7 @@
 
 use crate::float::mul_code_bits;
 use crate::packed::CodeOp;
+use crate::simd::V16;
 
 /// Table element / chunk accumulator.
 pub(crate) trait Elem: Copy + Default + 'static {
@@ -50,6 +51,15 @@ impl<T> SyncPtr<T> {
     pub(crate) unsafe fn offset(self, n: usize) -> SyncPtr<T> {
         SyncPtr(self.0.add(n))
     }
+}
+
+/// Activation layout: element `(k, p)` of a pixel block starting at `p0` (a multiple of the
+/// kernel's lane count `L`) is at `(p0 / L) * bs + k * ks + (p - p0)`. Row-major `[K, P]` is
+/// `ks = P, bs = L`; pixel-blocked `[P/L][K][L]` is `ks = L, bs = K * L`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Lay {
+    pub ks: usize,
+    pub bs: usize,
 }
 
 /// Weights in the compute layout of the table kernel: one code index per weight, row-major.
@@ -138,16 +148,76 @@ fn table_core<E: Elem, const L: usize, const R: usize>(
     }
 }
 
+/// `table_core` for `i16` with explicit vectors: `L = V::N * VPR` lanes per row, `R` rows per
+/// register block (`R * VPR` accumulator registers).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn table_core_v16<V: V16, const L: usize, const VPR: usize, const R: usize>(
+    w: &TabW<'_>,
+    kc: usize,
+    pb: usize,
+    pe: usize,
+    tbl: &mut [i16],
+    mut build: impl FnMut(usize, usize, usize, usize, &mut [i16]),
+    mut flush: impl FnMut(usize, usize, usize, &[i16; L], bool),
+) {
+    let (rows, k, nc) = (w.rows, w.k, w.ncodes);
+    assert!(V::N * VPR == L && tbl.len() >= kc * nc * L && w.codes.len() == rows * k);
+    let mut p0 = pb;
+    let mut tmp = [0i16; L];
+    while p0 < pe {
+        let pn = L.min(pe - p0);
+        let mut k0 = 0;
+        while k0 < k {
+            let kn = kc.min(k - k0);
+            build(k0, kn, p0, pn, &mut tbl[..kn * nc * L]);
+            let first = k0 == 0;
+            let tp = tbl.as_ptr();
+            let mut o = 0;
+            while o < rows {
+                // Rows past the end repeat the last row (their results are not stored).
+                let crow: [*const u8; R] = std::array::from_fn(|r| unsafe {
+                    w.codes.as_ptr().add((o + r).min(rows - 1) * k + k0)
+                });
+                // SAFETY: codes < ncodes (checked when the layout was built), so each entry lies
+                // inside the kn*nc*L table entries just built; code rows are inside `codes`.
+                unsafe {
+                    let mut a = [[V::zero(); VPR]; R];
+                    let mut tk = tp;
+                    for kl in 0..kn {
+                        for r in 0..R {
+                            let t = tk.add(*crow[r].add(kl) as usize * L);
+                            for v in 0..VPR {
+                                a[r][v] = a[r][v].add(V::load(t.add(v * V::N)));
+                            }
+                        }
+                        tk = tk.add(nc * L);
+                    }
+                    for r in 0..R.min(rows - o) {
+                        for v in 0..VPR {
+                            a[r][v].store(tmp.as_mut_ptr().add(v * V::N));
+                        }
+                        flush(o + r, p0, pn, &tmp, first);
+                    }
+                }
+                o += R;
+            }
+            k0 += kn;
+        }
+        p0 += pn;
+    }
+}
+
 /// Integer products of centred activations `a - 128` in `i16` lanes; `acc[o*stride + p] =
 /// Σ_k w[o,k] * (act[k,p] - 128)` for `p` in `[pb, pe)`. `kc` must keep every chunk's partial
 /// sum inside `i16` (`kc * 128 * max|w| <= 32767`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn table_i16<const L: usize, const R: usize>(
+pub(crate) fn table_i16<V: V16, const L: usize, const VPR: usize, const R: usize>(
     w: &TabW<'_>,
     kc: usize,
     act: &[u8],
-    ps: usize,
+    lay: Lay,
     pb: usize,
     pe: usize,
     acc: SyncPtr<i32>,
@@ -161,7 +231,7 @@ pub(crate) fn table_i16<const L: usize, const R: usize>(
         .map(|o| o.shift)
         .max()
         .unwrap_or(0);
-    table_core::<i16, L, R>(
+    table_core_v16::<V, L, VPR, R>(
         w,
         kc,
         pb,
@@ -169,7 +239,8 @@ pub(crate) fn table_i16<const L: usize, const R: usize>(
         tbl,
         |k0, kn, p0, pn, t| {
             for kl in 0..kn {
-                let src = &act[(k0 + kl) * ps + p0..(k0 + kl) * ps + p0 + pn];
+                let o0 = (p0 / L) * lay.bs + (k0 + kl) * lay.ks;
+                let src = &act[o0..o0 + pn];
                 let mut a = [0i16; L];
                 if pn == L {
                     for j in 0..L {
@@ -211,7 +282,6 @@ pub(crate) fn table_i16<const L: usize, const R: usize>(
                 }
             }
         },
-        |_, _, _, _| [0i16; L],
         |o, p0, pn, v, first| {
             // SAFETY: callers give each thread a disjoint pixel range of a [rows, stride] buffer.
             unsafe {
@@ -246,7 +316,7 @@ pub(crate) fn table_i32<const L: usize, const R: usize>(
     w: &TabW<'_>,
     kc: usize,
     act: &[u8],
-    ps: usize,
+    lay: Lay,
     pb: usize,
     pe: usize,
     acc: SyncPtr<i32>,
@@ -262,7 +332,8 @@ pub(crate) fn table_i32<const L: usize, const R: usize>(
         tbl,
         |k0, kn, p0, pn, t| {
             for kl in 0..kn {
-                let src = &act[(k0 + kl) * ps + p0..(k0 + kl) * ps + p0 + pn];
+                let o0 = (p0 / L) * lay.bs + (k0 + kl) * lay.ks;
+                let src = &act[o0..o0 + pn];
                 let mut a = [0i32; L];
                 for j in 0..pn {
                     a[j] = src[j] as i32;
@@ -305,7 +376,7 @@ pub(crate) fn table_f32<const L: usize, const R: usize>(
     w: &TabW<'_>,
     kc: usize,
     act: &[f32],
-    ps: usize,
+    lay: Lay,
     pb: usize,
     pe: usize,
     acc: SyncPtr<f32>,
@@ -321,7 +392,8 @@ pub(crate) fn table_f32<const L: usize, const R: usize>(
         tbl,
         |k0, kn, p0, pn, t| {
             for kl in 0..kn {
-                let src = &act[(k0 + kl) * ps + p0..(k0 + kl) * ps + p0 + pn];
+                let o0 = (p0 / L) * lay.bs + (k0 + kl) * lay.ks;
+                let src = &act[o0..o0 + pn];
                 let mut a = [0u32; L];
                 for j in 0..pn {
                     a[j] = src[j].to_bits();
@@ -372,7 +444,7 @@ pub(crate) fn rowvec_op_byte(op: CodeOp) -> u8 {
 pub(crate) fn rowvec_i32<const LR: usize>(
     w: &RowW<'_>,
     act: &[u8],
-    ps: usize,
+    lay: Lay,
     np: usize,
     bb: usize,
     be: usize,
@@ -385,7 +457,7 @@ pub(crate) fn rowvec_i32<const LR: usize>(
         for p in 0..np {
             let mut a = [0i32; LR];
             for kk in 0..k {
-                let x = act[kk * ps + p] as i32;
+                let x = act[kk * lay.ks + p] as i32;
                 let g: &[u8; LR] = blk[kk * LR..(kk + 1) * LR].try_into().unwrap();
                 for j in 0..LR {
                     let sh = (g[j] & 31) as u32;
@@ -410,7 +482,7 @@ pub(crate) fn rowvec_i32<const LR: usize>(
 pub(crate) fn rowvec_f32<const LR: usize>(
     w: &RowW<'_>,
     act: &[f32],
-    ps: usize,
+    lay: Lay,
     np: usize,
     bb: usize,
     be: usize,
@@ -423,7 +495,7 @@ pub(crate) fn rowvec_f32<const LR: usize>(
         for p in 0..np {
             let mut a = [0f32; LR];
             for kk in 0..k {
-                let x = act[kk * ps + p].to_bits();
+                let x = act[kk * lay.ks + p].to_bits();
                 let g: &[u8; LR] = blk[kk * LR..(kk + 1) * LR].try_into().unwrap();
                 for j in 0..LR {
                     let sh = (g[j] & 31) as u32;

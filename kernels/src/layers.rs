@@ -5,7 +5,7 @@ use crate::isa::Isa;
 use crate::kern::SyncPtr;
 use crate::ops::{self, ColGeom, Output, Quant};
 use crate::packed::PackedShift;
-use crate::prepared::PreparedShift;
+use crate::prepared::{ActLayout, PreparedShift};
 use crate::workspace::{sized, Workspace};
 
 /// Convolution geometry (PyTorch semantics: cross-correlation, zero padding).
@@ -303,6 +303,8 @@ impl ShiftConv2d {
             colsf,
             acc_i,
             acc_f,
+            row8,
+            rowf,
             scratch,
         } = ws;
         match (self.path, self.quant) {
@@ -321,21 +323,43 @@ impl ShiftConv2d {
                         qb
                     }
                 };
-                // 2. [K][P] matrix.
-                let act: &[u8] = if direct {
-                    qbuf
-                } else {
-                    let cb = sized(cols8, mul_dims(&[kt, p])?);
-                    ops::im2col(qbuf, cg, quant.zero_point as u8, cb);
-                    cb
-                };
+                // 2. pixel-blocked [K][P] matrix per group.
+                let l = self.prep[0].block_lanes(false);
+                let gsz = mul_dims(&[p.div_ceil(l), kg, l])?;
+                let act = sized(cols8, mul_dims(&[g.groups, gsz])?);
+                let rb = sized(row8, p);
+                let zp8 = quant.zero_point as u8;
+                ops::build_blocked(
+                    kt,
+                    kg,
+                    p,
+                    l,
+                    |k, r| {
+                        if direct {
+                            r.copy_from_slice(&qbuf[k * p..(k + 1) * p]);
+                        } else {
+                            ops::im2col_row(qbuf, cg, zp8, k, r);
+                        }
+                    },
+                    rb,
+                    act,
+                );
+                let act: &[u8] = act;
                 // 3. accumulators [O][P].
                 let acc = sized(acc_i, mul_dims(&[g.out_c, p])?);
                 let ptr = SyncPtr(acc.as_mut_ptr());
                 let centred = run_groups(&self.prep, threads, scratch, |gi, t, s| {
                     // SAFETY: group gi owns rows gi*og..(gi+1)*og of acc.
                     let gp = unsafe { ptr.offset(gi * og * p) };
-                    self.prep[gi].run_i32(&act[gi * kg * p..(gi + 1) * kg * p], p, p, gp, p, t, s)
+                    self.prep[gi].run_i32(
+                        &act[gi * gsz..(gi + 1) * gsz],
+                        ActLayout::Blocked,
+                        p,
+                        gp,
+                        p,
+                        t,
+                        s,
+                    )
                 });
                 // 4. epilogue.
                 let corr_ref: &[i32] = if centred { &self.corr_c } else { &self.corr };
@@ -368,19 +392,40 @@ impl ShiftConv2d {
                     ops::to_cnhw(x, n, g.in_c, hw, b);
                     b
                 };
-                let act: &[f32] = if direct {
-                    xb
-                } else {
-                    let cb = sized(colsf, mul_dims(&[kt, p])?);
-                    ops::im2col(xb, cg, 0.0f32, cb);
-                    cb
-                };
+                let l = self.prep[0].block_lanes(true);
+                let gsz = mul_dims(&[p.div_ceil(l), kg, l])?;
+                let act = sized(colsf, mul_dims(&[g.groups, gsz])?);
+                let rb = sized(rowf, p);
+                ops::build_blocked(
+                    kt,
+                    kg,
+                    p,
+                    l,
+                    |k, r| {
+                        if direct {
+                            r.copy_from_slice(&xb[k * p..(k + 1) * p]);
+                        } else {
+                            ops::im2col_row(xb, cg, 0.0f32, k, r);
+                        }
+                    },
+                    rb,
+                    act,
+                );
+                let act: &[f32] = act;
                 let acc = sized(acc_f, mul_dims(&[g.out_c, p])?);
                 let ptr = SyncPtr(acc.as_mut_ptr());
                 run_groups(&self.prep, threads, scratch, |gi, t, s| {
                     // SAFETY: group gi owns rows gi*og..(gi+1)*og of acc.
                     let gp = unsafe { ptr.offset(gi * og * p) };
-                    self.prep[gi].run_f32(&act[gi * kg * p..(gi + 1) * kg * p], p, p, gp, p, t, s);
+                    self.prep[gi].run_f32(
+                        &act[gi * gsz..(gi + 1) * gsz],
+                        ActLayout::Blocked,
+                        p,
+                        gp,
+                        p,
+                        t,
+                        s,
+                    );
                     false
                 });
                 ops::epilogue_f32(

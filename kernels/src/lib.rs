@@ -14,7 +14,7 @@
 //! variable `SHIFTSERVE_KERNEL=scalar|avx2|avx512|neon`, else the best the CPU supports) and every
 //! variant gives bit-identical results.
 
-#![allow(clippy::too_many_arguments)]
+#![allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 
 pub mod baseline;
 
@@ -29,6 +29,7 @@ mod packed;
 mod pool;
 mod prepared;
 pub mod reference;
+mod simd;
 mod workspace;
 
 pub use error::{ErrorKind, KernelError};
@@ -38,5 +39,8 @@ pub use layers::{ConvGeom, Epilogue, Input, NumericPath, ShiftConv2d, ShiftLinea
 pub use ops::{quantize_u8, Output, Quant};
 pub use packed::{Code, PackedShift};
 pub use pool::{avg_pool2d, global_avg_pool, max_pool2d, Pool2d};
-pub use prepared::{shift_gemm_f32, shift_gemm_i32, PreparedShift};
+pub use prepared::{
+    shift_gemm_f32, shift_gemm_f32_blocked, shift_gemm_i32, shift_gemm_i32_blocked,
+    BlockedActivations, PreparedShift,
+};
 pub use workspace::{Scratch, Workspace};

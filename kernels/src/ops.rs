@@ -105,42 +105,69 @@ pub(crate) struct ColGeom {
 /// im2col from `[C][N][H][W]` into `[C*kh*kw][N*OH*OW]`, row `(c*kh + y)*kw + x`, padding `pad`.
 pub(crate) fn im2col<T: Copy>(x: &[T], g: ColGeom, pad: T, out: &mut [T]) {
     let p = g.n * g.oh * g.ow;
-    for c in 0..g.c {
-        for y in 0..g.kh {
-            for xk in 0..g.kw {
-                let row = (c * g.kh + y) * g.kw + xk;
-                let dst = &mut out[row * p..(row + 1) * p];
-                for b in 0..g.n {
-                    let img = &x[(c * g.n + b) * g.h * g.w..(c * g.n + b + 1) * g.h * g.w];
-                    for oy in 0..g.oh {
-                        let d = &mut dst[(b * g.oh + oy) * g.ow..(b * g.oh + oy + 1) * g.ow];
-                        let iy = (oy * g.sh + y) as isize - g.ph as isize;
-                        if iy < 0 || iy >= g.h as isize {
-                            d.fill(pad);
-                            continue;
-                        }
-                        let src = &img[iy as usize * g.w..(iy as usize + 1) * g.w];
-                        // Output columns whose input column is inside the row.
-                        let lo = (g.pw.saturating_sub(xk)).div_ceil(g.sw).min(g.ow);
-                        let hi = if g.w + g.pw > xk {
-                            ((g.w + g.pw - xk - 1) / g.sw + 1).min(g.ow)
-                        } else {
-                            0
-                        }
-                        .max(lo);
-                        d[..lo].fill(pad);
-                        d[hi..].fill(pad);
-                        if g.sw == 1 {
-                            let s0 = lo + xk - g.pw;
-                            d[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
-                        } else {
-                            for (ox, v) in d[lo..hi].iter_mut().enumerate() {
-                                *v = src[(ox + lo) * g.sw + xk - g.pw];
-                            }
-                        }
-                    }
+    for row in 0..g.c * g.kh * g.kw {
+        im2col_row(x, g, pad, row, &mut out[row * p..(row + 1) * p]);
+    }
+}
+
+/// One row of `im2col` (length `N*OH*OW`).
+pub(crate) fn im2col_row<T: Copy>(x: &[T], g: ColGeom, pad: T, row: usize, dst: &mut [T]) {
+    let xk = row % g.kw;
+    let y = (row / g.kw) % g.kh;
+    let c = row / (g.kw * g.kh);
+    for b in 0..g.n {
+        let img = &x[(c * g.n + b) * g.h * g.w..(c * g.n + b + 1) * g.h * g.w];
+        for oy in 0..g.oh {
+            let d = &mut dst[(b * g.oh + oy) * g.ow..(b * g.oh + oy + 1) * g.ow];
+            let iy = (oy * g.sh + y) as isize - g.ph as isize;
+            if iy < 0 || iy >= g.h as isize {
+                d.fill(pad);
+                continue;
+            }
+            let src = &img[iy as usize * g.w..(iy as usize + 1) * g.w];
+            // Output columns whose input column is inside the row.
+            let lo = (g.pw.saturating_sub(xk)).div_ceil(g.sw).min(g.ow);
+            let hi = if g.w + g.pw > xk {
+                ((g.w + g.pw - xk - 1) / g.sw + 1).min(g.ow)
+            } else {
+                0
+            }
+            .max(lo);
+            d[..lo].fill(pad);
+            d[hi..].fill(pad);
+            if g.sw == 1 {
+                let s0 = lo + xk - g.pw;
+                d[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
+            } else {
+                for (ox, v) in d[lo..hi].iter_mut().enumerate() {
+                    *v = src[(ox + lo) * g.sw + xk - g.pw];
                 }
             }
+        }
+    }
+}
+
+/// Builds the pixel-blocked activation matrix of a grouped layer: for group `g`, block `b`
+/// (of `l` pixels) and column `kk < kg`, the `l` values start at `((g * nblk + b) * kg + kk) * l`.
+/// Row `k` of the logical `[K, P]` matrix comes from `row(k, buf)` (or straight from `src` rows
+/// when `direct`).
+pub(crate) fn build_blocked<T: Copy>(
+    kt: usize,
+    kg: usize,
+    p: usize,
+    l: usize,
+    mut row: impl FnMut(usize, &mut [T]),
+    rowbuf: &mut [T],
+    out: &mut [T],
+) {
+    let nblk = p.div_ceil(l);
+    for k in 0..kt {
+        let (g, kk) = (k / kg, k % kg);
+        row(k, rowbuf);
+        for b in 0..nblk {
+            let len = l.min(p - b * l);
+            let o = ((g * nblk + b) * kg + kk) * l;
+            out[o..o + len].copy_from_slice(&rowbuf[b * l..b * l + len]);
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::error::{check_len, mul_dims, KernelError};
 use crate::isa::Isa;
-use crate::kern::{self, RowW, SyncPtr, TabW};
+use crate::kern::{self, Lay, RowW, SyncPtr, TabW};
 use crate::packed::{Code, CodeOp, PackedShift};
 use crate::workspace::Scratch;
 
@@ -38,6 +38,12 @@ macro_rules! isa_dispatch {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
                 #[allow(dead_code)]
+                type V16T = crate::simd::x86::Z;
+                #[allow(dead_code)]
+                const VPR16: usize = 2;
+                #[allow(dead_code)]
+                const R16: usize = 4;
+                #[allow(dead_code)]
                 const L16: usize = 64;
                 #[allow(dead_code)]
                 const L32: usize = 32;
@@ -55,6 +61,12 @@ macro_rules! isa_dispatch {
             }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => {
+                #[allow(dead_code)]
+                type V16T = crate::simd::x86::Y;
+                #[allow(dead_code)]
+                const VPR16: usize = 2;
+                #[allow(dead_code)]
+                const R16: usize = 4;
                 #[allow(dead_code)]
                 const L16: usize = 32;
                 #[allow(dead_code)]
@@ -74,6 +86,12 @@ macro_rules! isa_dispatch {
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => {
                 #[allow(dead_code)]
+                type V16T = crate::simd::arm::Q;
+                #[allow(dead_code)]
+                const VPR16: usize = 4;
+                #[allow(dead_code)]
+                const R16: usize = 4;
+                #[allow(dead_code)]
                 const L16: usize = 32;
                 #[allow(dead_code)]
                 const L32: usize = 16;
@@ -90,6 +108,12 @@ macro_rules! isa_dispatch {
                 }
             }
             _ => {
+                #[allow(dead_code)]
+                type V16T = crate::simd::Arr8;
+                #[allow(dead_code)]
+                const VPR16: usize = 2;
+                #[allow(dead_code)]
+                const R16: usize = 2;
                 #[allow(dead_code)]
                 const L16: usize = 16;
                 #[allow(dead_code)]
@@ -111,6 +135,15 @@ pub(crate) fn lanes(isa: Isa) -> (usize, usize, usize) {
 
 /// Bytes of L1 a kernel's activation table may use.
 const TABLE_BUDGET: usize = 36 * 1024;
+
+/// How the activation matrix of a kernel call is laid out.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ActLayout {
+    /// `[K, P]` with row stride `ps`.
+    RowMajor { ps: usize },
+    /// `[ceil(P/L)][K][L]` with `L = block_lanes(path)` (the last block zero padded).
+    Blocked,
+}
 
 /// How the integer path accumulates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -237,6 +270,25 @@ impl PreparedShift {
         }
     }
 
+    /// Lane count of the pixel-blocked activation layout the kernels of this path read.
+    pub(crate) fn block_lanes(&self, float: bool) -> usize {
+        let (l16, l32, _) = lanes(self.isa);
+        match (float, self.int_mode) {
+            (false, IntMode::I16 { .. }) => l16,
+            _ => l32,
+        }
+    }
+
+    fn lay(&self, act: ActLayout, l: usize) -> Lay {
+        match act {
+            ActLayout::RowMajor { ps } => Lay { ks: ps, bs: l },
+            ActLayout::Blocked => Lay {
+                ks: l,
+                bs: self.cols * l,
+            },
+        }
+    }
+
     fn use_rowvec(&self, p: usize, float: bool) -> bool {
         let (l16, l32, _) = lanes(self.isa);
         let l = if float { l32 } else { l16 };
@@ -249,7 +301,7 @@ impl PreparedShift {
     pub(crate) fn run_i32(
         &self,
         act: &[u8],
-        ps: usize,
+        layout: ActLayout,
         np: usize,
         acc: SyncPtr<i32>,
         stride: usize,
@@ -258,6 +310,7 @@ impl PreparedShift {
     ) -> bool {
         let threads = threads.max(1);
         if self.use_rowvec(np, false) {
+            let lay = self.lay(layout, self.block_lanes(false));
             let w = RowW {
                 ops: &self.rowvec,
                 rows: self.rows,
@@ -272,7 +325,7 @@ impl PreparedShift {
                 |bb, be, _| {
                     isa_dispatch!(
                         self.isa,
-                        kern::rowvec_i32::<LR>(&w, act, ps, np, bb, be, acc, stride)
+                        kern::rowvec_i32::<LR>(&w, act, lay, np, bb, be, acc, stride)
                     )
                 },
                 scratch,
@@ -285,6 +338,7 @@ impl PreparedShift {
             IntMode::I16 { kc } => {
                 let (l16, _, _) = lanes(self.isa);
                 let tbytes = kc * self.ops.len() * l16 * 2;
+                let lay = self.lay(layout, l16);
                 run_split(
                     np,
                     l16,
@@ -293,7 +347,9 @@ impl PreparedShift {
                         let tbl = cast_mut::<i16>(buf);
                         isa_dispatch!(
                             self.isa,
-                            kern::table_i16::<L16, R>(&w, kc, act, ps, pb, pe, acc, stride, tbl)
+                            kern::table_i16::<V16T, L16, VPR16, R16>(
+                                &w, kc, act, lay, pb, pe, acc, stride, tbl
+                            )
                         )
                     },
                     scratch,
@@ -304,6 +360,7 @@ impl PreparedShift {
             IntMode::I32 { kc } => {
                 let (_, l32, _) = lanes(self.isa);
                 let tbytes = kc * self.ops.len() * l32 * 4;
+                let lay = self.lay(layout, l32);
                 run_split(
                     np,
                     l32,
@@ -312,7 +369,7 @@ impl PreparedShift {
                         let tbl = cast_mut::<i32>(buf);
                         isa_dispatch!(
                             self.isa,
-                            kern::table_i32::<L32, R>(&w, kc, act, ps, pb, pe, acc, stride, tbl)
+                            kern::table_i32::<L32, R>(&w, kc, act, lay, pb, pe, acc, stride, tbl)
                         )
                     },
                     scratch,
@@ -328,7 +385,7 @@ impl PreparedShift {
     pub(crate) fn run_f32(
         &self,
         act: &[f32],
-        ps: usize,
+        layout: ActLayout,
         np: usize,
         acc: SyncPtr<f32>,
         stride: usize,
@@ -337,6 +394,7 @@ impl PreparedShift {
     ) {
         let threads = threads.max(1);
         if self.use_rowvec(np, true) {
+            let lay = self.lay(layout, self.block_lanes(true));
             let w = RowW {
                 ops: &self.rowvec,
                 rows: self.rows,
@@ -351,7 +409,7 @@ impl PreparedShift {
                 |bb, be, _| {
                     isa_dispatch!(
                         self.isa,
-                        kern::rowvec_f32::<LR>(&w, act, ps, np, bb, be, acc, stride)
+                        kern::rowvec_f32::<LR>(&w, act, lay, np, bb, be, acc, stride)
                     )
                 },
                 scratch,
@@ -363,6 +421,7 @@ impl PreparedShift {
         let kc = self.kc_f32;
         let (_, l32, _) = lanes(self.isa);
         let tbytes = kc * self.ops.len() * l32 * 4;
+        let lay = self.lay(layout, l32);
         run_split(
             np,
             l32,
@@ -371,7 +430,7 @@ impl PreparedShift {
                 let tbl = cast_mut::<f32>(buf);
                 isa_dispatch!(
                     self.isa,
-                    kern::table_f32::<L32, R>(&w, kc, act, ps, pb, pe, acc, stride, tbl)
+                    kern::table_f32::<L32, R>(&w, kc, act, lay, pb, pe, acc, stride, tbl)
                 )
             },
             scratch,
@@ -453,7 +512,15 @@ pub fn shift_gemm_i32(
     if p == 0 {
         return Ok(());
     }
-    let centred = w.run_i32(act, p, p, SyncPtr(acc.as_mut_ptr()), p, threads, scratch);
+    let centred = w.run_i32(
+        act,
+        ActLayout::RowMajor { ps: p },
+        p,
+        SyncPtr(acc.as_mut_ptr()),
+        p,
+        threads,
+        scratch,
+    );
     if centred {
         for (o, row) in acc.chunks_exact_mut(p).enumerate() {
             let c = (128 * w.row_sums[o]) as i32;
@@ -483,6 +550,134 @@ pub fn shift_gemm_f32(
     if p == 0 {
         return Ok(());
     }
-    w.run_f32(act, p, p, SyncPtr(out.as_mut_ptr()), p, threads, scratch);
+    w.run_f32(
+        act,
+        ActLayout::RowMajor { ps: p },
+        p,
+        SyncPtr(out.as_mut_ptr()),
+        p,
+        threads,
+        scratch,
+    );
+    Ok(())
+}
+
+/// Activations `[K, P]` repacked into the pixel-blocked layout the kernels of one
+/// `PreparedShift` read (what the layers build directly from im2col).
+pub struct BlockedActivations<T> {
+    data: Vec<T>,
+    p: usize,
+    k: usize,
+    l: usize,
+}
+
+impl PreparedShift {
+    fn block<T: Copy + Default>(
+        &self,
+        act: &[T],
+        p: usize,
+        float: bool,
+    ) -> Result<BlockedActivations<T>, KernelError> {
+        check_len("activations", act.len(), mul_dims(&[self.cols, p])?)?;
+        let l = self.block_lanes(float);
+        let mut data = vec![T::default(); mul_dims(&[p.div_ceil(l), self.cols, l])?];
+        let mut rb = vec![T::default(); p];
+        crate::ops::build_blocked(
+            self.cols,
+            self.cols,
+            p,
+            l,
+            |k, r| r.copy_from_slice(&act[k * p..(k + 1) * p]),
+            &mut rb,
+            &mut data,
+        );
+        Ok(BlockedActivations {
+            data,
+            p,
+            k: self.cols,
+            l,
+        })
+    }
+    /// Repacks `u8` activations `[cols, p]` for `shift_gemm_i32_blocked`.
+    pub fn block_u8(&self, act: &[u8], p: usize) -> Result<BlockedActivations<u8>, KernelError> {
+        self.block(act, p, false)
+    }
+    /// Repacks `f32` activations `[cols, p]` for `shift_gemm_f32_blocked`.
+    pub fn block_f32(&self, act: &[f32], p: usize) -> Result<BlockedActivations<f32>, KernelError> {
+        self.block(act, p, true)
+    }
+}
+
+/// `shift_gemm_i32` on pre-blocked activations (`acc` `[rows, p]`).
+pub fn shift_gemm_i32_blocked(
+    w: &PreparedShift,
+    act: &BlockedActivations<u8>,
+    acc: &mut [i32],
+    threads: usize,
+    scratch: &mut Scratch,
+) -> Result<(), KernelError> {
+    check_isa(w)?;
+    if act.k != w.cols || act.l != w.block_lanes(false) {
+        return Err(KernelError::shape(
+            "blocked activations were built for other weights",
+        ));
+    }
+    let p = act.p;
+    check_len(
+        "shift_gemm_i32 accumulators",
+        acc.len(),
+        mul_dims(&[w.rows, p])?,
+    )?;
+    if !w.int_path_fits() {
+        return Err(KernelError::invalid(
+            "integer path could overflow i32 (use the float path)",
+        ));
+    }
+    let centred = w.run_i32(
+        &act.data,
+        ActLayout::Blocked,
+        p,
+        SyncPtr(acc.as_mut_ptr()),
+        p,
+        threads,
+        scratch,
+    );
+    if centred {
+        for (o, row) in acc.chunks_exact_mut(p).enumerate() {
+            let c = (128 * w.row_sums[o]) as i32;
+            row.iter_mut().for_each(|v| *v = v.wrapping_add(c));
+        }
+    }
+    Ok(())
+}
+
+/// `shift_gemm_f32` on pre-blocked activations (`out` `[rows, p]`).
+pub fn shift_gemm_f32_blocked(
+    w: &PreparedShift,
+    act: &BlockedActivations<f32>,
+    out: &mut [f32],
+    threads: usize,
+    scratch: &mut Scratch,
+) -> Result<(), KernelError> {
+    check_isa(w)?;
+    if act.k != w.cols || act.l != w.block_lanes(true) {
+        return Err(KernelError::shape(
+            "blocked activations were built for other weights",
+        ));
+    }
+    check_len(
+        "shift_gemm_f32 output",
+        out.len(),
+        mul_dims(&[w.rows, act.p])?,
+    )?;
+    w.run_f32(
+        &act.data,
+        ActLayout::Blocked,
+        act.p,
+        SyncPtr(out.as_mut_ptr()),
+        act.p,
+        threads,
+        scratch,
+    );
     Ok(())
 }

@@ -75,6 +75,8 @@ pub struct Workspace {
     pub(crate) colsf: Vec<f32>,
     pub(crate) acc_i: Vec<i32>,
     pub(crate) acc_f: Vec<f32>,
+    pub(crate) row8: Vec<u8>,
+    pub(crate) rowf: Vec<f32>,
     pub(crate) scratch: Vec<Scratch>,
 }
 
@@ -85,6 +87,8 @@ impl Workspace {
     /// Bytes currently held.
     pub fn allocated_bytes(&self) -> usize {
         self.q.capacity()
+            + self.row8.capacity()
+            + 4 * self.rowf.capacity()
             + self.cols8.capacity()
             + 4 * (self.xf.capacity()
                 + self.colsf.capacity()
