@@ -38,7 +38,8 @@ fn check_length(frames: u64, rate: u32, limits: &InputLimits) -> Result<(), Mode
 /// Decodes a WAV file (PCM 8/16/24/32-bit, IEEE float 32/64, any channel count) to mono.
 pub fn decode_wav(data: &[u8], limits: &InputLimits) -> Result<Mono, ModelError> {
     match hound::WavReader::new(Cursor::new(data)) {
-        Ok(reader) => decode_hound(reader, limits),
+        // every sample takes at least one byte of the payload: never reserve more than that
+        Ok(reader) => decode_hound(reader, data.len(), limits),
         Err(e) => {
             // hound has no 64-bit float; read those (and only those) with the chunk walker below.
             if let Ok(Riff {
@@ -63,6 +64,7 @@ pub fn decode_wav(data: &[u8], limits: &InputLimits) -> Result<Mono, ModelError>
 
 fn decode_hound(
     mut reader: hound::WavReader<Cursor<&[u8]>>,
+    payload: usize,
     limits: &InputLimits,
 ) -> Result<Mono, ModelError> {
     let spec = reader.spec();
@@ -80,7 +82,7 @@ fn decode_hound(
     let ch = spec.channels as usize;
     let bad = |e: hound::Error| bad_input(format!("corrupt WAV sample data: {e}"));
     let mut interleaved: Vec<f64> =
-        Vec::with_capacity((frames as usize).saturating_mul(ch).min(1 << 28));
+        Vec::with_capacity((frames as usize).saturating_mul(ch).min(payload));
     match (spec.sample_format, spec.bits_per_sample) {
         (hound::SampleFormat::Float, 32) => {
             for s in reader.samples::<f32>() {
