@@ -72,14 +72,21 @@ dc_start_server() {
   # Bind to loopback explicitly when the server lets us choose the address.
   if grep -q -- '--http-address' <<<"$help"; then args+=(--http-address 127.0.0.1); fi
   dc_log "starting: $bin ${args[*]}"
-  "$bin" "${args[@]}" >"$SERVER_LOG" 2>&1 &
+  # Per-request logs would cost CPU under load and bury the interesting lines.
+  SHIFTSERVE_LOG_LEVEL=${DC_SERVER_LOG_LEVEL:-warn,shiftserve::serve=info,shiftserve::repository=info} \
+    "$bin" "${args[@]}" >"$SERVER_LOG" 2>&1 &
   SERVER_PID=$!
   dc_track "$SERVER_PID"
   if ! dc_wait_http "$SERVER_URL/v2/health/ready" "${SERVER_READY_TIMEOUT:-120}"; then
-    echo "---- server log ----" >&2; tail -n 40 "$SERVER_LOG" >&2 || true
+    dc_server_log_tail
     dc_fail "server did not become ready on $SERVER_URL within ${SERVER_READY_TIMEOUT:-120}s"
   fi
   dc_log "server ready on $SERVER_URL (pid $SERVER_PID)"
+}
+
+dc_server_log_tail() {
+  echo "---- server log (last lines) ----" >&2
+  sed 's/\x1b\[[0-9;]*m//g' "$SERVER_LOG" | tail -n "${1:-15}" | cut -c1-300 >&2 || true
 }
 
 # The k6 MODELS spec for the models the running server serves: `name=fixture`, the fixture chosen

@@ -18,7 +18,7 @@ SPEC=$(dc_models_spec) || dc_fail "could not derive the model list from $SERVER_
 dc_log "models served: $SPEC"
 SUMMARY="$DC_WORK/summary.json"
 if ! dc_run_k6 "$SPEC" "$DURATION" "$RATE" "$SUMMARY"; then
-  echo "---- server log (tail) ----" >&2; tail -n 20 "$SERVER_LOG" >&2 || true
+  dc_server_log_tail
   dc_fail "k6 run failed (a threshold was crossed or the script errored)"
 fi
 [ -s "$SUMMARY" ] || dc_fail "k6 wrote no summary.json"

@@ -60,7 +60,7 @@ PEAK=${OVERLOAD_RATE:-1500}
 dc_log "overload: $SPEC, ramp to $PEAK req/s"
 if ! dc_run_k6 "$SPEC" 5s 2 "$SUMMARY" OVERLOAD=1 OVERLOAD_MODEL="$TARGET" OVERLOAD_RATE="$PEAK" \
     OVERLOAD_DURATION=10s OVERLOAD_P99_MS="${OVERLOAD_P99_MS:-3000}"; then
-  tail -n 20 "$SERVER_LOG" >&2 || true
+  dc_server_log_tail
   dc_fail "k6 overload run failed (a threshold was crossed)"
 fi
 curl -fsS -m 5 "$SERVER_URL/metrics" >"$DC_WORK/metrics.txt"
