@@ -21,6 +21,8 @@ pub mod baseline;
 mod error;
 pub mod float;
 mod fp32;
+#[cfg(target_arch = "x86_64")]
+mod gemv512;
 mod isa;
 mod kern;
 mod layers;

@@ -171,6 +171,8 @@ pub struct PreparedShift {
     row_sums: Vec<i64>,
     int_mode: IntMode,
     kc_f32: usize,
+    /// AVX-512 GEMV layout (zero-free W2/W3): bit-plane masks `[rows][ceil(cols/32)][bits]`.
+    gemv_masks: Vec<u32>,
 }
 
 impl PreparedShift {
@@ -215,6 +217,12 @@ impl PreparedShift {
             }
         };
         let kc_f32 = (TABLE_BUDGET / (ncodes * l32 * 4)).max(1);
+        #[allow(unused_mut)]
+        let mut gemv_masks = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512 && w.code() == Code::ZeroFree && w.bits() <= 3 {
+            gemv_masks = crate::gemv512::build_masks(&codes, rows, cols, w.bits() as usize);
+        }
         Ok(PreparedShift {
             isa,
             code: w.code(),
@@ -228,6 +236,7 @@ impl PreparedShift {
             row_sums,
             int_mode,
             kc_f32,
+            gemv_masks,
         })
     }
 
@@ -309,6 +318,62 @@ impl PreparedShift {
         scratch: &mut Scratch,
     ) -> bool {
         let threads = threads.max(1);
+        #[cfg(target_arch = "x86_64")]
+        if self.use_rowvec(np, false) && !self.gemv_masks.is_empty() {
+            let lay = self.lay(layout, self.block_lanes(false));
+            let nkb = self.cols.div_ceil(32);
+            let terms = 32767 / (128 * self.max_abs as usize);
+            let (bits, k) = (self.bits, self.cols);
+            run_split(
+                self.rows,
+                4,
+                threads,
+                |r0, r1, buf: &mut [u8]| {
+                    let xs = cast_mut::<i16>(buf);
+                    for p in 0..np {
+                        let x = &mut xs[p * nkb * 32..(p + 1) * nkb * 32];
+                        for (kk, v) in x.iter_mut().enumerate() {
+                            *v = if kk < k {
+                                act[kk * lay.ks + p] as i16 - 128
+                            } else {
+                                0
+                            };
+                        }
+                    }
+                    // SAFETY: masks exist only for Avx512 weights, built after checking the CPU.
+                    unsafe {
+                        if bits == 2 {
+                            crate::gemv512::gemv::<2>(
+                                &self.gemv_masks,
+                                nkb,
+                                terms,
+                                xs,
+                                np,
+                                r0,
+                                r1,
+                                acc,
+                                stride,
+                            )
+                        } else {
+                            crate::gemv512::gemv::<3>(
+                                &self.gemv_masks,
+                                nkb,
+                                terms,
+                                xs,
+                                np,
+                                r0,
+                                r1,
+                                acc,
+                                stride,
+                            )
+                        }
+                    }
+                },
+                scratch,
+                np * nkb * 64,
+            );
+            return true;
+        }
         if self.use_rowvec(np, false) {
             let lay = self.lay(layout, self.block_lanes(false));
             let w = RowW {
