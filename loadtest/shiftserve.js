@@ -106,6 +106,8 @@ const serverBatch = new Trend('server_batch_size');
 const missingHeaders = new Rate('server_timing_headers_missing');
 const overloadRejected = new Counter('overload_rejected');
 const overloadAccepted = new Counter('overload_accepted');
+// How fast the server says "no": latency of the 429 answers alone.
+const overloadRejectedMs = new Trend('overload_rejected_ms', true);
 
 function durationSeconds(d) {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/.exec(d);
@@ -260,7 +262,10 @@ const ACCEPT_200_429 = http.expectedStatuses(200, 429);
 export function overload() {
   const model = MODEL_BY_NAME[__ENV.MODEL];
   const res = post(model, { responseCallback: ACCEPT_200_429, timeout: '30s' });
-  if (res.status === 429) overloadRejected.add(1);
+  if (res.status === 429) {
+    overloadRejected.add(1);
+    overloadRejectedMs.add(res.timings.duration);
+  }
   if (res.status === 200) {
     overloadAccepted.add(1);
     recordTimings(res);
@@ -303,7 +308,9 @@ export function handleSummary(data) {
     const rej = (metric('overload_rejected') || {}).count || 0;
     const acc = (metric('overload_accepted') || {}).count || 0;
     lines.push('');
-    lines.push(`overload: ${acc} accepted, ${rej} rejected with 429 (${fmt((100 * rej) / Math.max(1, rej + acc))}%)`);
+    const rl = metric('overload_rejected_ms') || {};
+    lines.push(`overload: ${acc} accepted, ${rej} rejected with 429 (${fmt((100 * rej) / Math.max(1, rej + acc))}%); ` +
+      `429 answers p50 ${fmt(rl.med)} ms, p99 ${fmt(rl['p(99)'])} ms`);
   }
   lines.push('');
   let failed = 0;

@@ -197,12 +197,13 @@ def build():
 
     panels.append(row("Process and models"))
     panels.append(timeseries(
-        "CPU (cores)", "process_cpu_seconds_total rate: cores busy in the shiftserve process.",
-        [(f"rate(process_cpu_seconds_total{{job=\"shiftserve\"}}[{RI}])", "{{instance}}", "A")], "none",
+        "CPU (cores)", "process_cpu_seconds_total rate: cores busy in each shiftserve process "
+        "(any target that also exports shiftserve_build_info, whatever its job name).",
+        [(f"rate(process_cpu_seconds_total[{RI}]) and on (instance) shiftserve_build_info", "{{instance}}", "A")], "none",
         decimals=2, w=8))
     panels.append(timeseries(
-        "Resident memory", "process_resident_memory_bytes of the shiftserve process.",
-        [("process_resident_memory_bytes{job=\"shiftserve\"}", "{{instance}}", "A")], "bytes", w=8))
+        "Resident memory", "process_resident_memory_bytes of each shiftserve process.",
+        [("process_resident_memory_bytes and on (instance) shiftserve_build_info", "{{instance}}", "A")], "bytes", w=8))
     panels.append(timeseries(
         "Model load time and failures",
         "Load + warm-up time of each loaded version, and load failures over the last hour "

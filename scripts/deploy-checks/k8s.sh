@@ -2,7 +2,8 @@
 # Check 4b: every Kubernetes manifest in deploy/k8s validated against the Kubernetes OpenAPI
 # schemas bundled in PyPI's kubernetes-validate (offline), in strict mode (unknown fields are
 # errors), for the newest bundled release and an older one still common in clusters; then
-# cross-references between the manifests (k8s_xref.py).
+# cross-references between the manifests (k8s_xref.py), and the generated per-model parts must
+# match models/repository (sync_models.py --check).
 #   scripts/deploy-checks/k8s.sh
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -21,6 +22,8 @@ if "$KV" --strict --quiet "$DC_WORK/bad.yaml" >/dev/null 2>&1; then
   dc_fail "kubernetes-validate accepted a misspelt field: not validating"
 fi
 echo "  self-test: a misspelt Deployment field is rejected"
+dc_log "deploy/k8s/sync_models.py --check (ConfigMap, mounts and HPA follow models/repository)"
+"$DC_PY" "$DC_ROOT/deploy/k8s/sync_models.py" --check || dc_fail "manifests out of date with models/repository"
 # kustomization.yaml is not a Kubernetes object (no schema); it is checked by the cross-checks.
 dc_log "cross-checks (k8s_xref.py)"
 "$DC_PY" "$DC_DIR/k8s_xref.py" || dc_fail "manifests are inconsistent"

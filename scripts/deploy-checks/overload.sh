@@ -71,8 +71,10 @@ m = json.load(open(summary))["metrics"]
 rejected = m.get("overload_rejected", {}).get("values", {}).get("count", 0)
 accepted = m.get("overload_accepted", {}).get("values", {}).get("count", 0)
 lat = m["http_req_duration{scenario:overload}"]["values"]
+rl = m.get("overload_rejected_ms", {}).get("values", {})
 print(f"  overload scenario: {accepted} answered 200, {rejected} shed with 429; "
-      f"latency of all answers p50 {lat['med']:.1f} ms, p99 {lat['p(99)']:.1f} ms, max {lat['max']:.1f} ms")
+      f"latency of all answers p50 {lat['med']:.1f} ms, p99 {lat['p(99)']:.1f} ms, max {lat['max']:.1f} ms; "
+      f"429s alone p50 {rl.get('med', float('nan')):.1f} ms, p99 {rl.get('p(99)', float('nan')):.1f} ms")
 if rejected == 0:
     sys.exit("no request was shed: the ramp never exceeded the model's capacity (raise OVERLOAD_RATE)")
 server = 0
