@@ -37,6 +37,7 @@ run k8s        bash "$HERE/k8s.sh"
 run k6         bash "$HERE/k6.sh" "$BIN" "$REPO"
 run prometheus bash "$HERE/prometheus.sh" "$BIN" "$REPO"
 run dashboard  bash "$HERE/dashboard.sh" "$BIN" "$REPO"
+run entrypoints bash "$HERE/entrypoints.sh" "$BIN" "$REPO"
 run overload   bash "$HERE/overload.sh" "$BIN" "$REPO"
 
 echo

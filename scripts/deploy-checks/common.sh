@@ -46,11 +46,13 @@ dc_free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
-# dc_wait_http URL SECONDS [EXPECTED_STATUS]: poll until the URL answers (bounded).
+# dc_wait_http URL SECONDS [EXPECTED_STATUS [PID]]: poll until the URL answers (bounded); gives
+# up early when PID (the process expected to answer) has exited.
 dc_wait_http() {
-  local url=$1 secs=$2 want=${3:-200} code deadline
+  local url=$1 secs=$2 want=${3:-200} pid=${4:-} code deadline
   deadline=$(( $(date +%s) + secs ))
   while [ "$(date +%s)" -lt "$deadline" ]; do
+    if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then return 1; fi
     code=$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$url" || true)
     [ "$code" = "$want" ] && return 0
     sleep 0.5
@@ -77,9 +79,9 @@ dc_start_server() {
     "$bin" "${args[@]}" >"$SERVER_LOG" 2>&1 &
   SERVER_PID=$!
   dc_track "$SERVER_PID"
-  if ! dc_wait_http "$SERVER_URL/v2/health/ready" "${SERVER_READY_TIMEOUT:-120}"; then
+  if ! dc_wait_http "$SERVER_URL/v2/health/ready" "${SERVER_READY_TIMEOUT:-120}" 200 "$SERVER_PID"; then
     dc_server_log_tail
-    dc_fail "server did not become ready on $SERVER_URL within ${SERVER_READY_TIMEOUT:-120}s"
+    dc_fail "server did not become ready on $SERVER_URL (it exited, or ${SERVER_READY_TIMEOUT:-120} s passed)"
   fi
   dc_log "server ready on $SERVER_URL (pid $SERVER_PID)"
 }
@@ -133,7 +135,7 @@ PY
   PROM_PID=$!
   dc_track "$PROM_PID"
   PROM="http://127.0.0.1:$PROM_PORT"
-  dc_wait_http "$PROM/-/ready" 60 || { tail -n 20 "$DC_WORK/prometheus.log" >&2; dc_fail "prometheus not ready"; }
+  dc_wait_http "$PROM/-/ready" 60 200 "$PROM_PID" || { tail -n 20 "$DC_WORK/prometheus.log" >&2; dc_fail "prometheus not ready"; }
 }
 
 # dc_exercise MODELS_SPEC: one good request per model and one malformed one (so error series
