@@ -20,6 +20,10 @@ pub struct SynthConfig {
     /// Input side (224 for ImageNet).
     pub resolution: usize,
     pub classes: usize,
+    /// Build the full-precision twin instead: every shift conv becomes an fp32 `conv2d` with
+    /// weights `value * scale` (same random draw), residuals through `add` nodes. The baseline
+    /// of the benchmarks.
+    pub fp32: bool,
 }
 
 impl Default for SynthConfig {
@@ -30,6 +34,7 @@ impl Default for SynthConfig {
             int8: true,
             resolution: 224,
             classes: 1000,
+            fp32: false,
         }
     }
 }
@@ -89,6 +94,36 @@ fn shift_layer(rng: &mut Rng, rows: usize, cols: usize, bits: usize, int8: bool)
     }
 }
 
+/// A shift conv, or its fp32 twin (`conv2d` with weights `value * scale`, residual via `add`).
+fn conv_or_twin(
+    b: &mut ModelBuilder,
+    fp32: bool,
+    name: &str,
+    x: &str,
+    residual: Option<&str>,
+    c: Conv,
+    relu: bool,
+    s: &Shift,
+) -> Result<String, ModelError> {
+    if !fp32 {
+        return b.shift_conv2d(name, x, residual, c, relu, s);
+    }
+    let k = c.k();
+    let w: Vec<f32> = s
+        .values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| v as f32 * s.scale[i / k])
+        .collect();
+    match residual {
+        None => Ok(b.conv2d(name, x, c, relu, &w, &s.bias)),
+        Some(r) => {
+            let y = b.conv2d(&format!("{name}.conv"), x, c, false, &w, &s.bias);
+            Ok(b.add(name, &y, r, relu))
+        }
+    }
+}
+
 fn normal_vec(rng: &mut Rng, n: usize, std: f32) -> Vec<f32> {
     (0..n).map(|_| std * rng.normal()).collect()
 }
@@ -124,17 +159,44 @@ pub fn resnet18_bytes(cfg: &SynthConfig) -> Result<Vec<u8>, ModelError> {
             let name = format!("layer{}.{block}", stage + 1);
             let c1 = Conv::new(c_in, c_out, 3, stride, 1);
             let s1 = shift_layer(&mut rng, c_out, c1.k(), cfg.bits, cfg.int8);
-            let h = b.shift_conv2d(&format!("{name}.conv1"), &x, None, c1, true, &s1)?;
+            let h = conv_or_twin(
+                &mut b,
+                cfg.fp32,
+                &format!("{name}.conv1"),
+                &x,
+                None,
+                c1,
+                true,
+                &s1,
+            )?;
             let residual = if stride != 1 || c_in != c_out {
                 let cd = Conv::new(c_in, c_out, 1, stride, 0);
                 let sd = shift_layer(&mut rng, c_out, cd.k(), cfg.bits, cfg.int8);
-                b.shift_conv2d(&format!("{name}.downsample"), &x, None, cd, false, &sd)?
+                conv_or_twin(
+                    &mut b,
+                    cfg.fp32,
+                    &format!("{name}.downsample"),
+                    &x,
+                    None,
+                    cd,
+                    false,
+                    &sd,
+                )?
             } else {
                 x.clone()
             };
             let c2 = Conv::new(c_out, c_out, 3, 1, 1);
             let s2 = shift_layer(&mut rng, c_out, c2.k(), cfg.bits, cfg.int8);
-            x = b.shift_conv2d(&format!("{name}.conv2"), &h, Some(&residual), c2, true, &s2)?;
+            x = conv_or_twin(
+                &mut b,
+                cfg.fp32,
+                &format!("{name}.conv2"),
+                &h,
+                Some(&residual),
+                c2,
+                true,
+                &s2,
+            )?;
             c_in = c_out;
         }
     }
