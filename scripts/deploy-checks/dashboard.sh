@@ -22,4 +22,16 @@ N=$(tr ',' '\n' <<<"$SPEC" | wc -l)
   dc_fail "Prometheus did not scrape twice after the exercise"
 "$DC_PY" "$DC_DIR/dashboard.py" --metrics-url "$SERVER_URL/metrics" --prometheus "$PROM" --require-data ||
   dc_fail "dashboard/provisioning/rules check failed"
+# Self-test: the same check must reject a dashboard with a misspelt metric and a misspelt label.
+sed -e 's/shiftserve_request_duration_seconds_bucket/shiftserve_request_duration_second_bucket/' \
+    -e 's/sum by (model, reason)/sum by (model, reasn)/' \
+    "$DC_ROOT/deploy/grafana/dashboards/shiftserve.json" >"$DC_WORK/broken.json"
+if "$DC_PY" "$DC_DIR/dashboard.py" --metrics-url "$SERVER_URL/metrics" --dashboard "$DC_WORK/broken.json" \
+    >"$DC_WORK/broken.out" 2>&1; then
+  dc_fail "self-test: a dashboard with a misspelt metric and label passed the check"
+fi
+grep -q 'metric shiftserve_request_duration_second_bucket is not exported' "$DC_WORK/broken.out" &&
+  grep -q 'label `reasn`' "$DC_WORK/broken.out" ||
+  { cat "$DC_WORK/broken.out" >&2; dc_fail "self-test: the misspellings were not both reported"; }
+echo "  self-test: a misspelt metric and a misspelt label are both reported"
 dc_log "PASS: dashboard, provisioning and rules reference only exported metrics and labels"
