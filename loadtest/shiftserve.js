@@ -170,7 +170,8 @@ if (OVERLOAD) {
       { target: peak, duration: '10s' },
     ],
     preAllocatedVUs: 20,
-    maxVUs: Math.min(1000, Math.max(50, Math.ceil(peak * (p99 / 1000)))),
+    // VUs needed ~ rate x latency; capped so the load generator itself stays small (each VU is a JS runtime).
+    maxVUs: Math.min(300, Math.max(50, Math.ceil(peak * (p99 / 1000)))),
     gracefulStop: '10s',
     env: { MODEL: target },
     tags: { model: target },
