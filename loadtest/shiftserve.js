@@ -231,6 +231,10 @@ function parseBody(res) {
   }
 }
 
+// First answer this VU saw per model: the same fixture must keep the same top-1 whatever batch it
+// lands in (batched execution must not change results).
+const FIRST_TOP = {};
+
 export function predict() {
   const model = MODEL_BY_NAME[__ENV.MODEL];
   const res = post(model);
@@ -248,6 +252,12 @@ export function predict() {
         typeof p.label === 'string' && Number.isInteger(p.index) && p.score >= 0 && p.score <= 1 &&
         (i === 0 || p.score <= body.predictions[i - 1].score)),
     'timing headers present': () => timed,
+    'same input, same top-1 under load': () => {
+      if (body === null || !Array.isArray(body.predictions) || body.predictions.length === 0) return false;
+      const top = body.predictions[0].label;
+      if (!(model.name in FIRST_TOP)) FIRST_TOP[model.name] = top;
+      return FIRST_TOP[model.name] === top;
+    },
   };
   if (model.intent) {
     checks['intent has action/object/location'] = () =>

@@ -104,7 +104,7 @@ dc_run_k6() {
   dc_log "k6: MODELS=$spec RATE=$rate/s per model DURATION=$duration"
   (cd "$DC_ROOT/loadtest" &&
     env HOST="$SERVER_URL" MODELS="$spec" RATE="$rate" DURATION="$duration" SUMMARY="$summary" "$@" \
-      timeout 300 "$K6" run --quiet --no-color --no-usage-report ${K6_EXTRA_ARGS:-} "$DC_ROOT/loadtest/shiftserve.js")
+      timeout 300 "$K6" run --quiet --no-color --no-usage-report ${DC_K6_ARGS:-} "$DC_ROOT/loadtest/shiftserve.js")
 }
 
 # dc_start_prometheus: runs Debian's prometheus with deploy/prometheus/prometheus.yml, only the

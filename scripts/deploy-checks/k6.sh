@@ -2,7 +2,7 @@
 # Check 1: the bundled k6 script against a real shiftserve.
 #   scripts/deploy-checks/k6.sh <shiftserve binary> <model repository>
 # Starts the server on a free loopback port, runs loadtest/shiftserve.js with one
-# constant-arrival-rate scenario per served model (K6_RATE req/s each, K6_DURATION, defaults
+# constant-arrival-rate scenario per served model (DC_RATE req/s each, DC_DURATION, defaults
 # 5/s and 20s), and requires: k6 exits 0 (every threshold passed), summary.json is written, and
 # it reports as many successful requests per model as the schedule asked for (minus a margin).
 set -euo pipefail
@@ -10,8 +10,8 @@ source "$(dirname "$0")/common.sh"
 [ $# -eq 2 ] || dc_fail "usage: $0 <shiftserve binary> <model repository>"
 dc_require_tools
 BIN=$1 REPO=$2
-RATE=${K6_RATE:-5}
-DURATION=${K6_DURATION:-20s}
+RATE=${DC_RATE:-5}
+DURATION=${DC_DURATION:-20s}
 
 dc_start_server "$BIN" "$REPO"
 SPEC=$(dc_models_spec) || dc_fail "could not derive the model list from $SERVER_URL/v1/models"

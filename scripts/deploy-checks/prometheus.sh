@@ -51,7 +51,7 @@ dc_start_prometheus
 
 # Load (bounded: k6 stops after DURATION + graceful stop; `timeout` caps it anyway). The latency
 # thresholds are k6.sh's business; here the load only has to be answered.
-K6_EXTRA_ARGS=--no-thresholds dc_run_k6 "$SPEC" "${K6_DURATION:-20s}" "${K6_RATE:-5}" "$DC_WORK/summary.json" >"$DC_WORK/k6.txt" 2>&1 ||
+DC_K6_ARGS=--no-thresholds dc_run_k6 "$SPEC" "${DC_DURATION:-20s}" "${DC_RATE:-5}" "$DC_WORK/summary.json" >"$DC_WORK/k6.txt" 2>&1 ||
   { cat "$DC_WORK/k6.txt" >&2; dc_fail "k6 failed during the Prometheus check"; }
 sed 's/^/  /' "$DC_WORK/k6.txt"
 
