@@ -1,0 +1,127 @@
+//! `shiftserve inspect`, `run` and `bench` on the committed fixtures.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn shiftserve(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn inspect_shows_layers_bits_and_compression() {
+    let f = fixture("tiny_w3.safetensors");
+    let (ok, out, err) = shiftserve(&["inspect", f.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("task         image_classification"));
+    assert!(out.contains("weight bits  W3"));
+    assert!(out.contains("compression"));
+    let shift_rows = out
+        .lines()
+        .filter(|l| l.contains("shift_conv2d") && l.contains(" 3 "))
+        .count();
+    assert!(shift_rows >= 3, "{out}");
+    let ratio: f64 = out
+        .lines()
+        .find(|l| l.starts_with("compression"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|x| x.trim_end_matches('x').parse().ok())
+        .unwrap();
+    assert!(ratio > 2.0 && ratio < 32.0, "{ratio}");
+}
+
+#[test]
+fn run_classifies_an_image_and_a_wav() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("x.png");
+    std::fs::write(&img, png(28, 28, 4)).unwrap();
+    let (ok, out, err) = shiftserve(&[
+        "run",
+        fixture("tiny_w3.safetensors").to_str().unwrap(),
+        img.to_str().unwrap(),
+        "--top-k",
+        "3",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let preds = v["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), 3);
+    assert!(preds[0]["score"].as_f64().unwrap() >= preds[1]["score"].as_f64().unwrap());
+
+    let wav = fixture("audio/pcm16_16k_mono.wav");
+    let (ok, out, err) = shiftserve(&[
+        "run",
+        fixture("slu_w3.safetensors").to_str().unwrap(),
+        wav.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("intent: action="), "{out}");
+    assert_eq!(out.lines().filter(|l| l.contains("(class ")).count(), 5);
+
+    // Errors are messages, not panics.
+    let (ok, _, err) = shiftserve(&[
+        "run",
+        fixture("tiny_w3.safetensors").to_str().unwrap(),
+        wav.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.starts_with("shiftserve: "), "{err}");
+    assert!(!err.contains("panicked"));
+    let (ok, _, err) = shiftserve(&["inspect", "/nonexistent/model.safetensors"]);
+    assert!(
+        !ok && err.contains("/nonexistent/model.safetensors"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bench_prints_percentiles_and_throughput() {
+    let f = fixture("tiny_w3.safetensors");
+    let (ok, out, err) = shiftserve(&[
+        "bench",
+        f.to_str().unwrap(),
+        "--batch",
+        "1,2",
+        "--threads",
+        "1,2",
+        "--seconds",
+        "0",
+        "--min-iters",
+        "3",
+        "--warmup",
+        "1",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("p50 ms")
+            && out.contains("p90 ms")
+            && out.contains("p99 ms")
+            && out.contains("samples/s")
+    );
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .skip(2)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 4, "{out}");
+    for r in &rows {
+        assert!(r[2].parse::<usize>().unwrap() >= 3);
+        let (p50, p90, p99): (f64, f64, f64) = (
+            r[3].parse().unwrap(),
+            r[4].parse().unwrap(),
+            r[5].parse().unwrap(),
+        );
+        assert!(p50 > 0.0 && p50 <= p90 && p90 <= p99, "{out}");
+        assert!(r[6].parse::<f64>().unwrap() > 0.0);
+    }
+    assert_eq!(rows[0][7], "1.00x");
+    let (ok, _, err) = shiftserve(&["bench", "--batch", "0", f.to_str().unwrap()]);
+    assert!(!ok && err.contains("positive"), "{err}");
+}
