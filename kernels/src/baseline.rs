@@ -23,6 +23,7 @@ pub struct Int8Weights {
     /// Row-major `[rows][k4]` (zero padded), for the GEMM kernel (weights broadcast).
     rowmajor: Vec<i8>,
     /// `[ceil(rows/16)][k4/4][16][4]`, for the GEMV kernel (weights in lanes).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     blocked: Vec<i8>,
     vnni: bool,
 }

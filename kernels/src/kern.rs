@@ -158,6 +158,8 @@ fn table_core_v16<V: V16, const L: usize, const VPR: usize, const R: usize>(
     pb: usize,
     pe: usize,
     tbl: &mut [i16],
+    acc: SyncPtr<i32>,
+    stride: usize,
     mut build: impl FnMut(usize, usize, usize, usize, &mut [i16]),
     mut flush: impl FnMut(usize, usize, usize, &[i16; L], bool),
 ) {
@@ -194,10 +196,17 @@ fn table_core_v16<V: V16, const L: usize, const VPR: usize, const R: usize>(
                         tk = tk.add(nc * L);
                     }
                     for r in 0..R.min(rows - o) {
-                        for v in 0..VPR {
-                            a[r][v].store(tmp.as_mut_ptr().add(v * V::N));
+                        if pn == L {
+                            let dst = acc.0.add((o + r) * stride + p0);
+                            for v in 0..VPR {
+                                a[r][v].widen_into(dst.add(v * V::N), first);
+                            }
+                        } else {
+                            for v in 0..VPR {
+                                a[r][v].store(tmp.as_mut_ptr().add(v * V::N));
+                            }
+                            flush(o + r, p0, pn, &tmp, first);
                         }
-                        flush(o + r, p0, pn, &tmp, first);
                     }
                 }
                 o += R;
@@ -237,6 +246,8 @@ pub(crate) fn table_i16<V: V16, const L: usize, const VPR: usize, const R: usize
         pb,
         pe,
         tbl,
+        acc,
+        stride,
         |k0, kn, p0, pn, t| {
             for kl in 0..kn {
                 let o0 = (p0 / L) * lay.bs + (k0 + kl) * lay.ks;
@@ -298,9 +309,17 @@ pub(crate) fn table_i16<V: V16, const L: usize, const VPR: usize, const R: usize
                         }
                     }
                 } else {
+                    let mut wide = [0i32; L];
+                    for j in 0..L {
+                        wide[j] = v[j] as i32;
+                    }
                     let dst = std::slice::from_raw_parts_mut(dst, pn);
-                    for j in 0..pn {
-                        dst[j] = if first { 0 } else { dst[j] }.wrapping_add(v[j] as i32);
+                    if first {
+                        dst.copy_from_slice(&wide[..pn]);
+                    } else {
+                        for (d, &x) in dst.iter_mut().zip(&wide[..pn]) {
+                            *d = d.wrapping_add(x);
+                        }
                     }
                 }
             }

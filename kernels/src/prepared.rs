@@ -172,6 +172,7 @@ pub struct PreparedShift {
     int_mode: IntMode,
     kc_f32: usize,
     /// AVX-512 GEMV layout (zero-free W2/W3): bit-plane masks `[rows][ceil(cols/32)][bits]`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     gemv_masks: Vec<u32>,
 }
 

@@ -10,6 +10,8 @@ pub(crate) trait V16: Copy {
     unsafe fn load(p: *const i16) -> Self;
     unsafe fn add(self, o: Self) -> Self;
     unsafe fn store(self, p: *mut i16);
+    /// `dst[0..N] = (first ? 0 : dst[0..N]) + widen(self)` in `i32`.
+    unsafe fn widen_into(self, dst: *mut i32, first: bool);
 }
 
 /// Portable fallback: 8 lanes in an array.
@@ -38,6 +40,13 @@ impl V16 for Arr8 {
     unsafe fn store(self, p: *mut i16) {
         std::ptr::write_unaligned(p as *mut [i16; 8], self.0)
     }
+    #[inline(always)]
+    unsafe fn widen_into(self, dst: *mut i32, first: bool) {
+        for j in 0..8 {
+            let d = dst.add(j);
+            *d = if first { 0 } else { *d }.wrapping_add(self.0[j] as i32);
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -65,6 +74,19 @@ pub(crate) mod x86 {
         unsafe fn store(self, p: *mut i16) {
             _mm256_storeu_si256(p as *mut __m256i, self.0)
         }
+        #[inline(always)]
+        unsafe fn widen_into(self, dst: *mut i32, first: bool) {
+            let lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(self.0));
+            let hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256::<1>(self.0));
+            let (d0, d1) = (dst as *mut __m256i, dst.add(8) as *mut __m256i);
+            if first {
+                _mm256_storeu_si256(d0, lo);
+                _mm256_storeu_si256(d1, hi);
+            } else {
+                _mm256_storeu_si256(d0, _mm256_add_epi32(_mm256_loadu_si256(d0), lo));
+                _mm256_storeu_si256(d1, _mm256_add_epi32(_mm256_loadu_si256(d1), hi));
+            }
+        }
     }
 
     #[derive(Clone, Copy)]
@@ -86,6 +108,19 @@ pub(crate) mod x86 {
         #[inline(always)]
         unsafe fn store(self, p: *mut i16) {
             _mm512_storeu_si512(p as *mut __m512i, self.0)
+        }
+        #[inline(always)]
+        unsafe fn widen_into(self, dst: *mut i32, first: bool) {
+            let lo = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(self.0));
+            let hi = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64::<1>(self.0));
+            let (d0, d1) = (dst as *mut __m512i, dst.add(16) as *mut __m512i);
+            if first {
+                _mm512_storeu_si512(d0, lo);
+                _mm512_storeu_si512(d1, hi);
+            } else {
+                _mm512_storeu_si512(d0, _mm512_add_epi32(_mm512_loadu_si512(d0), lo));
+                _mm512_storeu_si512(d1, _mm512_add_epi32(_mm512_loadu_si512(d1), hi));
+            }
         }
     }
 }
@@ -114,6 +149,18 @@ pub(crate) mod arm {
         #[inline(always)]
         unsafe fn store(self, p: *mut i16) {
             vst1q_s16(p, self.0)
+        }
+        #[inline(always)]
+        unsafe fn widen_into(self, dst: *mut i32, first: bool) {
+            let lo = vmovl_s16(vget_low_s16(self.0));
+            let hi = vmovl_high_s16(self.0);
+            if first {
+                vst1q_s32(dst, lo);
+                vst1q_s32(dst.add(4), hi);
+            } else {
+                vst1q_s32(dst, vaddq_s32(vld1q_s32(dst), lo));
+                vst1q_s32(dst.add(4), vaddq_s32(vld1q_s32(dst.add(4)), hi));
+            }
         }
     }
 }

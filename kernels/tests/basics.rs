@@ -722,3 +722,68 @@ fn pooling() {
     assert!(max_pool2d(&x, 1, 1, 4, 4, p, &mut o3[..3]).is_err());
     assert!(global_avg_pool(&x, 1, 2, 0, &mut g).is_err());
 }
+
+/// Extreme activations and weights over long rows: every i16 chunk runs at its overflow bound,
+/// in both the table kernel (many pixels) and the row/GEMV kernels (few pixels).
+#[test]
+fn extreme_values_do_not_overflow() {
+    let mut rng = Rng::new(5);
+    for (code, bits) in [
+        (Code::ZeroFree, 2u8),
+        (Code::ZeroFree, 3),
+        (Code::ZeroFree, 4),
+        (Code::WithZero, 3),
+        (Code::WithZero, 4),
+    ] {
+        let vals = code_values(code, bits);
+        let wmax = *vals.iter().max().unwrap();
+        let wmin = *vals.iter().min().unwrap();
+        let (rows, k) = (37, 1100);
+        for &p in &[1usize, 3, 70] {
+            for pattern in 0..3 {
+                let w: Vec<i32> = (0..rows * k)
+                    .map(|i| match pattern {
+                        0 => wmin,
+                        1 => wmax,
+                        _ => {
+                            if (i / k) % 2 == 0 {
+                                wmin
+                            } else {
+                                vals[rng.below(vals.len())]
+                            }
+                        }
+                    })
+                    .collect();
+                let packed = PackedShift::from_values(code, bits, rows, k, &w).unwrap();
+                let act: Vec<u8> = (0..k * p)
+                    .map(|i| match pattern {
+                        0 => 0,
+                        1 => 255,
+                        _ => {
+                            if i % 3 == 0 {
+                                0
+                            } else {
+                                255
+                            }
+                        }
+                    })
+                    .collect();
+                let want = reference::gemm_i32(&packed, &act, p);
+                let mut scratch = Scratch::new();
+                for isa in available_isas() {
+                    let pw = PreparedShift::new(&packed, isa).unwrap();
+                    let mut acc = vec![0i32; rows * p];
+                    shift_gemm_i32(&pw, &act, p, &mut acc, 2, &mut scratch).unwrap();
+                    assert_eq!(acc, want, "{isa} {code:?}/{bits} p={p} pattern={pattern}");
+                    let ba = pw.block_u8(&act, p).unwrap();
+                    acc.fill(0);
+                    shift_gemm_i32_blocked(&pw, &ba, &mut acc, 1, &mut scratch).unwrap();
+                    assert_eq!(
+                        acc, want,
+                        "blocked {isa} {code:?}/{bits} p={p} pattern={pattern}"
+                    );
+                }
+            }
+        }
+    }
+}
