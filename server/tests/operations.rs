@@ -480,3 +480,68 @@ fn serves_the_bundled_repository_found_from_the_working_directory() {
     let _ = child.wait();
     assert!(ok, "bundled repository model never became ready");
 }
+
+#[test]
+fn json_logs_carry_request_ids() {
+    let repo = Repo::new();
+    repo.add("tiny", 1, "tiny_w3.safetensors", "");
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = std::process::Command::new(bin())
+        .args([
+            "--http-address",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+        ])
+        .args(["--model-repository", repo.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("shiftserve listening on ")
+        .unwrap()
+        .to_string();
+    let client = reqwest::blocking::Client::new();
+    wait_for("readiness", Duration::from_secs(60), || {
+        client
+            .get(format!("{base}/v2/health/ready"))
+            .send()
+            .map(|r| r.status() == 200)
+            .unwrap_or(false)
+    });
+    let r = client
+        .post(format!("{base}/v1/models/tiny/predict"))
+        .header("content-type", "image/png")
+        .header("x-request-id", "trace-me-123")
+        .body(png(28, 28, 0))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    assert!(lines.iter().any(|v| v["message"] == "shiftserve listening"));
+    let req = lines
+        .iter()
+        .find(|v| v["span"]["request_id"] == "trace-me-123")
+        .unwrap_or_else(|| panic!("no log line with the request id in {text}"));
+    assert_eq!(req["span"]["path"], "/v1/models/tiny/predict");
+    assert!(lines.iter().any(|v| v["message"] == "shiftserve stopped"));
+}
