@@ -207,9 +207,11 @@ fn decode_f64(
 }
 
 /// Band-limited resampling with rubato's synchronous FFT resampler; output length
-/// `ceil(n * to / from)`. For integer rate ratios (48k, 32k, 8k -> 16k) the output is aligned with
-/// the input to within 1e-9 on a pure tone; for other ratios the block structure leaves a
-/// sub-sample time offset (a few tenths of a sample), which log-mel features do not notice.
+/// `ceil(n * to / from)`. The Hann window and a single sub-chunk put the cutoff at 0.997 of the
+/// lower Nyquist, the closest rubato gets to the Python reference (a 0.97 Hann-windowed sinc).
+/// For integer rate ratios (48k, 32k, 8k -> 16k) the output is time-aligned with the input
+/// (error on a 440 Hz tone ~1e-5); for other ratios the block structure leaves a sub-sample
+/// time offset (a few tenths of a sample), which log-mel features do not notice.
 pub fn resample(x: &[f64], from: u32, to: u32) -> Result<Vec<f64>, ModelError> {
     if from == to || x.is_empty() {
         return Ok(x.to_vec());
@@ -456,7 +458,7 @@ mod tests {
             let err = (2000..14000)
                 .map(|i| (y[i] - tone(i, 16000)).abs())
                 .fold(0.0, f64::max);
-            assert!(err < 1e-6, "{from} Hz: max error {err}");
+            assert!(err < 1e-4, "{from} Hz: max error {err}");
         }
         // a non-integer ratio keeps the length rule ceil(n * to / from)
         let y = resample(&vec![0.25; 44100], 44100, 16000).unwrap();
