@@ -310,6 +310,7 @@ impl ModelBuilder {
         Ok(self.node(node))
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn linear(
         &mut self,
         name: &str,

@@ -556,7 +556,7 @@ impl Attrs<'_> {
                 }
             },
         };
-        if c.in_channels % c.groups != 0 || c.out_channels % c.groups != 0 {
+        if !c.in_channels.is_multiple_of(c.groups) || !c.out_channels.is_multiple_of(c.groups) {
             return Err(self.err(&format!(
                 "groups {} must divide in_channels {} and out_channels {}",
                 c.groups, c.in_channels, c.out_channels

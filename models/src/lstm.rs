@@ -178,6 +178,7 @@ impl Projection {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn apply(
         &self,
         rows: usize,

@@ -95,6 +95,7 @@ fn shift_layer(rng: &mut Rng, rows: usize, cols: usize, bits: usize, int8: bool)
 }
 
 /// A shift conv, or its fp32 twin (`conv2d` with weights `value * scale`, residual via `add`).
+#[allow(clippy::too_many_arguments)]
 fn conv_or_twin(
     b: &mut ModelBuilder,
     fp32: bool,

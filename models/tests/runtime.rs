@@ -144,6 +144,7 @@ fn pool(x: &[f32], shape: &[usize], p: &PoolAttrs, max: bool) -> Vec<f32> {
     out
 }
 
+#[allow(clippy::needless_range_loop)]
 fn reference_forward(file: &ModelFile, input: &[f32]) -> Vec<f32> {
     let mut vals: HashMap<String, Vec<f32>> = HashMap::new();
     vals.insert(file.graph.input.name.clone(), input.to_vec());

@@ -128,7 +128,10 @@ impl PreprocessSpec {
                 };
                 let mean = f.floats("mean", channels)?;
                 let std = f.floats("std", channels)?;
-                if std.iter().any(|&s| !(s > 0.0) || !s.is_normal()) {
+                if std
+                    .iter()
+                    .any(|&s| s.is_nan() || s <= 0.0 || !s.is_normal())
+                {
                     return Err(invalid("preprocess: std values must be positive"));
                 }
                 Ok(PreprocessSpec::Image(ImageSpec {
@@ -181,7 +184,7 @@ impl PreprocessSpec {
                     ));
                 }
                 let log_eps = f.float("log_eps")?;
-                if !(log_eps > 0.0) {
+                if log_eps.is_nan() || log_eps <= 0.0 {
                     return Err(invalid("preprocess: log_eps must be positive"));
                 }
                 let normalize = match o.get("normalize") {
