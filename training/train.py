@@ -36,6 +36,7 @@ import common  # noqa: E402
 from common import DATA, REPO, log  # noqa: E402
 
 PY = sys.executable
+TAG = os.environ.get("SHIFTSERVE_RUN_TAG", "")  # suffix for parallel runs' parts/outputs
 
 
 # ----------------------------------------------------------------------------------------------
@@ -45,7 +46,8 @@ INTENT_SPEC = {"kind": "audio", "sample_rate": 16000, "seconds": 3.0, "features"
                "n_fft": 512, "win_length": 480, "hop_length": 320, "window": "hann",
                "center": True, "n_mels": 40, "f_min": 20.0, "f_max": 8000.0, "log_eps": 1e-6,
                "normalize": "utterance"}  # [1, 40, 151]: 30 ms windows, 20 ms hop
-INTENT_LSTM_SPEC = INTENT_SPEC
+# LSTM: 40 ms hop -> [1, 40, 76] (half the recurrent steps of the ResNet's input)
+INTENT_LSTM_SPEC = dict(INTENT_SPEC, n_fft=1024, win_length=640, hop_length=640)
 DIGITS_SPEC = {"kind": "audio", "sample_rate": 8000, "seconds": 1.5, "features": "log_mel",
                "n_fft": 256, "win_length": 240, "hop_length": 120, "window": "hann",
                "center": True, "n_mels": 32, "f_min": 20.0, "f_max": 4000.0, "log_eps": 1e-6,
@@ -250,7 +252,7 @@ def kinds_of(args, both):
 
 
 def part_path(name, variant):
-    return os.path.join(DATA, "parts", f"{name}.{variant}.json")
+    return os.path.join(DATA, "parts", f"{name}{TAG}.{variant}.json")
 
 
 def save_part(name, res):
@@ -275,16 +277,16 @@ def run_parallel(args):
         for opt in ("epochs", "lr", "max_steps"):
             if getattr(args, opt) is not None:
                 cmd += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
-        logf = open(os.path.join(DATA, "logs", f"{args.model}.{k}.log"), "w")
+        logf = open(os.path.join(DATA, "logs", f"{args.model}{TAG}.{k}.log"), "w")
         log("start:", " ".join(cmd), "->", logf.name)
         procs.append((k, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT), logf))
     for k, p, logf in procs:
         if p.wait() != 0:
             raise SystemExit(f"{args.model} {k} failed, see {logf.name}")
-    merge(args.model, kinds)
+    merge(args.model, kinds, install=not args.no_install)
 
 
-def merge(name, kinds):
+def merge(name, kinds, install=True):
     res = {}
     for k in kinds:
         with open(part_path(name, k)) as f:
@@ -293,6 +295,10 @@ def merge(name, kinds):
             res.setdefault(kk, v)
     if name == "intent-lstm":
         res["tt_storage_fraction"] = res["tt"]["matrix_params"] / res["dense"]["matrix_params"]
+    if not install:
+        res["model_file"] = res["model_file"]
+        common.save_results(name + TAG, res)
+        return
     finish(name, res.pop("model_file"), res, res["description"])
 
 
@@ -361,7 +367,7 @@ def run_intent(args, lstm=False):
     name = "intent-lstm" if lstm else "intent"
     spec = INTENT_LSTM_SPEC if lstm else INTENT_SPEC
     labels, intents = intent_labels()
-    feats, rows = intent_data(spec, "40x151")
+    feats, rows = intent_data(spec, "40x76" if lstm else "40x151")
     y = np.array([labels.index(r["label"]) for r in rows])
     split = np.array([r["split"] for r in rows])
     voice = np.array([f"{r['engine']}/{r['voice']}" for r in rows])
@@ -371,7 +377,7 @@ def run_intent(args, lstm=False):
     log(f"{name}: train {tr.sum()} valid {va.sum()} test {te.sum()}; input {feats.shape[1:]}")
     X = torch.from_numpy(feats)
     tr_idx = np.nonzero(tr)[0]
-    bs = 64
+    bs = 128 if lstm else 64
 
     def batches(ep, augment=True):
         rng = np.random.default_rng(ep)
@@ -380,15 +386,15 @@ def run_intent(args, lstm=False):
             idx = perm[i:i + bs]
             x = X[idx]
             if augment:
-                x = spec_augment(x, rng, max_f=4, max_t=10)
+                x = spec_augment(x, rng, max_f=4, max_t=5 if lstm else 10)
             yield x, torch.from_numpy(y[idx])
 
     steps = len(tr_idx) // bs
-    res = {"name": name, "spec": spec, "epochs": args.epochs or (10 if lstm else 14)}
+    res = {"name": name, "spec": spec, "epochs": args.epochs or (4 if lstm else 14)}
     for kind in kinds_of(args, ("dense", "tt") if lstm else ("fp32", "shift")):
         torch.manual_seed(0)
         model = build_intent_lstm(kind == "tt") if lstm else build_intent(kind == "shift")
-        t = common.train_loop(model, batches, res["epochs"], lr=args.lr or (3e-3 if lstm else 3e-3),
+        t = common.train_loop(model, batches, res["epochs"], lr=args.lr or (1e-2 if lstm else 3e-3),
                               steps_per_epoch=steps, grad_clip=5.0 if lstm else None,
                               eval_fn=lambda: common.acc(common.predict(model, X[va]), y[va]),
                               desc=f"{name}-{kind}")
@@ -411,8 +417,8 @@ def run_intent(args, lstm=False):
     key = "tt" if lstm else "shift"
     if key not in res:
         return save_part(name, res)
-    out = os.path.join(DATA, "intents", f"{name}.safetensors")
-    desc = ("LSTM (hidden 128) with MPS tensor-train W_ih/W_hh on 40 log-mel, 20 ms hop; "
+    out = os.path.join(DATA, "intents", f"{name}{TAG}.safetensors")
+    desc = ("LSTM (hidden 128) with MPS tensor-train W_ih/W_hh on 40 log-mel, 40 ms hop; "
             "FSC-style 31 intents" if lstm else
             "DenseShift W3 SLU ResNet on 40 log-mel (16 kHz, 3 s, 20 ms hop); FSC-style 31 intents")
     ex.export(model, out, name=name, task="spoken_intent", labels=labels, intents=intents,
@@ -443,8 +449,9 @@ def run_intent(args, lstm=False):
 def build_fashion(shift, width=16):
     from shiftserve_train.models import ResNet
 
+    # fp32 3x3 stem at 28x28, then three stride-2 stages (14x14, 7x7, 4x4)
     return ResNet("basic", (1, 1, 1), (width, 2 * width, 4 * width), stem="cifar", in_channels=1,
-                  num_classes=10, shift=shift, bits=3)
+                  strides=(2, 2, 2), num_classes=10, shift=shift, bits=3)
 
 
 FASHION_LABELS = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
@@ -493,7 +500,7 @@ def run_fashion(args):
     steps = len(Xtr_u8) // bs
     if args.max_steps:
         steps = min(steps, args.max_steps)
-    res = {"name": "fashion", "spec": FASHION_SPEC, "epochs": args.epochs or 3, "width": args.width}
+    res = {"name": "fashion", "spec": FASHION_SPEC, "epochs": args.epochs or 2, "width": args.width}
     for kind in kinds_of(args, ("fp32", "shift")):
         torch.manual_seed(0)
         model = build_fashion(kind == "shift", args.width)
@@ -509,11 +516,10 @@ def run_fashion(args):
         res[kind] = r
     if "shift" not in res:
         return save_part("fashion", res)
-    out = os.path.join(d, "fashion.safetensors")
+    out = os.path.join(d, f"fashion{TAG}.safetensors")
     desc = "DenseShift W3 ResNet-8 (CIFAR stem) on Fashion-MNIST, int8 activations"
     ex.export(model, out, name="fashion", task="image_classification", labels=FASHION_LABELS,
               preprocess=FASHION_SPEC, numeric_path="int8", progress=False, description=desc)
-    res["shift"]["valid_acc_file"] = common.acc(common.predict_file(out, Xva.numpy()), yva)
     res["shift"]["test_acc_file"] = common.acc(common.predict_file(out, Xte.numpy()), yte)
     # card check: first 500 official test images, PNG-encoded with a light background (255-v)
     # and decoded through the preprocessing reference.
@@ -541,6 +547,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--width", type=int, default=16, help="fashion: base width")
     ap.add_argument("--max-steps", type=int, default=None, help="cap steps per epoch (smoke tests)")
+    ap.add_argument("--no-install", action="store_true",
+                    help="keep the file in $SHIFTSERVE_DATA; results to training/results/<model><tag>.json")
     ap.add_argument("--variant", default="both",
                     help="both (default: two parallel child processes, then merge) | fp32 | shift | dense | tt")
     args = ap.parse_args()
