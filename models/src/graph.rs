@@ -13,6 +13,11 @@ pub const MAX_NODES: usize = 4096;
 pub const MAX_RANK: usize = 4;
 /// Largest number of f32 elements of one value of one sample (64 MiB).
 pub const MAX_VALUE_ELEMS: usize = 1 << 24;
+/// Largest im2col matrix of one convolution for one sample (`in/groups*kh*kw * oh*ow` elements,
+/// 128 MiB): the kernels' workspace holds it, so it must be bounded whatever the weights.
+pub const MAX_IM2COL_ELEMS: usize = 1 << 25;
+/// Largest activation memory of one sample summed over all buffers the plan keeps (256 MiB).
+pub const MAX_ACTIVATION_ELEMS: usize = 1 << 26;
 /// Largest kernel / stride / padding / channel count / feature count accepted in attributes.
 pub const MAX_DIM: usize = 1 << 20;
 /// Largest tensor-train order `d` (number of modes per side).
@@ -879,6 +884,16 @@ fn infer(a: &Attrs, op: &Op, ins: &[Vec<usize>]) -> Result<Vec<usize>, ModelErro
             }
             let oh = conv_out(a, h, conv.kernel.0, conv.stride.0, conv.padding.0, "height")?;
             let ow = conv_out(a, w, conv.kernel.1, conv.stride.1, conv.padding.1, "width")?;
+            let cols = (conv.in_channels / conv.groups)
+                .checked_mul(conv.kernel.0)
+                .and_then(|k| k.checked_mul(conv.kernel.1))
+                .and_then(|k| k.checked_mul(oh))
+                .and_then(|k| k.checked_mul(ow));
+            if cols.is_none_or(|n| n > MAX_IM2COL_ELEMS) {
+                return Err(a.err(&format!(
+                    "the patch matrix (in/groups*kh*kw x oh*ow) exceeds {MAX_IM2COL_ELEMS} elements"
+                )));
+            }
             let out = vec![conv.out_channels, oh, ow];
             if ins.len() == 2 && ins[1] != out {
                 return Err(a.err(&format!(

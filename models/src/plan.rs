@@ -192,6 +192,13 @@ impl Plan {
                 out_len,
             });
         }
+        let total: usize = slot_len.iter().sum();
+        if total > crate::graph::MAX_ACTIVATION_ELEMS {
+            return Err(invalid(format!(
+                "the graph needs {total} activation values per sample (limit {})",
+                crate::graph::MAX_ACTIVATION_ELEMS
+            )));
+        }
         let output_slot = *value_slot
             .get(graph.output.name.as_str())
             .ok_or_else(|| internal("plan: no output slot"))?;

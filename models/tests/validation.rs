@@ -157,6 +157,15 @@ fn hostile_header_lengths_and_sizes() {
         msg.contains("elements") || msg.contains("too large"),
         "{msg}"
     );
+    // a conv whose patch matrix would be enormous although its output is small
+    let b = with_graph(&bytes, |g| {
+        g["inputs"][0]["shape"] = json!([1, 4000, 4000]);
+        g["nodes"][0]["in_channels"] = json!(1);
+        g["nodes"][0]["kernel"] = json!([1000, 1000]);
+        g["nodes"][0]["padding"] = json!([0, 0]);
+    });
+    let msg = invalid(b);
+    assert!(msg.contains("patch matrix"), "{msg}");
     // thousands of nodes
     let b = with_graph(&bytes, |g| {
         let n = g["nodes"][0].clone();
