@@ -175,6 +175,16 @@ fn audio_limits_and_encodings() {
         kind(a.preprocess(&w, MediaHint::Audio, &limits)),
         ErrorKind::BadInput
     );
+    // absurd sample rates are refused before the resampler is built
+    for rate in [1u32, 999, 400_000, u32::MAX] {
+        let mut w = wav(16000, 0.1);
+        w[24..28].copy_from_slice(&rate.to_le_bytes());
+        let k = kind(a.preprocess(&w, MediaHint::Audio, &limits));
+        assert!(
+            k == ErrorKind::UnsupportedMedia || k == ErrorKind::TooLarge,
+            "{rate} Hz: {k:?}"
+        );
+    }
     // an ADPCM format tag
     let mut w = wav(16000, 0.1);
     w[20..22].copy_from_slice(&2u16.to_le_bytes());

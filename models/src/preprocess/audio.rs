@@ -15,6 +15,18 @@ use crate::InputLimits;
 
 /// Most channels accepted in a WAV file.
 pub const MAX_CHANNELS: u16 = 64;
+/// Sample rates accepted in a WAV file (the resampler's block sizes grow with the rates).
+pub const MIN_RATE: u32 = 1000;
+pub const MAX_RATE: u32 = 384_000;
+
+fn check_rate(rate: u32) -> Result<(), ModelError> {
+    if !(MIN_RATE..=MAX_RATE).contains(&rate) {
+        return Err(unsupported(format!(
+            "WAV sample rate {rate} Hz is outside {MIN_RATE}..={MAX_RATE} Hz"
+        )));
+    }
+    Ok(())
+}
 
 /// Decoded mono audio.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,9 +86,7 @@ fn decode_hound(
             spec.channels
         )));
     }
-    if spec.sample_rate == 0 {
-        return Err(bad_input("WAV sample rate is 0"));
-    }
+    check_rate(spec.sample_rate)?;
     let frames = reader.duration() as u64;
     check_length(frames, spec.sample_rate, limits)?;
     let ch = spec.channels as usize;
@@ -190,6 +200,7 @@ fn decode_f64(
             "WAV has {channels} channels (1..={MAX_CHANNELS} supported)"
         )));
     }
+    check_rate(rate)?;
     let ch = channels as usize;
     let frames = pcm.len() / (8 * ch);
     check_length(frames as u64, rate, limits)?;

@@ -138,19 +138,25 @@ struct Taps {
 /// PyTorch's antialiased bilinear weights (`align_corners=False`): triangle filter stretched by
 /// the scale when downscaling, taps normalised to sum 1.
 fn taps(in_size: usize, out_size: usize) -> Taps {
+    taps_range(in_size, out_size, 0..out_size)
+}
+
+/// Taps of the output positions `range` only (of an axis resized to `out_size`).
+fn taps_range(in_size: usize, out_size: usize, range: std::ops::Range<usize>) -> Taps {
     // Weights in f64 like the reference (which resizes a float64 tensor), stored as f32.
     let scale = in_size as f64 / out_size as f64;
     let support = if scale >= 1.0 { scale } else { 1.0 };
     let invscale = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
     let max_len = (support.ceil() as usize) * 2 + 1;
+    let count = range.len();
     let mut t = Taps {
-        start: Vec::with_capacity(out_size),
-        len: Vec::with_capacity(out_size),
-        weights: vec![0.0; out_size * max_len],
+        start: Vec::with_capacity(count),
+        len: Vec::with_capacity(count),
+        weights: vec![0.0; count * max_len],
         max_len,
     };
     let mut w = vec![0f64; max_len];
-    for i in 0..out_size {
+    for (row, i) in range.enumerate() {
         let center = scale * (i as f64 + 0.5);
         // `as i64` truncates toward zero, like static_cast<int64_t>.
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
@@ -166,7 +172,7 @@ fn taps(in_size: usize, out_size: usize) -> Taps {
             total += v;
         }
         for (j, &wj) in w[..len].iter().enumerate() {
-            t.weights[i * max_len + j] = if total != 0.0 {
+            t.weights[row * max_len + j] = if total != 0.0 {
                 (wj / total) as f32
             } else {
                 wj as f32
@@ -181,11 +187,26 @@ fn taps(in_size: usize, out_size: usize) -> Taps {
 /// Separable antialiased bilinear resize (width pass, then height pass, f32 throughout),
 /// matching `F.interpolate(mode="bilinear", antialias=True, align_corners=False)`.
 pub fn resize(src: &Planar, out_h: usize, out_w: usize) -> Planar {
+    resize_window(src, out_h, out_w, 0..out_h, 0..out_w)
+}
+
+/// The window `ys x xs` of `src` resized to `out_h x out_w`, computing only that window (each
+/// output pixel depends only on its own taps), so a center crop of an extreme upscale costs no
+/// more than the crop.
+pub fn resize_window(
+    src: &Planar,
+    out_h: usize,
+    out_w: usize,
+    ys: std::ops::Range<usize>,
+    xs: std::ops::Range<usize>,
+) -> Planar {
     let (c, h, w) = (src.channels, src.height, src.width);
-    let horizontal = if out_w != w {
-        let t = taps(w, out_w);
-        let mut out = vec![0f32; c * h * out_w];
-        for (row_in, row_out) in src.data.chunks_exact(w).zip(out.chunks_exact_mut(out_w)) {
+    let (wy, wx) = (ys.len(), xs.len());
+    // width pass over every source row, only the columns in `xs`
+    let horizontal: Vec<f32> = if out_w != w || xs != (0..w) {
+        let t = taps_range(w, out_w, xs.clone());
+        let mut out = vec![0f32; c * h * wx];
+        for (row_in, row_out) in src.data.chunks_exact(w).zip(out.chunks_exact_mut(wx)) {
             for (x, o) in row_out.iter_mut().enumerate() {
                 let ws = &t.weights[x * t.max_len..x * t.max_len + t.len[x]];
                 let s = &row_in[t.start[x]..t.start[x] + t.len[x]];
@@ -196,40 +217,38 @@ pub fn resize(src: &Planar, out_h: usize, out_w: usize) -> Planar {
                 *o = acc;
             }
         }
-        Planar {
+        out
+    } else {
+        src.data.clone()
+    };
+    if out_h == h && ys == (0..h) {
+        return Planar {
             channels: c,
             height: h,
-            width: out_w,
-            data: out,
-        }
-    } else {
-        src.clone()
-    };
-    if out_h == h {
-        return horizontal;
+            width: wx,
+            data: horizontal,
+        };
     }
-    let t = taps(h, out_h);
-    let wd = out_w;
-    let mut out = vec![0f32; c * out_h * wd];
+    let t = taps_range(h, out_h, ys);
+    let mut out = vec![0f32; c * wy * wx];
     for ch in 0..c {
-        let plane = &horizontal.data[ch * h * wd..(ch + 1) * h * wd];
-        let oplane = &mut out[ch * out_h * wd..(ch + 1) * out_h * wd];
-        for y in 0..out_h {
+        let plane = &horizontal[ch * h * wx..(ch + 1) * h * wx];
+        let oplane = &mut out[ch * wy * wx..(ch + 1) * wy * wx];
+        for y in 0..wy {
             let ws = &t.weights[y * t.max_len..y * t.max_len + t.len[y]];
-            let orow = &mut oplane[y * wd..(y + 1) * wd];
-            for (x, o) in orow.iter_mut().enumerate() {
-                let mut acc = 0f32;
-                for (j, wj) in ws.iter().enumerate() {
-                    acc += wj * plane[(t.start[y] + j) * wd + x];
+            let orow = &mut oplane[y * wx..(y + 1) * wx];
+            for (j, wj) in ws.iter().enumerate() {
+                let srow = &plane[(t.start[y] + j) * wx..(t.start[y] + j + 1) * wx];
+                for (o, &v) in orow.iter_mut().zip(srow) {
+                    *o += wj * v;
                 }
-                *o = acc;
             }
         }
     }
     Planar {
         channels: c,
-        height: out_h,
-        width: out_w,
+        height: wy,
+        width: wx,
         data: out,
     }
 }
@@ -289,15 +308,54 @@ pub fn featurize(img: &DynamicImage, spec: &ImageSpec) -> Vec<f32> {
         Some(s) => shorter_side_size(h, w, s),
         None => spec.crop,
     };
-    let resized = if (rh, rw) != (h, w) {
-        resize(&planar, rh.max(1), rw.max(1))
-    } else {
-        planar
+    let (rh, rw) = (rh.max(1), rw.max(1));
+    let (ch, cw) = spec.crop;
+    // Per axis: the window of the resized image that the crop keeps, and where it lands.
+    let window = |size: usize, crop: usize| -> (std::ops::Range<usize>, usize) {
+        if crop <= size {
+            let off = (size - crop) / 2;
+            (off..off + crop, 0)
+        } else {
+            (0..size, (crop - size) / 2)
+        }
     };
-    let cropped = if (resized.height, resized.width) != spec.crop {
-        center_crop(&resized, spec.crop.0, spec.crop.1)
+    let (ys, dy) = window(rh, ch);
+    let (xs, dx) = window(rw, cw);
+    let kept = if (rh, rw) != (h, w) {
+        resize_window(&planar, rh, rw, ys, xs)
     } else {
-        resized
+        let mut data = Vec::with_capacity(planar.channels * ys.len() * xs.len());
+        for c in 0..planar.channels {
+            for y in ys.clone() {
+                let row = (c * h + y) * w;
+                data.extend_from_slice(&planar.data[row + xs.start..row + xs.end]);
+            }
+        }
+        Planar {
+            channels: planar.channels,
+            height: ys.len(),
+            width: xs.len(),
+            data,
+        }
+    };
+    let cropped = if (kept.height, kept.width) == (ch, cw) {
+        kept
+    } else {
+        let mut data = vec![0f32; kept.channels * ch * cw];
+        for c in 0..kept.channels {
+            for y in 0..kept.height {
+                let src = &kept.data
+                    [(c * kept.height + y) * kept.width..(c * kept.height + y + 1) * kept.width];
+                let dst = ((c * ch) + dy + y) * cw + dx;
+                data[dst..dst + kept.width].copy_from_slice(src);
+            }
+        }
+        Planar {
+            channels: kept.channels,
+            height: ch,
+            width: cw,
+            data,
+        }
     };
     let plane = spec.crop.0 * spec.crop.1;
     let mut out = cropped.data;
@@ -381,6 +439,41 @@ mod tests {
         let up = resize(&small, 1, 8);
         // output x=2 has center 1.25 -> between inputs 0 and 1 (at 0.5 and 1.5): 0.75*10 + 0.25*0
         assert!((up.data[2] - 7.5).abs() < 1e-5, "{:?}", up.data);
+    }
+
+    #[test]
+    fn a_window_equals_the_same_slice_of_the_full_resize() {
+        let p = planar(23, 31, |y, x| ((y * 31 + x) % 17) as f32 * 3.0);
+        for (oh, ow) in [(11, 13), (40, 9), (23, 64)] {
+            let full = resize(&p, oh, ow);
+            let (ys, xs) = (oh / 4..oh / 4 + oh / 2, 1..ow - 1);
+            let win = resize_window(&p, oh, ow, ys.clone(), xs.clone());
+            for (wy, y) in ys.enumerate() {
+                for (wx, x) in xs.clone().enumerate() {
+                    assert_eq!(win.data[wy * win.width + wx], full.data[y * ow + x]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn extreme_aspect_ratios_only_compute_the_crop() {
+        // 1 x 4000 strip, shorter side to 224: the resized image would be 224 x 896000 pixels;
+        // only the 224 x 224 crop is computed.
+        let img = DynamicImage::ImageLuma8(image::GrayImage::from_fn(4000, 1, |x, _| {
+            image::Luma([(x % 256) as u8])
+        }));
+        let spec = ImageSpec {
+            channels: 1,
+            resize: Some(224),
+            crop: (224, 224),
+            invert: false,
+            mean: vec![0.0],
+            std: vec![1.0],
+        };
+        let out = featurize(&img, &spec);
+        assert_eq!(out.len(), 224 * 224);
+        assert!(out.iter().all(|v| v.is_finite() && *v >= 0.0 && *v <= 1.0));
     }
 
     #[test]
