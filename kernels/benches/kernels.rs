@@ -159,6 +159,7 @@ fn main() {
             .join("|")
     );
     let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut float_rows = Vec::new();
     for c in &cases {
         let vals: Vec<i32> = (0..c.rows * c.k)
             .map(|_| {
@@ -237,6 +238,47 @@ fn main() {
             best / gf,
             best / gi
         );
+        println!("{line}");
+        float_rows.push((c.name.clone(), w, actf, gf, c.rows, c.p));
+    }
+    // Float path (DenseShift's own inference): f32 activations, exact exponent-field products,
+    // f32 sums in ascending k. Same weights; compared with the fp32 gemm column above.
+    println!("\nfloat path (f32 activations), GMAC/s; ratio: best shift ISA / fp32 gemm\n");
+    let mut hdr = format!("| {:<26} |", "shape");
+    for i in &isas {
+        hdr += &format!(" {:>9} |", format!("float {}", i.name()));
+    }
+    hdr += &format!(" {:>9} | {:>11} |", "fp32 gemm", "shift/fp32");
+    println!("{hdr}");
+    println!(
+        "|{}|",
+        hdr[1..hdr.len() - 1]
+            .split('|')
+            .map(|c| "-".repeat(c.len()))
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    for (name, w, actf, gf, rows, p) in float_rows
+        .iter()
+        .filter(|r| r.0.contains("3x3") || r.0.contains("b1"))
+    {
+        let macs = (*rows * w.cols() * *p) as f64;
+        let mut out = vec![0f32; rows * p];
+        let mut scratch = Scratch::new();
+        let mut line = format!("| {:<26} |", name);
+        let mut best: f64 = 0.0;
+        for &isa in &isas {
+            let pw = PreparedShift::new(w, isa).unwrap();
+            let ba = pw.block_f32(actf, *p).unwrap();
+            let t = median_secs(budget, || {
+                shift_gemm_f32_blocked(&pw, black_box(&ba), &mut out, 1, &mut scratch).unwrap();
+                black_box(&out);
+            });
+            let g = macs / t / 1e9;
+            best = best.max(g);
+            line += &format!(" {:>9.2} |", g);
+        }
+        line += &format!(" {:>9.2} | {:>10.2}x |", gf, best / gf);
         println!("{line}");
     }
 }

@@ -13,7 +13,7 @@
 
 use crate::float::mul_code_bits;
 use crate::packed::CodeOp;
-use crate::simd::V16;
+use crate::simd::{V16, VF};
 
 /// Table element / chunk accumulator.
 pub(crate) trait Elem: Copy + Default + 'static {
@@ -217,6 +217,89 @@ fn table_core_v16<V: V16, const L: usize, const VPR: usize, const R: usize>(
     }
 }
 
+/// `table_core` for the float path with explicit vectors: each row's running sums are loaded,
+/// the chunk's products added in ascending `k`, and stored back.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn table_core_vf<V: VF, const L: usize, const VPR: usize, const R: usize>(
+    w: &TabW<'_>,
+    kc: usize,
+    pb: usize,
+    pe: usize,
+    tbl: &mut [f32],
+    acc: SyncPtr<f32>,
+    stride: usize,
+    mut build: impl FnMut(usize, usize, usize, usize, &mut [f32]),
+) {
+    let (rows, k, nc) = (w.rows, w.k, w.ncodes);
+    assert!(V::N * VPR == L && tbl.len() >= kc * nc * L && w.codes.len() == rows * k);
+    let mut p0 = pb;
+    let mut tmp = [0f32; L];
+    while p0 < pe {
+        let pn = L.min(pe - p0);
+        let mut k0 = 0;
+        while k0 < k {
+            let kn = kc.min(k - k0);
+            build(k0, kn, p0, pn, &mut tbl[..kn * nc * L]);
+            let first = k0 == 0;
+            let tp = tbl.as_ptr();
+            let mut o = 0;
+            while o < rows {
+                let rn = R.min(rows - o);
+                let crow: [*const u8; R] = std::array::from_fn(|r| unsafe {
+                    w.codes.as_ptr().add((o + r.min(rn - 1)) * k + k0)
+                });
+                // SAFETY: as in `table_core_v16`; accumulator rows o..o+rn of this thread's
+                // pixel range are disjoint from other threads'.
+                unsafe {
+                    let mut a = [[V::zero(); VPR]; R];
+                    if !first {
+                        for r in 0..rn {
+                            let src = acc.0.add((o + r) * stride + p0);
+                            if pn == L {
+                                for v in 0..VPR {
+                                    a[r][v] = V::load(src.add(v * V::N));
+                                }
+                            } else {
+                                tmp[..pn].copy_from_slice(std::slice::from_raw_parts(src, pn));
+                                for v in 0..VPR {
+                                    a[r][v] = V::load(tmp.as_ptr().add(v * V::N));
+                                }
+                            }
+                        }
+                    }
+                    let mut tk = tp;
+                    for kl in 0..kn {
+                        for r in 0..R {
+                            let t = tk.add(*crow[r].add(kl) as usize * L);
+                            for v in 0..VPR {
+                                a[r][v] = a[r][v].add(V::load(t.add(v * V::N)));
+                            }
+                        }
+                        tk = tk.add(nc * L);
+                    }
+                    for r in 0..rn {
+                        let dst = acc.0.add((o + r) * stride + p0);
+                        if pn == L {
+                            for v in 0..VPR {
+                                a[r][v].store(dst.add(v * V::N));
+                            }
+                        } else {
+                            for v in 0..VPR {
+                                a[r][v].store(tmp.as_mut_ptr().add(v * V::N));
+                            }
+                            std::slice::from_raw_parts_mut(dst, pn).copy_from_slice(&tmp[..pn]);
+                        }
+                    }
+                }
+                o += R;
+            }
+            k0 += kn;
+        }
+        p0 += pn;
+    }
+}
+
 /// Integer products of centred activations `a - 128` in `i16` lanes; `acc[o*stride + p] =
 /// Σ_k w[o,k] * (act[k,p] - 128)` for `p` in `[pb, pe)`. `kc` must keep every chunk's partial
 /// sum inside `i16` (`kc * 128 * max|w| <= 32767`).
@@ -391,7 +474,7 @@ pub(crate) fn table_i32<const L: usize, const R: usize>(
 /// products exact (see `float.rs`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn table_f32<const L: usize, const R: usize>(
+pub(crate) fn table_f32<V: VF, const L: usize, const VPR: usize, const R: usize>(
     w: &TabW<'_>,
     kc: usize,
     act: &[f32],
@@ -403,45 +486,22 @@ pub(crate) fn table_f32<const L: usize, const R: usize>(
     tbl: &mut [f32],
 ) {
     let ops = w.ops;
-    table_core::<f32, L, R>(
-        w,
-        kc,
-        pb,
-        pe,
-        tbl,
-        |k0, kn, p0, pn, t| {
-            for kl in 0..kn {
-                let o0 = (p0 / L) * lay.bs + (k0 + kl) * lay.ks;
-                let src = &act[o0..o0 + pn];
-                let mut a = [0u32; L];
-                for j in 0..pn {
-                    a[j] = src[j].to_bits();
-                }
-                for (c, op) in ops.iter().enumerate() {
-                    let dst = &mut t[(kl * ops.len() + c) * L..(kl * ops.len() + c + 1) * L];
-                    for j in 0..L {
-                        dst[j] = f32::from_bits(mul_code_bits(a[j], op.shift, op.neg, op.zero));
-                    }
+    table_core_vf::<V, L, VPR, R>(w, kc, pb, pe, tbl, acc, stride, |k0, kn, p0, pn, t| {
+        for kl in 0..kn {
+            let o0 = (p0 / L) * lay.bs + (k0 + kl) * lay.ks;
+            let src = &act[o0..o0 + pn];
+            let mut a = [0u32; L];
+            for j in 0..pn {
+                a[j] = src[j].to_bits();
+            }
+            for (c, op) in ops.iter().enumerate() {
+                let dst = &mut t[(kl * ops.len() + c) * L..(kl * ops.len() + c + 1) * L];
+                for j in 0..L {
+                    dst[j] = f32::from_bits(mul_code_bits(a[j], op.shift, op.neg, op.zero));
                 }
             }
-        },
-        |o, p0, pn, first| {
-            let mut v = [0f32; L];
-            if !first {
-                // SAFETY: see `table_i16`.
-                unsafe {
-                    let src = std::slice::from_raw_parts(acc.0.add(o * stride + p0), pn);
-                    v[..pn].copy_from_slice(src);
-                }
-            }
-            v
-        },
-        |o, p0, pn, v, _| unsafe {
-            // SAFETY: see `table_i16`.
-            let dst = std::slice::from_raw_parts_mut(acc.0.add(o * stride + p0), pn);
-            dst.copy_from_slice(&v[..pn]);
-        },
-    );
+        }
+    });
 }
 
 /// Weights in the row-vector layout: blocks of `LR` rows, `[rows/LR (rounded up)][k][LR]`, one

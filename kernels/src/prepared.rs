@@ -38,6 +38,10 @@ macro_rules! isa_dispatch {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
                 #[allow(dead_code)]
+                type VFT = crate::simd::x86f::ZF;
+                #[allow(dead_code)]
+                const VPRF: usize = 2;
+                #[allow(dead_code)]
                 type V16T = crate::simd::x86::Z;
                 #[allow(dead_code)]
                 const VPR16: usize = 2;
@@ -61,6 +65,10 @@ macro_rules! isa_dispatch {
             }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => {
+                #[allow(dead_code)]
+                type VFT = crate::simd::x86f::YF;
+                #[allow(dead_code)]
+                const VPRF: usize = 2;
                 #[allow(dead_code)]
                 type V16T = crate::simd::x86::Y;
                 #[allow(dead_code)]
@@ -86,6 +94,10 @@ macro_rules! isa_dispatch {
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => {
                 #[allow(dead_code)]
+                type VFT = crate::simd::armf::QF;
+                #[allow(dead_code)]
+                const VPRF: usize = 4;
+                #[allow(dead_code)]
                 type V16T = crate::simd::arm::Q;
                 #[allow(dead_code)]
                 const VPR16: usize = 4;
@@ -108,6 +120,10 @@ macro_rules! isa_dispatch {
                 }
             }
             _ => {
+                #[allow(dead_code)]
+                type VFT = crate::simd::ArrF8;
+                #[allow(dead_code)]
+                const VPRF: usize = 1;
                 #[allow(dead_code)]
                 type V16T = crate::simd::Arr8;
                 #[allow(dead_code)]
@@ -496,7 +512,9 @@ impl PreparedShift {
                 let tbl = cast_mut::<f32>(buf);
                 isa_dispatch!(
                     self.isa,
-                    kern::table_f32::<L32, R>(&w, kc, act, lay, pb, pe, acc, stride, tbl)
+                    kern::table_f32::<VFT, L32, VPRF, R>(
+                        &w, kc, act, lay, pb, pe, acc, stride, tbl
+                    )
                 )
             },
             scratch,

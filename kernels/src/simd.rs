@@ -164,3 +164,118 @@ pub(crate) mod arm {
         }
     }
 }
+
+/// Explicit `f32` vectors for the float-path table kernel (plain adds: no FMA).
+#[allow(clippy::missing_safety_doc)]
+pub(crate) trait VF: Copy {
+    const N: usize;
+    unsafe fn zero() -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn add(self, o: Self) -> Self;
+    unsafe fn store(self, p: *mut f32);
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct ArrF8([f32; 8]);
+
+impl VF for ArrF8 {
+    const N: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        ArrF8([0.0; 8])
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        ArrF8(std::ptr::read_unaligned(p as *const [f32; 8]))
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        let mut r = self.0;
+        for j in 0..8 {
+            r[j] += o.0[j];
+        }
+        ArrF8(r)
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        std::ptr::write_unaligned(p as *mut [f32; 8], self.0)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86f {
+    use super::VF;
+    use std::arch::x86_64::*;
+
+    #[derive(Clone, Copy)]
+    pub(crate) struct YF(__m256);
+    impl VF for YF {
+        const N: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            YF(_mm256_setzero_ps())
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            YF(_mm256_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn add(self, o: Self) -> Self {
+            YF(_mm256_add_ps(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm256_storeu_ps(p, self.0)
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    pub(crate) struct ZF(__m512);
+    impl VF for ZF {
+        const N: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            ZF(_mm512_setzero_ps())
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            ZF(_mm512_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn add(self, o: Self) -> Self {
+            ZF(_mm512_add_ps(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm512_storeu_ps(p, self.0)
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod armf {
+    use super::VF;
+    use std::arch::aarch64::*;
+
+    #[derive(Clone, Copy)]
+    pub(crate) struct QF(float32x4_t);
+    impl VF for QF {
+        const N: usize = 4;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            QF(vdupq_n_f32(0.0))
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            QF(vld1q_f32(p))
+        }
+        #[inline(always)]
+        unsafe fn add(self, o: Self) -> Self {
+            QF(vaddq_f32(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            vst1q_f32(p, self.0)
+        }
+    }
+}
