@@ -38,7 +38,7 @@ macro_rules! isa_dispatch {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
                 #[allow(dead_code)]
-                type VFT = crate::simd::x86f::ZF;
+                type VfT = crate::simd::x86f::ZF;
                 #[allow(dead_code)]
                 const VPRF: usize = 2;
                 #[allow(dead_code)]
@@ -66,7 +66,7 @@ macro_rules! isa_dispatch {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => {
                 #[allow(dead_code)]
-                type VFT = crate::simd::x86f::YF;
+                type VfT = crate::simd::x86f::YF;
                 #[allow(dead_code)]
                 const VPRF: usize = 2;
                 #[allow(dead_code)]
@@ -94,7 +94,7 @@ macro_rules! isa_dispatch {
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => {
                 #[allow(dead_code)]
-                type VFT = crate::simd::armf::QF;
+                type VfT = crate::simd::armf::QF;
                 #[allow(dead_code)]
                 const VPRF: usize = 4;
                 #[allow(dead_code)]
@@ -121,7 +121,7 @@ macro_rules! isa_dispatch {
             }
             _ => {
                 #[allow(dead_code)]
-                type VFT = crate::simd::ArrF8;
+                type VfT = crate::simd::ArrF8;
                 #[allow(dead_code)]
                 const VPRF: usize = 1;
                 #[allow(dead_code)]
@@ -512,7 +512,7 @@ impl PreparedShift {
                 let tbl = cast_mut::<f32>(buf);
                 isa_dispatch!(
                     self.isa,
-                    kern::table_f32::<VFT, L32, VPRF, R>(
+                    kern::table_f32::<VfT, L32, VPRF, R>(
                         &w, kc, act, lay, pb, pe, acc, stride, tbl
                     )
                 )
