@@ -2,6 +2,10 @@
 //! W3 on the int8 path and on the float path, against the fp32 twin (same network, every shift
 //! conv an fp32 `conv2d` through the `gemm` crate) measured in the same run.
 //!
+//! A second table times the small exported fixtures (SLU shift ResNet, dense and MPS LSTMs) at
+//! batch 1 and 8 and reports the batching gain `8 * t(1) / t(8)` (samples per second at batch 8
+//! over batch 1), since the LSTMs are batched across samples.
+//!
 //! `cargo bench -p models` (set `SHIFTSERVE_BENCH_REPS` for more repetitions, default 7;
 //! `SHIFTSERVE_BENCH_RES` for another resolution, default 224). Prints medians and ratios;
 //! the machine is shared and noisy, so compare ratios, not absolute numbers across runs.
@@ -140,5 +144,34 @@ fn main() {
                 base / t
             );
         }
+    }
+
+    println!();
+    println!("exported fixtures (models/tests/fixtures), 1 thread:");
+    println!(
+        "{:<16} {:>14} {:>14} {:>14}",
+        "model", "ms batch 1", "ms batch 8", "batching gain"
+    );
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    for name in [
+        "slu_w3",
+        "dense_lstm",
+        "tt_lstm",
+        "tiny_w3",
+        "bottleneck_w4",
+    ] {
+        let path = dir.join(format!("{name}.safetensors"));
+        let Ok(m) = Model::open(&path) else {
+            println!("{name:<16} (missing)");
+            continue;
+        };
+        let t1 = time_batch(&m, 1, 1, reps * 3);
+        let t8 = time_batch(&m, 8, 1, reps * 3);
+        println!(
+            "{name:<16} {:>14.3} {:>14.3} {:>13.2}x",
+            t1 * 1e3,
+            t8 * 1e3,
+            8.0 * t1 / t8
+        );
     }
 }
