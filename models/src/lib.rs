@@ -120,6 +120,9 @@ impl Default for InputLimits {
     }
 }
 
+/// Largest batch a session preallocates for.
+pub const MAX_BATCH: usize = 1024;
+
 /// An opened, validated and planned model file. `Send + Sync`; share it behind an `Arc`.
 pub struct Model {
     info: ModelInfo,
@@ -202,10 +205,12 @@ impl Model {
         self.preprocess.run(data, hint, limits)
     }
 
-    /// A session with buffers preallocated for up to `max_batch` samples, running on `threads` threads.
+    /// A session with buffers preallocated for up to `max_batch` samples (clamped to
+    /// `1..=MAX_BATCH`; see [`Session::max_batch`]), running on `threads` threads (at least 1).
     pub fn session(&self, max_batch: usize, threads: usize) -> Session {
+        let max_batch = max_batch.clamp(1, MAX_BATCH);
         Session {
-            inner: plan::Runner::new(Arc::clone(&self.plan), max_batch.max(1), threads.max(1)),
+            inner: plan::Runner::new(Arc::clone(&self.plan), max_batch, threads.max(1)),
         }
     }
 }
