@@ -1,6 +1,6 @@
 //! shiftserve model files: loading, validation, preprocessing and execution on the shift kernels.
 //!
-//! * [`format`]: the safetensors container, memory-mapped and validated completely
+//! * [`format`](mod@format): the safetensors container, memory-mapped and validated completely
 //!   (docs/format.md); [`graph`]: the typed graph with reference and shape checks.
 //! * [`preprocess`]: the image and audio front ends declared in the file.
 //! * [`plan`]: the execution plan (kernel layer objects built once at load) and [`Session`]s
