@@ -10,7 +10,12 @@ version directory) this writes:
     batch (the model's max_batch_size) waiting per pod (between the `BEGIN/END generated` markers).
 
     python3 deploy/k8s/sync_models.py           # rewrite the three files
-    python3 deploy/k8s/sync_models.py --check   # exit 1 if they are out of date (CI)
+    python3 deploy/k8s/sync_models.py --check   # CI: exit 1 if a manifest names a model that is
+                                                # not bundled (its pods would never be ready);
+                                                # other drift is a loud warning (a model added
+                                                # or retuned in models/repository still serves
+                                                # with the image's config until this is rerun)
+    python3 deploy/k8s/sync_models.py --check --strict   # any drift is an error
 
 To change a model's batching or thread budget for Kubernetes, edit its config.toml in
 models/repository and run this script; the image and the ConfigMap then agree.
@@ -115,16 +120,36 @@ def render():
     return models, files
 
 
+def yaml_keys(path):
+    """Model names keyed in the current configmap.yaml (`  <model>.config.toml: |` lines)."""
+    names = set()
+    for ln in path.read_text().splitlines():
+        if ln.startswith("  ") and not ln.startswith("   ") and ln.rstrip().endswith(".config.toml: |"):
+            names.add(ln.strip()[: -len(".config.toml: |")])
+    return names
+
+
 def main(argv):
     models, files = render()
     names = ", ".join(m[0] for m in models) or "none"
     if "--check" in argv:
         stale = [p.name for p, text in files.items() if p.read_text() != text]
-        if stale:
-            print(f"out of date with models/repository ({names}): {', '.join(stale)}; "
-                  "run python3 deploy/k8s/sync_models.py", file=sys.stderr)
+        if not stale:
+            print(f"  manifests match models/repository ({names})")
+            return 0
+        bundled_names = {m[0] for m in models}
+        current = yaml_keys(HERE / "configmap.yaml")
+        missing = sorted(current - bundled_names)
+        msg = (f"{', '.join(stale)} out of date with models/repository ({names}); "
+               "run python3 deploy/k8s/sync_models.py")
+        if missing:
+            print(f"ERROR: the manifests configure {', '.join(missing)}, not bundled: pods would never "
+                  f"be ready. {msg}", file=sys.stderr)
             return 1
-        print(f"  manifests match models/repository ({names})")
+        if "--strict" in argv:
+            print(f"ERROR: {msg}", file=sys.stderr)
+            return 1
+        print(f"  WARNING: {msg} (the image's own config.toml serves meanwhile)")
         return 0
     for p, text in files.items():
         p.write_text(text)

@@ -143,7 +143,9 @@ def main():
         for m in models:
             need(m in bundled, f"ConfigMap configures model {m}, not in models/repository ({bundled})")
         for m in bundled:
-            need(m in models, f"bundled model {m} has no config in the ConfigMap")
+            if m not in models:
+                print(f"  WARNING: bundled model {m} has no entry in the ConfigMap (it serves with the "
+                      "image's config.toml; run deploy/k8s/sync_models.py)")
     else:
         print(f"  note: {REPO.relative_to(ROOT)} does not exist yet; model names not compared with it")
 
