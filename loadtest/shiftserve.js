@@ -313,15 +313,21 @@ export function handleSummary(data) {
     const dr = metric(`dropped_iterations{scenario:${s}}`) || {};
     lines.push(pad(s, 14) + pad(d.count === undefined ? '-' : d.count, 10) + pad(fmt(d.med), 9) + pad(fmt(d['p(95)']), 9) +
       pad(fmt(d['p(99)']), 9) + pad(fmt(q['p(95)'], 2), 15) + pad(fmt(inf['p(95)'], 2), 15) + pad(fmt(b.avg, 2), 10) +
-      (dr.count === undefined ? 0 : dr.count));
+      (s === 'overload' ? '-' : dr.count === undefined ? 0 : dr.count));
   }
   if (OVERLOAD) {
     const rej = (metric('overload_rejected') || {}).count || 0;
     const acc = (metric('overload_accepted') || {}).count || 0;
     lines.push('');
     const rl = metric('overload_rejected_ms') || {};
+    // dropped iterations of the overload scenario = all dropped minus those of the constant phase
+    let droppedOverload = ((metric('dropped_iterations') || {}).count || 0);
+    for (const s of Object.keys(scenarios)) {
+      if (s !== 'overload') droppedOverload -= ((metric(`dropped_iterations{scenario:${s}}`) || {}).count || 0);
+    }
     lines.push(`overload: ${acc} accepted, ${rej} rejected with 429 (${fmt((100 * rej) / Math.max(1, rej + acc))}%); ` +
-      `429 answers p50 ${fmt(rl.med)} ms, p99 ${fmt(rl['p(99)'])} ms`);
+      `429 answers p50 ${fmt(rl.med)} ms, p99 ${fmt(rl['p(99)'])} ms; ` +
+      `${droppedOverload} iterations not sent (k6 out of VUs: the load generator's own limit)`);
   }
   lines.push('');
   let failed = 0;
