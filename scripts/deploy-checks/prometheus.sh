@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Check 2: a real Prometheus (Debian's package) against a real shiftserve.
 #   scripts/deploy-checks/prometheus.sh <shiftserve binary> <model repository>
-# - promtool check config deploy/prometheus/prometheus.yml, promtool check rules on its rules;
+# - promtool check config deploy/prometheus/prometheus.yml, promtool check rules on its rules,
+#   promtool test rules on deploy/prometheus/tests (synthetic series: p95 recording rule value,
+#   shedding / server-error / not-ready / load-failure alerts fire when and only when they should);
 # - promtool check metrics on a scrape of /metrics (lint findings are allowed only for the
 #   Triton-compatible names, whose spelling Triton fixed: nv_inference_count, ...);
 # - Prometheus runs with deploy/prometheus/prometheus.yml, only the targets rewritten to loopback
@@ -23,6 +25,11 @@ promtool check config "$PROM_CFG" 2>&1 | sed "s/^/  /"
 dc_log "promtool check rules $RULES_DIR/*.yml"
 promtool check rules "$RULES_DIR"/*.yml 2>&1 | sed "s/^/  /"
 [ "${PIPESTATUS[0]}" -eq 0 ] || dc_fail "promtool check rules failed"
+dc_log "promtool test rules deploy/prometheus/tests/*.yml (alert and recording rule unit tests)"
+for t in "$DC_ROOT"/deploy/prometheus/tests/*.yml; do
+  promtool test rules "$t" 2>&1 | sed "s/^/  /"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || dc_fail "promtool test rules $t failed"
+done
 
 dc_start_server "$BIN" "$REPO"
 SPEC=$(dc_models_spec) || dc_fail "could not derive the model list from $SERVER_URL/v1/models"
