@@ -79,7 +79,9 @@ function parseModels(spec) {
     const contentType = CONTENT_TYPES[ext];
     if (!contentType) throw new Error(`MODELS: fixture "${fixture}" must be .png, .jpg or .wav`);
     if (models.some((m) => m.name === name)) throw new Error(`MODELS: "${name}" listed twice`);
-    models.push({ name, fixture, contentType, intent: name.startsWith('intent') });
+    // Spoken-intent models answer an `intent` object: the bundled ones are named intent*, and the
+    // intent utterance fixture is only meant for such models.
+    models.push({ name, fixture, contentType, intent: name.startsWith('intent') || fixture === 'intent.wav' });
   }
   if (models.length === 0) throw new Error('MODELS is empty');
   return models;
