@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared helpers for scripts/deploy-checks/*.sh (sourced, not run).
 #
 # Network rule: everything here talks to 127.0.0.1 only; every wait loop is bounded.
@@ -88,7 +89,7 @@ dc_start_server() {
 
 dc_server_log_tail() {
   echo "---- server log (last lines) ----" >&2
-  sed 's/\x1b\[[0-9;]*m//g' "$SERVER_LOG" | tail -n "${1:-15}" | cut -c1-300 >&2 || true
+  sed 's/\x1b\[[0-9;]*m//g' "$SERVER_LOG" | tail -n 15 | cut -c1-300 >&2 || true
 }
 
 # The k6 MODELS spec for the models the running server serves: `name=fixture`, the fixture chosen
