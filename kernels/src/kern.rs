@@ -15,29 +15,6 @@ use crate::float::mul_code_bits;
 use crate::packed::CodeOp;
 use crate::simd::{V16, VF};
 
-/// Table element / chunk accumulator.
-pub(crate) trait Elem: Copy + Default + 'static {
-    fn add(self, o: Self) -> Self;
-}
-impl Elem for i16 {
-    #[inline(always)]
-    fn add(self, o: Self) -> Self {
-        self.wrapping_add(o)
-    }
-}
-impl Elem for i32 {
-    #[inline(always)]
-    fn add(self, o: Self) -> Self {
-        self.wrapping_add(o)
-    }
-}
-impl Elem for f32 {
-    #[inline(always)]
-    fn add(self, o: Self) -> Self {
-        self + o
-    }
-}
-
 /// A raw pointer shared by threads that write disjoint index sets.
 #[derive(Clone, Copy)]
 pub(crate) struct SyncPtr<T>(pub *mut T);
@@ -71,84 +48,8 @@ pub(crate) struct TabW<'a> {
     pub ops: &'a [CodeOp],
 }
 
-/// Core of the table kernel for pixel range `[pb, pe)` (of the activation matrix, row stride
-/// `ps`). `build(k0, kn, p0, pn, table)` fills `kn * ncodes * L` table entries;
-/// `init`/`flush` load and store the `L`-lane accumulator of one row.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn table_core<E: Elem, const L: usize, const R: usize>(
-    w: &TabW<'_>,
-    kc: usize,
-    pb: usize,
-    pe: usize,
-    tbl: &mut [E],
-    mut build: impl FnMut(usize, usize, usize, usize, &mut [E]),
-    mut init: impl FnMut(usize, usize, usize, bool) -> [E; L],
-    mut flush: impl FnMut(usize, usize, usize, &[E; L], bool),
-) {
-    let (rows, k, nc) = (w.rows, w.k, w.ncodes);
-    assert!(tbl.len() >= kc * nc * L && w.codes.len() == rows * k);
-    debug_assert!(w.codes.iter().all(|&c| (c as usize) < nc));
-    let mut p0 = pb;
-    while p0 < pe {
-        let pn = L.min(pe - p0);
-        let mut k0 = 0;
-        while k0 < k {
-            let kn = kc.min(k - k0);
-            build(k0, kn, p0, pn, &mut tbl[..kn * nc * L]);
-            let first = k0 == 0;
-            let tp = tbl.as_ptr();
-            let mut o = 0;
-            while o + R <= rows {
-                let mut a: [[E; L]; R] = [[E::default(); L]; R];
-                for (r, ar) in a.iter_mut().enumerate() {
-                    *ar = init(o + r, p0, pn, first);
-                }
-                // SAFETY: (o+r) < rows and k0+kl < k, so every index is inside `codes`; codes
-                // are < ncodes (checked when the layout was built), so each entry lies inside
-                // the kn*nc*L table entries just built.
-                unsafe {
-                    let crow: [*const u8; R] =
-                        std::array::from_fn(|r| w.codes.as_ptr().add((o + r) * k + k0));
-                    let mut tk = tp;
-                    for kl in 0..kn {
-                        for (r, ar) in a.iter_mut().enumerate() {
-                            let c = *crow[r].add(kl) as usize;
-                            let t = &*(tk.add(c * L) as *const [E; L]);
-                            for j in 0..L {
-                                ar[j] = ar[j].add(t[j]);
-                            }
-                        }
-                        tk = tk.add(nc * L);
-                    }
-                }
-                for (r, ar) in a.iter().enumerate() {
-                    flush(o + r, p0, pn, ar, first);
-                }
-                o += R;
-            }
-            while o < rows {
-                let mut a = init(o, p0, pn, first);
-                let crow = &w.codes[o * k + k0..o * k + k0 + kn];
-                for (kl, &c) in crow.iter().enumerate() {
-                    // SAFETY: as above.
-                    unsafe {
-                        let t = &*(tp.add((kl * nc + c as usize) * L) as *const [E; L]);
-                        for j in 0..L {
-                            a[j] = a[j].add(t[j]);
-                        }
-                    }
-                }
-                flush(o, p0, pn, &a, first);
-                o += 1;
-            }
-            k0 += kn;
-        }
-        p0 += pn;
-    }
-}
-
-/// `table_core` for `i16` with explicit vectors: `L = V::N * VPR` lanes per row, `R` rows per
+/// Table kernel core for `i16` lanes, pixel range `[pb, pe)`: `build(k0, kn, p0, pn, table)`
+/// fills `kn * ncodes * L` table entries; `flush` widens a ragged row block. Explicit vectors: `L = V::N * VPR` lanes per row, `R` rows per
 /// register block (`R * VPR` accumulator registers).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -217,7 +118,8 @@ fn table_core_v16<V: V16, const L: usize, const VPR: usize, const R: usize>(
     }
 }
 
-/// `table_core` for the float path with explicit vectors: each row's running sums are loaded,
+/// Table kernel core for 32-bit lanes (`f32` float path, `i32` wide integer codes) with explicit
+/// vectors: each row's running sums are loaded,
 /// the chunk's products added in ascending `k`, and stored back.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -226,15 +128,15 @@ fn table_core_vf<V: VF, const L: usize, const VPR: usize, const R: usize>(
     kc: usize,
     pb: usize,
     pe: usize,
-    tbl: &mut [f32],
-    acc: SyncPtr<f32>,
+    tbl: &mut [V::E],
+    acc: SyncPtr<V::E>,
     stride: usize,
-    mut build: impl FnMut(usize, usize, usize, usize, &mut [f32]),
+    mut build: impl FnMut(usize, usize, usize, usize, &mut [V::E]),
 ) {
     let (rows, k, nc) = (w.rows, w.k, w.ncodes);
     assert!(V::N * VPR == L && tbl.len() >= kc * nc * L && w.codes.len() == rows * k);
     let mut p0 = pb;
-    let mut tmp = [0f32; L];
+    let mut tmp = [V::E::default(); L];
     while p0 < pe {
         let pn = L.min(pe - p0);
         let mut k0 = 0;
@@ -414,7 +316,7 @@ pub(crate) fn table_i16<V: V16, const L: usize, const VPR: usize, const R: usize
 /// `i16` budget): `acc[o*stride + p] = Σ_k w[o,k] * act[k,p]`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn table_i32<const L: usize, const R: usize>(
+pub(crate) fn table_i32<V: VF<E = i32>, const L: usize, const VPR: usize, const R: usize>(
     w: &TabW<'_>,
     kc: usize,
     act: &[u8],
@@ -426,55 +328,32 @@ pub(crate) fn table_i32<const L: usize, const R: usize>(
     tbl: &mut [i32],
 ) {
     let ops = w.ops;
-    table_core::<i32, L, R>(
-        w,
-        kc,
-        pb,
-        pe,
-        tbl,
-        |k0, kn, p0, pn, t| {
-            for kl in 0..kn {
-                let o0 = (p0 / L) * lay.bs + (k0 + kl) * lay.ks;
-                let src = &act[o0..o0 + pn];
-                let mut a = [0i32; L];
-                for j in 0..pn {
-                    a[j] = src[j] as i32;
-                }
-                for (c, op) in ops.iter().enumerate() {
-                    let keep: i32 = if op.zero { 0 } else { -1 };
-                    let neg: i32 = if op.neg { -1 } else { 0 };
-                    let sh = op.shift;
-                    let dst = &mut t[(kl * ops.len() + c) * L..(kl * ops.len() + c + 1) * L];
-                    for j in 0..L {
-                        dst[j] = ((a[j].wrapping_shl(sh) & keep) ^ neg).wrapping_sub(neg);
-                    }
+    table_core_vf::<V, L, VPR, R>(w, kc, pb, pe, tbl, acc, stride, |k0, kn, p0, pn, t| {
+        for kl in 0..kn {
+            let o0 = (p0 / L) * lay.bs + (k0 + kl) * lay.ks;
+            let src = &act[o0..o0 + pn];
+            let mut a = [0i32; L];
+            for j in 0..pn {
+                a[j] = src[j] as i32;
+            }
+            for (c, op) in ops.iter().enumerate() {
+                let keep: i32 = if op.zero { 0 } else { -1 };
+                let neg: i32 = if op.neg { -1 } else { 0 };
+                let sh = op.shift;
+                let dst = &mut t[(kl * ops.len() + c) * L..(kl * ops.len() + c + 1) * L];
+                for j in 0..L {
+                    dst[j] = ((a[j].wrapping_shl(sh) & keep) ^ neg).wrapping_sub(neg);
                 }
             }
-        },
-        |o, p0, pn, first| {
-            let mut v = [0i32; L];
-            if !first {
-                // SAFETY: see `table_i16`.
-                unsafe {
-                    let src = std::slice::from_raw_parts(acc.0.add(o * stride + p0), pn);
-                    v[..pn].copy_from_slice(src);
-                }
-            }
-            v
-        },
-        |o, p0, pn, v, _| unsafe {
-            // SAFETY: see `table_i16`.
-            let dst = std::slice::from_raw_parts_mut(acc.0.add(o * stride + p0), pn);
-            dst.copy_from_slice(&v[..pn]);
-        },
-    );
+        }
+    });
 }
 
 /// Float path: `acc[o*stride + p] = Σ_k x[k,p] * w[o,k]` summed in ascending `k` from `+0.0`,
 /// products exact (see `float.rs`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn table_f32<V: VF, const L: usize, const VPR: usize, const R: usize>(
+pub(crate) fn table_f32<V: VF<E = f32>, const L: usize, const VPR: usize, const R: usize>(
     w: &TabW<'_>,
     kc: usize,
     act: &[f32],

@@ -38,6 +38,8 @@ macro_rules! isa_dispatch {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
                 #[allow(dead_code)]
+                type ViT = crate::simd::x86i::ZI;
+                #[allow(dead_code)]
                 type VfT = crate::simd::x86f::ZF;
                 #[allow(dead_code)]
                 const VPRF: usize = 2;
@@ -65,6 +67,8 @@ macro_rules! isa_dispatch {
             }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => {
+                #[allow(dead_code)]
+                type ViT = crate::simd::x86i::YI;
                 #[allow(dead_code)]
                 type VfT = crate::simd::x86f::YF;
                 #[allow(dead_code)]
@@ -94,6 +98,8 @@ macro_rules! isa_dispatch {
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => {
                 #[allow(dead_code)]
+                type ViT = crate::simd::armi::QI;
+                #[allow(dead_code)]
                 type VfT = crate::simd::armf::QF;
                 #[allow(dead_code)]
                 const VPRF: usize = 4;
@@ -120,6 +126,8 @@ macro_rules! isa_dispatch {
                 }
             }
             _ => {
+                #[allow(dead_code)]
+                type ViT = crate::simd::ArrI8;
                 #[allow(dead_code)]
                 type VfT = crate::simd::ArrF8;
                 #[allow(dead_code)]
@@ -451,7 +459,9 @@ impl PreparedShift {
                         let tbl = cast_mut::<i32>(buf);
                         isa_dispatch!(
                             self.isa,
-                            kern::table_i32::<L32, R>(&w, kc, act, lay, pb, pe, acc, stride, tbl)
+                            kern::table_i32::<ViT, L32, VPRF, R>(
+                                &w, kc, act, lay, pb, pe, acc, stride, tbl
+                            )
                         )
                     },
                     scratch,

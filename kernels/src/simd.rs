@@ -168,17 +168,20 @@ pub(crate) mod arm {
 /// Explicit `f32` vectors for the float-path table kernel (plain adds: no FMA).
 #[allow(clippy::missing_safety_doc)]
 pub(crate) trait VF: Copy {
+    /// Lane type (`f32`, or `i32` with wrapping adds).
+    type E: Copy + Default;
     const N: usize;
     unsafe fn zero() -> Self;
-    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn load(p: *const Self::E) -> Self;
     unsafe fn add(self, o: Self) -> Self;
-    unsafe fn store(self, p: *mut f32);
+    unsafe fn store(self, p: *mut Self::E);
 }
 
 #[derive(Clone, Copy)]
 pub(crate) struct ArrF8([f32; 8]);
 
 impl VF for ArrF8 {
+    type E = f32;
     const N: usize = 8;
     #[inline(always)]
     unsafe fn zero() -> Self {
@@ -210,6 +213,7 @@ pub(crate) mod x86f {
     #[derive(Clone, Copy)]
     pub(crate) struct YF(__m256);
     impl VF for YF {
+        type E = f32;
         const N: usize = 8;
         #[inline(always)]
         unsafe fn zero() -> Self {
@@ -232,6 +236,7 @@ pub(crate) mod x86f {
     #[derive(Clone, Copy)]
     pub(crate) struct ZF(__m512);
     impl VF for ZF {
+        type E = f32;
         const N: usize = 16;
         #[inline(always)]
         unsafe fn zero() -> Self {
@@ -260,6 +265,7 @@ pub(crate) mod armf {
     #[derive(Clone, Copy)]
     pub(crate) struct QF(float32x4_t);
     impl VF for QF {
+        type E = f32;
         const N: usize = 4;
         #[inline(always)]
         unsafe fn zero() -> Self {
@@ -276,6 +282,116 @@ pub(crate) mod armf {
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
             vst1q_f32(p, self.0)
+        }
+    }
+}
+
+/// `i32` lanes (wrapping adds) for the integer table kernel of wide codes.
+#[derive(Clone, Copy)]
+pub(crate) struct ArrI8([i32; 8]);
+
+impl VF for ArrI8 {
+    type E = i32;
+    const N: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        ArrI8([0; 8])
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const i32) -> Self {
+        ArrI8(std::ptr::read_unaligned(p as *const [i32; 8]))
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        let mut r = self.0;
+        for j in 0..8 {
+            r[j] = r[j].wrapping_add(o.0[j]);
+        }
+        ArrI8(r)
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut i32) {
+        std::ptr::write_unaligned(p as *mut [i32; 8], self.0)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86i {
+    use super::VF;
+    use std::arch::x86_64::*;
+
+    #[derive(Clone, Copy)]
+    pub(crate) struct YI(__m256i);
+    impl VF for YI {
+        type E = i32;
+        const N: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            YI(_mm256_setzero_si256())
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const i32) -> Self {
+            YI(_mm256_loadu_si256(p as *const __m256i))
+        }
+        #[inline(always)]
+        unsafe fn add(self, o: Self) -> Self {
+            YI(_mm256_add_epi32(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut i32) {
+            _mm256_storeu_si256(p as *mut __m256i, self.0)
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    pub(crate) struct ZI(__m512i);
+    impl VF for ZI {
+        type E = i32;
+        const N: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            ZI(_mm512_setzero_si512())
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const i32) -> Self {
+            ZI(_mm512_loadu_si512(p as *const __m512i))
+        }
+        #[inline(always)]
+        unsafe fn add(self, o: Self) -> Self {
+            ZI(_mm512_add_epi32(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut i32) {
+            _mm512_storeu_si512(p as *mut __m512i, self.0)
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod armi {
+    use super::VF;
+    use std::arch::aarch64::*;
+
+    #[derive(Clone, Copy)]
+    pub(crate) struct QI(int32x4_t);
+    impl VF for QI {
+        type E = i32;
+        const N: usize = 4;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            QI(vdupq_n_s32(0))
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const i32) -> Self {
+            QI(vld1q_s32(p))
+        }
+        #[inline(always)]
+        unsafe fn add(self, o: Self) -> Self {
+            QI(vaddq_s32(self.0, o.0))
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut i32) {
+            vst1q_s32(p, self.0)
         }
     }
 }
