@@ -545,3 +545,58 @@ fn json_logs_carry_request_ids() {
     assert_eq!(req["span"]["path"], "/v1/models/tiny/predict");
     assert!(lines.iter().any(|v| v["message"] == "shiftserve stopped"));
 }
+
+#[test]
+fn version_policy_all_serves_pinned_versions() {
+    let repo = Repo::new();
+    repo.add(
+        "m",
+        1,
+        "tiny_w3.safetensors",
+        "version_policy = \"all\"\ninstances = 2\npreferred_batch_sizes = [2]\n",
+    );
+    repo.add_version("m", 2, "tiny_w2.safetensors");
+    let s = Server::start(&["--model-repository", repo.path().to_str().unwrap()], &[]);
+    let meta: Value = s
+        .client
+        .get(s.url("/v2/models/m"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(meta["versions"], serde_json::json!(["1", "2"]));
+    let x: Vec<f32> = (0..784).map(|i| (i % 17) as f32 / 8.0 - 1.0).collect();
+    let logits = |path: &str| -> (String, Vec<f64>) {
+        let r: Value = s
+            .client
+            .post(s.url(path))
+            .json(&serde_json::json!({"inputs": [{"name": "input", "shape": [1, 28, 28], "datatype": "FP32", "data": x}],
+                                      "outputs": [{"name": "logits"}]}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let v = r["outputs"][0]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        (r["model_version"].as_str().unwrap().to_string(), v)
+    };
+    let (v1, l1) = logits("/v2/models/m/versions/1/infer");
+    let (v2, l2) = logits("/v2/models/m/versions/2/infer");
+    let (vd, ld) = logits("/v2/models/m/infer");
+    assert_eq!((v1.as_str(), v2.as_str(), vd.as_str()), ("1", "2", "2"));
+    assert_ne!(l1, l2, "different weights must give different logits");
+    assert_eq!(l2, ld);
+    let st: Value = s
+        .client
+        .get(s.url("/v2/models/m/stats"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(st["model_stats"].as_array().unwrap().len(), 2);
+    assert_eq!(s.metric("shiftserve_model_ready", &[("model", "m")]), 2.0);
+}
