@@ -154,26 +154,27 @@ pub fn request_timeout(
     Ok(Duration::from_millis(ms.min(max_ms)))
 }
 
-/// Runs samples through `model` (optionally a pinned `version`) and waits for the logits.
+/// Which model an inference request addresses and how long it may take.
+pub struct Target<'a> {
+    pub model: &'a str,
+    /// A pinned version, else the highest loaded one.
+    pub version: Option<u64>,
+    /// The version as written in the URL (for error messages).
+    pub version_str: Option<&'a str>,
+    /// `timeout_ms` query parameter.
+    pub timeout_ms: Option<u64>,
+    /// Request headers (`x-request-timeout-ms`).
+    pub headers: &'a HeaderMap,
+}
+
+/// Runs samples through the target model and waits for the logits; failures are recorded.
 pub async fn run(
     state: &Arc<AppState>,
     tracker: &mut Tracker,
-    model: &str,
-    version: Option<u64>,
-    version_str: Option<&str>,
+    target: &Target<'_>,
     samples: Vec<Sample>,
-    timeout: Option<(Option<u64>, &HeaderMap)>,
 ) -> Result<InferOutcome, ApiError> {
-    let result = run_inner(
-        state,
-        tracker,
-        model,
-        version,
-        version_str,
-        samples,
-        timeout,
-    )
-    .await;
+    let result = run_inner(state, tracker, target, samples).await;
     if let Err(e) = &result {
         tracker.fail(e);
     }
@@ -183,12 +184,10 @@ pub async fn run(
 async fn run_inner(
     state: &Arc<AppState>,
     tracker: &mut Tracker,
-    model: &str,
-    version: Option<u64>,
-    version_str: Option<&str>,
+    target: &Target<'_>,
     samples: Vec<Sample>,
-    timeout: Option<(Option<u64>, &HeaderMap)>,
 ) -> Result<InferOutcome, ApiError> {
+    let (model, version, version_str) = (target.model, target.version, target.version_str);
     if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
         return Err(ApiError::unavailable("server is shutting down"));
     }
@@ -197,10 +196,12 @@ async fn run_inner(
         .get(model, version)
         .map_err(|e| lookup_error(model, version_str, e))?;
     tracker.set_version(&lv);
-    let timeout = match timeout {
-        Some((q, h)) => request_timeout(q, h, lv.config.timeout_ms, state.opts.max_timeout_ms)?,
-        None => Duration::from_millis(lv.config.timeout_ms),
-    };
+    let timeout = request_timeout(
+        target.timeout_ms,
+        target.headers,
+        lv.config.timeout_ms,
+        state.opts.max_timeout_ms,
+    )?;
     let deadline = tracker.started + timeout;
     let tokio_deadline = tokio::time::Instant::from_std(deadline);
     if samples.is_empty() {

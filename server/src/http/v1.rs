@@ -251,14 +251,18 @@ async fn predict_common(
         tracker.fail(&e);
         return e.into_response();
     }
+    let target = infer::Target {
+        model: &m,
+        version,
+        version_str: v.as_deref(),
+        timeout_ms: q.timeout_ms,
+        headers: &headers,
+    };
     let out = match infer::run(
         &st,
         &mut tracker,
-        &m,
-        version,
-        v.as_deref(),
+        &target,
         vec![Sample::Encoded { data, hint }],
-        Some((q.timeout_ms, &headers)),
     )
     .await
     {

@@ -668,16 +668,14 @@ async fn infer_common(
         };
         let (id, params, outputs) = request.unwrap_or((None, Map::new(), None));
         let specs = output_specs(&params, outputs)?;
-        let out = infer::run(
-            &st,
-            &mut tracker,
-            &m,
+        let target = infer::Target {
+            model: &m,
             version,
-            v.as_deref(),
-            samples,
-            Some((q.timeout_ms, &headers)),
-        )
-        .await?;
+            version_str: v.as_deref(),
+            timeout_ms: q.timeout_ms,
+            headers: &headers,
+        };
+        let out = infer::run(&st, &mut tracker, &target, samples).await?;
         Ok((id, specs, out))
     }
     .await;
