@@ -627,6 +627,23 @@ fn v2_infer_json_binary_classification() {
         s1.split(':').nth(1).unwrap().parse::<usize>().unwrap(),
         v1_index
     );
+    // Two encoded images in one request: preprocessed in parallel, one row each, in order.
+    let b64_other = base64::engine::general_purpose::STANDARD.encode(png(28, 28, 77));
+    let r: Value = auth(c.post(&url))
+        .json(&json!({"inputs": [{"name": "raw", "shape": [2], "datatype": "BYTES", "data": [b64_other, b64]}],
+                      "outputs": [{"name": "logits"}]}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(r["outputs"][0]["shape"], json!([2, 10]));
+    let two = f32s(&r["outputs"][0]["data"]);
+    assert_eq!(
+        (0..10)
+            .max_by(|&a, &b| two[10 + a].total_cmp(&two[10 + b]))
+            .unwrap(),
+        v1_index
+    );
     let header = json!({"inputs": [{"name": "raw", "shape": [1], "datatype": "BYTES",
                                      "parameters": {"binary_data_size": img.len() + 4}}]})
     .to_string();

@@ -215,10 +215,12 @@ async fn run_inner(
         )));
     }
 
-    // Preprocessing, on the bounded blocking pool.
+    // Preprocessing, on the bounded blocking pool; the samples of one request in parallel.
     let pre_start = Instant::now();
-    let mut inputs: Vec<Vec<f32>> = Vec::with_capacity(samples.len());
-    for sample in samples {
+    let n = samples.len();
+    let mut slots: Vec<Option<Vec<f32>>> = vec![None; n];
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, sample) in samples.into_iter().enumerate() {
         match sample {
             Sample::Tensor(t) => {
                 if t.len() != lv.input_len {
@@ -234,7 +236,7 @@ async fn run_inner(
                         "input tensor contains NaN or infinite values",
                     ));
                 }
-                inputs.push(t);
+                slots[i] = Some(t);
             }
             Sample::Encoded { data, hint } => {
                 check_media_kind(&lv, hint)?;
@@ -254,24 +256,36 @@ async fn run_inner(
                 };
                 let m = lv.model.clone();
                 let limits = state.opts.limits;
-                let task = tokio::task::spawn_blocking(move || {
+                tasks.spawn_blocking(move || {
                     let _permit = permit;
-                    m.preprocess(&data, hint, &limits)
+                    (i, m.preprocess(&data, hint, &limits))
                 });
-                let t = task
-                    .await
-                    .map_err(|_| ApiError::internal("preprocessing panicked"))??;
-                if t.len() != lv.input_len {
-                    return Err(ApiError::internal(format!(
-                        "preprocessing produced {} values, expected {}",
-                        t.len(),
-                        lv.input_len
-                    )));
-                }
-                inputs.push(t);
             }
         }
     }
+    let collect = async {
+        while let Some(joined) = tasks.join_next().await {
+            let (i, result) = joined.map_err(|_| ApiError::internal("preprocessing panicked"))?;
+            let t = result?;
+            if t.len() != lv.input_len {
+                return Err(ApiError::internal(format!(
+                    "preprocessing produced {} values, expected {}",
+                    t.len(),
+                    lv.input_len
+                )));
+            }
+            slots[i] = Some(t);
+        }
+        Ok(())
+    };
+    match tokio::time::timeout_at(tokio_deadline, collect).await {
+        Ok(r) => r?,
+        Err(_) => return Err(ApiError::timeout("deadline exceeded during preprocessing")),
+    }
+    let inputs: Vec<Vec<f32>> = slots
+        .into_iter()
+        .map(|s| s.expect("every sample preprocessed"))
+        .collect();
     let preprocess = pre_start.elapsed();
     if Instant::now() >= deadline {
         return Err(ApiError::timeout("deadline exceeded during preprocessing"));
