@@ -485,6 +485,7 @@ fn serves_the_bundled_repository_found_from_the_working_directory() {
 fn json_logs_carry_request_ids() {
     let repo = Repo::new();
     repo.add("tiny", 1, "tiny_w3.safetensors", "");
+    repo.add("other", 1, "tiny_w2.safetensors", "");
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut child = std::process::Command::new(bin())
         .args([
@@ -498,6 +499,7 @@ fn json_logs_carry_request_ids() {
             "info",
         ])
         .args(["--model-repository", repo.path().to_str().unwrap()])
+        .args(["--model-control-mode", "explicit", "--load-model", "tiny"])
         .stdout(std::process::Stdio::piped())
         .stderr(log.reopen().unwrap())
         .spawn()
@@ -529,6 +531,13 @@ fn json_logs_carry_request_ids() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 200);
+    // Explicit mode loaded only the named model.
+    let other = client
+        .post(format!("{base}/v1/models/other/predict"))
+        .body(png(28, 28, 0))
+        .send()
+        .unwrap();
+    assert_eq!(other.status(), 503);
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
     assert!(status.success());
