@@ -225,6 +225,20 @@ pub(crate) fn table_i16<V: V16, const L: usize, const VPR: usize, const R: usize
         .map(|o| o.shift)
         .max()
         .unwrap_or(0);
+    const NONE: usize = usize::MAX;
+    let nc = ops.len();
+    let (mut pos_of, mut neg_of) = ([NONE; 32], [NONE; 32]);
+    let (mut zero_codes, mut nzero) = ([0usize; 32], 0);
+    for (c, op) in ops.iter().enumerate() {
+        if op.zero {
+            zero_codes[nzero] = c;
+            nzero += 1;
+        } else if op.neg {
+            neg_of[op.shift as usize] = c;
+        } else {
+            pos_of[op.shift as usize] = c;
+        }
+    }
     table_core_v16::<V, L, VPR, R>(
         w,
         kc,
@@ -247,34 +261,32 @@ pub(crate) fn table_i16<V: V16, const L: usize, const VPR: usize, const R: usize
                         a[j] = src[j] as i16 - 128;
                     }
                 }
-                // a << m by repeated doubling; each code stores +v, -v or 0.
-                let nc = ops.len();
+                // a << m by repeated doubling; the code (if any) of +2^m stores v, that of -2^m
+                // stores -v; zero codes store 0.
                 let tk = &mut t[kl * nc * L..(kl + 1) * nc * L];
+                let tp = tk.as_mut_ptr();
                 let mut v = a;
-                for m in 0..=max_shift {
+                for m in 0..=max_shift as usize {
                     if m > 0 {
                         for j in 0..L {
                             v[j] = v[j].wrapping_add(v[j]);
                         }
                     }
-                    for (c, op) in ops.iter().enumerate() {
-                        if op.zero || op.shift != m {
-                            continue;
+                    // SAFETY: code indices are < nc, so each entry lies inside `tk`.
+                    unsafe {
+                        if pos_of[m] != NONE {
+                            *(tp.add(pos_of[m] * L) as *mut [i16; L]) = v;
                         }
-                        let dst: &mut [i16; L] = (&mut tk[c * L..(c + 1) * L]).try_into().unwrap();
-                        if op.neg {
+                        if neg_of[m] != NONE {
+                            let d = &mut *(tp.add(neg_of[m] * L) as *mut [i16; L]);
                             for j in 0..L {
-                                dst[j] = 0i16.wrapping_sub(v[j]);
+                                d[j] = 0i16.wrapping_sub(v[j]);
                             }
-                        } else {
-                            *dst = v;
                         }
                     }
                 }
-                for (c, op) in ops.iter().enumerate() {
-                    if op.zero {
-                        tk[c * L..(c + 1) * L].fill(0);
-                    }
+                for &c in &zero_codes[..nzero] {
+                    tk[c * L..(c + 1) * L].fill(0);
                 }
             }
         },
