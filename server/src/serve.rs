@@ -120,13 +120,17 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
         let secs = opts.exit_timeout_secs;
         async move {
             drain_started.notified().await;
-            // Connections get the exit timeout plus a grace period to flush their answers.
-            tokio::time::sleep(Duration::from_secs(secs) + Duration::from_secs(2)).await;
+            // Connections get the exit timeout plus a grace period to flush their answers;
+            // a second signal stops at once.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(secs) + Duration::from_secs(2)) => "exit timeout",
+                sig = wait_for_signal() => sig,
+            }
         }
     };
     tokio::select! {
         r = server => r.map_err(|e| format!("server error: {e}"))?,
-        _ = hard_stop => tracing::warn!("connections still open after the exit timeout; closing them"),
+        why = hard_stop => tracing::warn!(cause = why, "stopping with requests or connections still open"),
     }
     let r = repo.clone();
     let _ = tokio::task::spawn_blocking(move || r.shutdown()).await;
