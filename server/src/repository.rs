@@ -520,6 +520,8 @@ impl Repository {
             if !dirs.contains(&name) {
                 let _guard = self.load_lock.lock().unwrap_or_else(|p| p.into_inner());
                 self.unload_locked(&name, "removed from the model repository");
+                // Gone from the repository: forget it (requests get 404 again).
+                self.slots.write().unwrap().remove(&name);
             }
         }
     }

@@ -347,6 +347,34 @@ fn poll_mode_swaps_versions_under_load_and_keeps_serving_on_bad_version() {
         s.metric("shiftserve_model_load_failures_total", &[("model", "m")]),
         1.0
     );
+
+    // A model directory that appears is loaded; a changed config.toml reloads it; a removed
+    // directory is unloaded.
+    repo.add("n", 1, "tiny_w3.safetensors", "max_batch_size = 4\n");
+    wait_for("model n to load", Duration::from_secs(30), || {
+        predict(&s, "n", "").status() == 200
+    });
+    let batch_of = |s: &Server| -> u64 {
+        let c: Value = s
+            .client
+            .get(s.url("/v2/models/n/config"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        c["max_batch_size"].as_u64().unwrap()
+    };
+    assert_eq!(batch_of(&s), 4);
+    std::fs::write(repo.path().join("n/config.toml"), "max_batch_size = 2\n").unwrap();
+    wait_for("the new config", Duration::from_secs(30), || {
+        batch_of(&s) == 2
+    });
+    assert_eq!(predict(&s, "n", "").status(), 200);
+    std::fs::remove_dir_all(repo.path().join("n")).unwrap();
+    wait_for("model n to be unloaded", Duration::from_secs(30), || {
+        predict(&s, "n", "").status() == 404
+    });
+    assert_eq!(s.metric("shiftserve_model_ready", &[("model", "n")]), 0.0);
 }
 
 #[test]
