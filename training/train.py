@@ -296,15 +296,23 @@ def merge(name, kinds, install=True):
     if name == "intent-lstm":
         res["tt_storage_fraction"] = res["tt"]["matrix_params"] / res["dense"]["matrix_params"]
     if not install:
-        res["model_file"] = res["model_file"]
+        res["wall_seconds_total"] = common.T0()
         common.save_results(name + TAG, res)
         return
     finish(name, res.pop("model_file"), res, res["description"])
 
 
+def install_results(src_name, name):
+    """Install a --no-install run (training/results/<src_name>.json) as model `name`."""
+    with open(os.path.join(common.RESULTS, f"{src_name}.json")) as f:
+        res = json.load(f)
+    res["name"] = name
+    finish(name, res.pop("model_file"), res, res["description"])
+
+
 def finish(name, out, res, description):
     size, fp32 = common.file_sizes(out)
-    res["wall_seconds_total"] = common.T0()
+    res.setdefault("wall_seconds_total", common.T0())
     res["file_bytes"] = size
     res["fp32_equivalent_bytes"] = fp32
     res["compression_vs_fp32"] = fp32 / size
@@ -390,11 +398,15 @@ def run_intent(args, lstm=False):
             yield x, torch.from_numpy(y[idx])
 
     steps = len(tr_idx) // bs
-    res = {"name": name, "spec": spec, "epochs": args.epochs or (4 if lstm else 14)}
+    res = {"name": name, "spec": spec, "epochs": args.epochs or (6 if lstm else 14)}
     for kind in kinds_of(args, ("dense", "tt") if lstm else ("fp32", "shift")):
         torch.manual_seed(0)
         model = build_intent_lstm(kind == "tt") if lstm else build_intent(kind == "shift")
-        t = common.train_loop(model, batches, res["epochs"], lr=args.lr or (1e-2 if lstm else 3e-3),
+        if lstm and kind == "tt":
+            import lstm_fast
+
+            lstm_fast.patch(model)  # same function, fused recurrence (see lstm_fast.py)
+        t = common.train_loop(model, batches, res["epochs"], lr=args.lr or (5e-3 if lstm else 3e-3),
                               steps_per_epoch=steps, grad_clip=5.0 if lstm else None,
                               eval_fn=lambda: common.acc(common.predict(model, X[va]), y[va]),
                               desc=f"{name}-{kind}")
