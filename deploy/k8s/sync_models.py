@@ -16,6 +16,7 @@ version directory) this writes:
                                                 # or retuned in models/repository still serves
                                                 # with the image's config until this is rerun)
     python3 deploy/k8s/sync_models.py --check --strict   # any drift is an error
+    python3 deploy/k8s/sync_models.py --repo DIR         # use another repository directory
 
 To change a model's batching or thread budget for Kubernetes, edit its config.toml in
 models/repository and run this script; the image and the ConfigMap then agree.
@@ -130,6 +131,9 @@ def yaml_keys(path):
 
 
 def main(argv):
+    global REPO
+    if "--repo" in argv:  # e.g. a clean export of the committed repository
+        REPO = Path(argv[argv.index("--repo") + 1]).resolve()
     models, files = render()
     names = ", ".join(m[0] for m in models) or "none"
     if "--check" in argv:
