@@ -57,7 +57,7 @@ def group_table(title, a, b, a_name, b_name, key_a, key_b):
 
 
 def spec_block(spec):
-    return "```json\n" + json.dumps(spec) + "\n```"
+    return "\n\n```json\n" + json.dumps(spec) + "\n```\n"
 
 
 def main():
@@ -79,8 +79,13 @@ the server runs; "PyTorch" figures are the training-framework models (fp32 twin,
 model with fake-quant on).
 
 Compute was the binding constraint: the machine's 2 cores were shared with five engineers
-compiling Rust, and training ran at `nice 10`, so networks and epoch counts are much smaller than
-in the papers. Targets that were not reached are marked **MISSED** below.
+compiling Rust, and training ran at `nice 10` (each training process typically got 5-20 % of one
+core), so networks are small and every model was stopped after a handful of epochs, far from
+convergence (training accuracy was still rising steeply in every run; see the logs' train-acc).
+Three of the four targets are **MISSED** below; they are misses of this training budget, not
+measured limits of the method: in every shift/twin pair the W3 model is within about a point of
+its full-precision twin (above it for `fashion`, `intent` and `digits`). To retrain longer on an
+idle machine: `python training/train.py <model> --epochs N` (everything else unchanged).
 
 All figures on this page are generated from `training/results/*.json` by
 `python training/make_cards.py`.
@@ -181,7 +186,8 @@ fine-tuning (lr 3e-4). The FP twin is the same network with fp32 convs, same rec
 | official test (10,000) | {pct(f["test_acc_pytorch"])} | {pct(s["test_acc_pytorch"])} | {pct(s["test_acc_file"])} |
 
 Target: test >= 93 % and within 1 point of the FP twin: {status(s["test_acc_file"] >= 0.93 and f["test_acc_pytorch"] - s["test_acc_file"] <= 0.01)}
-(gap to the twin {100 * (f["test_acc_pytorch"] - s["test_acc_file"]):+.2f} points).
+(93 %: {status(s["test_acc_file"] >= 0.93)}; within 1 point of the twin: {status(f["test_acc_pytorch"] - s["test_acc_file"] <= 0.01)}, gap
+{100 * (f["test_acc_pytorch"] - s["test_acc_file"]):+.2f} points).
 
 {size_line(r)}
 
@@ -204,7 +210,10 @@ SNR in 5 of 6 copies). Validation: 10 % of the (phrase, voice draw) groups with 
 (993 clips); training 8,559 clips. **Test: held-out voices only**, never trained on: pico
 en-US and en-GB, RHVoice alan, bdl, clb, evgeniy-eng, lyubov, slt, festival
 cmu_us_slt_arctic_hts and flite slt, every phrase once (1,990 clips). As in FSC's speaker split,
-test differs from training by voice, not by wording. All clips 16 kHz mono 16-bit.
+test differs from training by voice, not by wording. All clips 16 kHz mono 16-bit. (The clips
+used here were converted by sox with its default dither; the committed scripts now pass `-D`
+so that the CI subset is byte-reproducible, which changes regenerated clips only in the least
+significant bit.)
 """
 
 
