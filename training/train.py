@@ -398,7 +398,7 @@ def run_intent(args, lstm=False):
             yield x, torch.from_numpy(y[idx])
 
     steps = len(tr_idx) // bs
-    res = {"name": name, "spec": spec, "epochs": args.epochs or (6 if lstm else 14)}
+    res = {"name": name, "spec": spec, "epochs": args.epochs or (14 if lstm else 5)}
     for kind in kinds_of(args, ("dense", "tt") if lstm else ("fp32", "shift")):
         torch.manual_seed(0)
         model = build_intent_lstm(kind == "tt") if lstm else build_intent(kind == "shift")
