@@ -265,7 +265,7 @@ recurrent steps): {spec_block(r["spec"])}
 **Recipe.** One LSTM layer (hidden 128, PyTorch gate order, h0 = c0 = 0) over the 76 frames of
 40 log-mel features, mean of the hidden states, fp32 classifier. In the shift-free MPS model
 (Murua et al.), W_ih [512 x 40] and W_hh [512 x 128] are matrix product states: W_ih with input
-modes 2x4x5 and output modes 8x8x8, W_hh with 4x4x8 and 8x8x8, all bond ranks 8; the runtime
+modes 2x4x5 and output modes 8x8x8, W_hh with 4x4x8 and 8x8x8, all bond ranks {r.get("tt_rank", 8)}; the runtime
 never forms the matrices. (Training contracts W_ih/W_hh from the cores once per batch and runs
 PyTorch's fused LSTM, `training/lstm_fast.py`: the same function, gradients into the cores.) The
 dense twin is `nn.LSTM` with the same size. AdamW, one-cycle cosine (peak 5e-3), gradient clipping 5, label smoothing 0.1, batch 128, {r["epochs"]} epochs, SpecAugment

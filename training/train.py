@@ -273,7 +273,8 @@ def run_parallel(args):
     procs = []
     for k in kinds:
         cmd = [PY, os.path.abspath(__file__), args.model, "--variant", k, "--threads", "1",
-               "--qat-steps", str(args.qat_steps), "--width", str(args.width)]
+               "--qat-steps", str(args.qat_steps), "--width", str(args.width),
+               "--tt-rank", str(args.tt_rank)]
         for opt in ("epochs", "lr", "max_steps"):
             if getattr(args, opt) is not None:
                 cmd += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
@@ -359,13 +360,13 @@ def build_intent(shift):
                   in_channels=1, num_classes=31, shift=shift, bits=3)
 
 
-def build_intent_lstm(tt, hidden=128):
+def build_intent_lstm(tt, hidden=128, rank=8):
     from shiftserve_train.models import LSTMClassifier, TTLSTMClassifier
 
     if not tt:
         return LSTMClassifier(40, hidden, 31, output="mean")
     return TTLSTMClassifier(40, hidden, 31, ih_in_modes=[2, 4, 5], ih_out_modes=[8, 8, 8],
-                            hh_in_modes=[4, 4, 8], hh_out_modes=[8, 8, 8], ih_ranks=8, hh_ranks=8,
+                            hh_in_modes=[4, 4, 8], hh_out_modes=[8, 8, 8], ih_ranks=rank, hh_ranks=rank,
                             output="mean")
 
 
@@ -399,9 +400,11 @@ def run_intent(args, lstm=False):
 
     steps = len(tr_idx) // bs
     res = {"name": name, "spec": spec, "epochs": args.epochs or (14 if lstm else 5)}
+    if lstm:
+        res["tt_rank"] = args.tt_rank
     for kind in kinds_of(args, ("dense", "tt") if lstm else ("fp32", "shift")):
         torch.manual_seed(0)
-        model = build_intent_lstm(kind == "tt") if lstm else build_intent(kind == "shift")
+        model = build_intent_lstm(kind == "tt", rank=args.tt_rank) if lstm else build_intent(kind == "shift")
         if lstm and kind == "tt":
             import lstm_fast
 
@@ -558,6 +561,7 @@ def main():
     ap.add_argument("--qat-steps", type=int, default=150)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--width", type=int, default=16, help="fashion: base width")
+    ap.add_argument("--tt-rank", type=int, default=8, help="intent-lstm: MPS bond rank")
     ap.add_argument("--max-steps", type=int, default=None, help="cap steps per epoch (smoke tests)")
     ap.add_argument("--no-install", action="store_true",
                     help="keep the file in $SHIFTSERVE_DATA; results to training/results/<model><tag>.json")
