@@ -137,6 +137,7 @@ struct Taps {
 
 /// PyTorch's antialiased bilinear weights (`align_corners=False`): triangle filter stretched by
 /// the scale when downscaling, taps normalised to sum 1.
+#[cfg(test)]
 fn taps(in_size: usize, out_size: usize) -> Taps {
     taps_range(in_size, out_size, 0..out_size)
 }
