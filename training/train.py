@@ -360,7 +360,7 @@ def build_intent(shift):
                   in_channels=1, num_classes=31, shift=shift, bits=3)
 
 
-def build_intent_lstm(tt, hidden=128, rank=8):
+def build_intent_lstm(tt, hidden=128, rank=12):
     from shiftserve_train.models import LSTMClassifier, TTLSTMClassifier
 
     if not tt:
@@ -399,7 +399,7 @@ def run_intent(args, lstm=False):
             yield x, torch.from_numpy(y[idx])
 
     steps = len(tr_idx) // bs
-    res = {"name": name, "spec": spec, "epochs": args.epochs or (14 if lstm else 5)}
+    res = {"name": name, "spec": spec, "epochs": args.epochs or (20 if lstm else 5)}
     if lstm:
         res["tt_rank"] = args.tt_rank
     for kind in kinds_of(args, ("dense", "tt") if lstm else ("fp32", "shift")):
@@ -561,7 +561,7 @@ def main():
     ap.add_argument("--qat-steps", type=int, default=150)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--width", type=int, default=16, help="fashion: base width")
-    ap.add_argument("--tt-rank", type=int, default=8, help="intent-lstm: MPS bond rank")
+    ap.add_argument("--tt-rank", type=int, default=12, help="intent-lstm: MPS bond rank")
     ap.add_argument("--max-steps", type=int, default=None, help="cap steps per epoch (smoke tests)")
     ap.add_argument("--no-install", action="store_true",
                     help="keep the file in $SHIFTSERVE_DATA; results to training/results/<model><tag>.json")
