@@ -359,6 +359,22 @@ fn shift_conv_matches_naive_reference() {
             true,
             true,
         );
+        // batches large enough to run in chunks of samples: 1+1+1 (int8 and float) and, on
+        // the int8 path, 2+1 (a ragged last chunk)
+        for (hw, n) in [(48, 3), (38, 3)] {
+            conv_case(
+                &mut rng,
+                isa,
+                geom(16, 8, 3, 1, 1, 1),
+                Code::ZeroFree,
+                3,
+                n,
+                hw,
+                hw,
+                true,
+                true,
+            );
+        }
     }
 }
 

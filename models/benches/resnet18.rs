@@ -7,7 +7,8 @@
 //! over batch 1), since the LSTMs are batched across samples.
 //!
 //! `cargo bench -p models` (set `SHIFTSERVE_BENCH_REPS` for more repetitions, default 7;
-//! `SHIFTSERVE_BENCH_RES` for another resolution, default 224). Prints medians and ratios;
+//! `SHIFTSERVE_BENCH_RES` for another resolution, default 224; `SHIFTSERVE_BENCH_ONLY=fixtures`
+//! skips ResNet-18). Time by operator is printed per sample at batch 1 and 8. Prints medians and ratios;
 //! the machine is shared and noisy, so compare ratios, not absolute numbers across runs.
 
 use std::time::Instant;
@@ -27,6 +28,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Median seconds per batch.
 fn time_batch(model: &Model, batch: usize, threads: usize, reps: usize) -> f64 {
+    time_batch_min(model, batch, threads, reps).0
+}
+
+/// (median, minimum) seconds per batch. On a shared machine a long run is more likely to be
+/// preempted than a short one, which inflates the median of large batches; the minimum is the
+/// least disturbed run.
+fn time_batch_min(model: &Model, batch: usize, threads: usize, reps: usize) -> (f64, f64) {
     let len: usize = model.info().input_shape.iter().product();
     let xs: Vec<Vec<f32>> = (0..batch).map(|i| random_input(len, i as u64)).collect();
     let refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
@@ -39,26 +47,29 @@ fn time_batch(model: &Model, batch: usize, threads: usize, reps: usize) -> f64 {
             std::hint::black_box(out);
             t.elapsed().as_secs_f64()
         })
-        .collect();
-    median(times)
+        .collect::<Vec<f64>>();
+    let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+    (median(times), min)
 }
 
-/// Median seconds per node for one sample on one thread, by op kind.
-fn per_op(model: &Model, reps: usize) -> Vec<(String, f64)> {
+/// Median seconds per node for a batch of `batch` on one thread, by op kind.
+fn per_op(model: &Model, batch: usize, reps: usize) -> Vec<(String, f64)> {
     let len: usize = model.info().input_shape.iter().product();
-    let x = random_input(len, 7);
-    let mut s = model.session(1, 1);
-    s.run(&[&x]).expect("warm-up");
+    let xs: Vec<Vec<f32>> = (0..batch).map(|i| random_input(len, i as u64)).collect();
+    let refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+    let mut s = model.session(batch, 1);
+    s.run(&refs).expect("warm-up");
     let mut per_rep: Vec<std::collections::BTreeMap<String, f64>> = Vec::new();
     for _ in 0..reps {
         let mut totals = std::collections::BTreeMap::new();
-        let mut last = Instant::now();
+        let mut last;
         let ops: std::collections::HashMap<&str, &str> = model
             .layers()
             .iter()
             .map(|l| (l.name.as_str(), l.op))
             .collect();
-        s.run_observed(&[&x], &mut |node, _| {
+        last = Instant::now();
+        s.run_observed(&refs, &mut |node, _| {
             let now = Instant::now();
             let key = ops.get(node).map(|op| op.to_string()).unwrap_or_default();
             *totals.entry(key).or_insert(0.0) += (now - last).as_secs_f64();
@@ -83,6 +94,15 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(224);
+    // `SHIFTSERVE_BENCH_ONLY=fixtures` skips the ResNet-18 tables
+    let only = std::env::var("SHIFTSERVE_BENCH_ONLY").unwrap_or_default();
+    if only != "fixtures" {
+        resnet(reps, res);
+    }
+    fixtures(reps);
+}
+
+fn resnet(reps: usize, res: usize) {
     let base = SynthConfig {
         resolution: res,
         ..SynthConfig::default()
@@ -119,13 +139,15 @@ fn main() {
         );
     }
     println!();
-    println!("time by operator, batch 1, 1 thread (ms):");
-    for (name, m) in &models {
-        let parts: Vec<String> = per_op(m, reps)
-            .into_iter()
-            .map(|(op, t)| format!("{op} {:.1}", t * 1e3))
-            .collect();
-        println!("  {name:<22} {}", parts.join(", "));
+    for batch in [1usize, 8] {
+        println!("time by operator, batch {batch}, 1 thread (ms per sample):");
+        for (name, m) in &models {
+            let parts: Vec<String> = per_op(m, batch, reps)
+                .into_iter()
+                .map(|(op, t)| format!("{op} {:.1}", t * 1e3 / batch as f64))
+                .collect();
+            println!("  {name:<22} {}", parts.join(", "));
+        }
     }
     println!();
     println!(
@@ -145,12 +167,14 @@ fn main() {
             );
         }
     }
+}
 
+fn fixtures(reps: usize) {
     println!();
     println!("exported fixtures (models/tests/fixtures), 1 thread:");
     println!(
-        "{:<16} {:>14} {:>14} {:>14}",
-        "model", "ms batch 1", "ms batch 8", "batching gain"
+        "{:<16} {:>14} {:>14} {:>14} {:>18}",
+        "model", "ms batch 1", "ms batch 8", "batching gain", "gain (of minima)"
     );
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     for name in [
@@ -165,13 +189,29 @@ fn main() {
             println!("{name:<16} (missing)");
             continue;
         };
-        let t1 = time_batch(&m, 1, 1, reps * 3);
-        let t8 = time_batch(&m, 8, 1, reps * 3);
+        let (t1, m1) = time_batch_min(&m, 1, 1, reps * 3);
+        let (t8, m8) = time_batch_min(&m, 8, 1, reps * 3);
         println!(
-            "{name:<16} {:>14.3} {:>14.3} {:>13.2}x",
+            "{name:<16} {:>14.3} {:>14.3} {:>13.2}x {:>17.2}x",
             t1 * 1e3,
             t8 * 1e3,
-            8.0 * t1 / t8
+            8.0 * t1 / t8,
+            8.0 * m1 / m8
         );
+    }
+    println!();
+    println!("fixtures by operator, 1 thread (ms per sample, batch 1 / batch 8):");
+    for name in ["slu_w3", "tiny_w3"] {
+        let Ok(m) = Model::open(&dir.join(format!("{name}.safetensors"))) else {
+            continue;
+        };
+        let b1 = per_op(&m, 1, reps * 3);
+        let b8 = per_op(&m, 8, reps * 3);
+        let parts: Vec<String> = b1
+            .iter()
+            .zip(&b8)
+            .map(|((op, t1), (_, t8))| format!("{op} {:.3}/{:.3}", t1 * 1e3, t8 * 1e3 / 8.0))
+            .collect();
+        println!("  {name:<14} {}", parts.join(", "));
     }
 }
