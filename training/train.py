@@ -399,7 +399,8 @@ def run_intent(args, lstm=False):
             yield x, torch.from_numpy(y[idx])
 
     steps = len(tr_idx) // bs
-    res = {"name": name, "spec": spec, "epochs": args.epochs or (20 if lstm else 5)}
+    res = {"name": name, "spec": spec, "epochs": args.epochs or (20 if lstm else 8),
+           "qat_steps": args.qat_steps}
     if lstm:
         res["tt_rank"] = args.tt_rank
     for kind in kinds_of(args, ("dense", "tt") if lstm else ("fp32", "shift")):
