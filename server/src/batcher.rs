@@ -96,7 +96,48 @@ pub enum SubmitError {
 
 struct State {
     queue: VecDeque<Job>,
+    /// Samples admitted (see [`Batcher::reserve`]) but not yet queued: waiting for or in
+    /// preprocessing. They count against `queue_capacity` like queued ones.
+    reserved: usize,
     closed: bool,
+}
+
+impl State {
+    /// Everything admitted and not yet taken into a batch: reserved plus queued samples.
+    fn depth(&self) -> usize {
+        self.reserved + self.queue.len()
+    }
+}
+
+/// A place in a model's queue, taken at admission before preprocessing. Converted into queued
+/// jobs by [`Batcher::submit_reserved`]; dropped unused (error, timeout, cancellation) it
+/// gives its places back.
+pub struct Reservation {
+    shared: Arc<Shared>,
+    n: usize,
+}
+
+impl Reservation {
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.n == 0 {
+            return;
+        }
+        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.reserved -= self.n;
+        let depth = st.depth();
+        drop(st);
+        self.shared.observer.queue_depth(depth);
+    }
 }
 
 struct Shared {
@@ -144,6 +185,7 @@ impl Batcher {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
+                reserved: 0,
                 closed: false,
             }),
             cv: Condvar::new(),
@@ -171,25 +213,57 @@ impl Batcher {
         })
     }
 
-    /// Enqueues all jobs of one request, or none of them.
-    pub fn submit(&self, jobs: Vec<Job>) -> Result<(), SubmitError> {
+    /// Admits `n` samples of one request: reserves their places against `queue_capacity`
+    /// (counting reserved and queued samples), or refuses with `Full` / `Closed`.
+    pub fn reserve(&self, n: usize) -> Result<Reservation, SubmitError> {
         let mut st = self.shared.state.lock().unwrap();
         if st.closed {
             return Err(SubmitError::Closed);
         }
-        if st.queue.len() + jobs.len() > self.shared.cfg.queue_capacity {
+        if st.depth() + n > self.shared.cfg.queue_capacity {
             return Err(SubmitError::Full);
         }
+        st.reserved += n;
+        let depth = st.depth();
+        drop(st);
+        self.shared.observer.queue_depth(depth);
+        Ok(Reservation {
+            shared: self.shared.clone(),
+            n,
+        })
+    }
+
+    /// Enqueues all jobs of one request in the places `res` reserved on this batcher (one job
+    /// per reserved place). On `Closed` the reservation is released.
+    pub fn submit_reserved(&self, mut res: Reservation, jobs: Vec<Job>) -> Result<(), SubmitError> {
+        assert!(
+            Arc::ptr_eq(&res.shared, &self.shared) && res.n == jobs.len(),
+            "reservation does not match this submission"
+        );
+        let mut st = self.shared.state.lock().unwrap();
+        if st.closed {
+            drop(st);
+            return Err(SubmitError::Closed);
+        }
+        st.reserved -= res.n;
+        res.n = 0;
         st.queue.extend(jobs);
-        let depth = st.queue.len();
+        let depth = st.depth();
         drop(st);
         self.shared.observer.queue_depth(depth);
         self.shared.cv.notify_one();
         Ok(())
     }
 
+    /// Admits and enqueues all jobs of one request, or none of them.
+    pub fn submit(&self, jobs: Vec<Job>) -> Result<(), SubmitError> {
+        let res = self.reserve(jobs.len())?;
+        self.submit_reserved(res, jobs)
+    }
+
+    /// Reserved plus queued samples (what `shiftserve_queue_depth` reports).
     pub fn depth(&self) -> usize {
-        self.shared.state.lock().unwrap().queue.len()
+        self.shared.state.lock().unwrap().depth()
     }
 
     pub fn config(&self) -> &BatchConfig {
@@ -245,7 +319,7 @@ fn worker_loop(shared: Arc<Shared>, mut runner: Box<dyn Runner>) {
             let mut st = shared.state.lock().unwrap();
             let take = loop {
                 if purge(&mut st.queue, &*shared.observer) {
-                    shared.observer.queue_depth(st.queue.len());
+                    shared.observer.queue_depth(st.depth());
                 }
                 let n = st.queue.len();
                 if n == 0 {
@@ -270,8 +344,9 @@ fn worker_loop(shared: Arc<Shared>, mut runner: Box<dyn Runner>) {
             };
             let jobs: Vec<Job> = st.queue.drain(..take).collect();
             let rest = st.queue.len();
+            let depth = st.depth();
             drop(st);
-            shared.observer.queue_depth(rest);
+            shared.observer.queue_depth(depth);
             if rest > 0 {
                 // Let another instance start forming the next batch.
                 shared.cv.notify_one();
@@ -477,6 +552,42 @@ mod tests {
         assert!(r2.blocking_recv().unwrap().is_ok());
         let (j4, _r4) = Job::new(vec![1.0], far());
         assert_eq!(b.submit(vec![j4]).unwrap_err(), SubmitError::Closed);
+    }
+
+    #[test]
+    fn reservations_count_against_capacity_and_are_released_on_drop() {
+        let (b, sizes, _) = start(cfg(8, &[], 60_000, 3), None);
+        let r2 = b.reserve(2).unwrap();
+        assert_eq!(b.depth(), 2);
+        // Reserved places bound admission exactly like queued ones.
+        assert_eq!(b.reserve(2).err(), Some(SubmitError::Full));
+        let r1 = b.reserve(1).unwrap();
+        assert_eq!(b.depth(), 3);
+        let (job, rx) = Job::new(vec![5.0], far());
+        assert_eq!(b.submit(vec![job]).err(), Some(SubmitError::Full));
+        drop(rx);
+        // An abandoned reservation (error, timeout, cancelled client) gives its places back.
+        drop(r2);
+        assert_eq!(b.depth(), 1);
+        // Converting a reservation into a queued job keeps the depth (reserved -> queued).
+        let (job, rx) = Job::new(vec![7.0], far());
+        b.submit_reserved(r1, vec![job]).unwrap();
+        assert_eq!(b.depth(), 1);
+        let r = b.reserve(2).unwrap();
+        assert_eq!(b.depth(), 3);
+        b.close();
+        // Closed: no new admission; a pending reservation is refused and released.
+        assert_eq!(b.reserve(1).err(), Some(SubmitError::Closed));
+        let (job, _rx2) = Job::new(vec![1.0], far());
+        let (job2, _rx3) = Job::new(vec![1.0], far());
+        assert_eq!(
+            b.submit_reserved(r, vec![job, job2]).err(),
+            Some(SubmitError::Closed)
+        );
+        b.shutdown();
+        assert_eq!(rx.blocking_recv().unwrap().unwrap().output, vec![7.0]);
+        assert_eq!(b.depth(), 0);
+        assert_eq!(sizes.try_iter().collect::<Vec<_>>(), vec![1]);
     }
 
     #[test]

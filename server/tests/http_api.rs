@@ -397,9 +397,30 @@ fn task_endpoint_all_body_forms_and_errors() {
             .unwrap(),
         415,
     );
+    // A supported media type whose content is malformed is a bad request, not a 415.
     assert_error(
         auth(c.post(&url))
             .header("content-type", "image/png")
+            .body(b"not an image".to_vec())
+            .send()
+            .unwrap(),
+        400,
+    );
+    let r = auth(c.post(s.url("/v1/models/slu/predict")))
+        .header("content-type", "audio/wav")
+        .body(b"definitely not RIFF/WAVE bytes".to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let msg = r.json::<Value>().unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("declared as a WAV file"), "{msg}");
+    // Undeclared garbage stays an unrecognized (unsupported) media type.
+    assert_error(
+        auth(c.post(&url))
+            .header("content-type", "application/octet-stream")
             .body(b"not an image".to_vec())
             .send()
             .unwrap(),

@@ -637,3 +637,68 @@ fn version_policy_all_serves_pinned_versions() {
     assert_eq!(st["model_stats"].as_array().unwrap().len(), 2);
     assert_eq!(s.metric("shiftserve_model_ready", &[("model", "m")]), 2.0);
 }
+
+#[test]
+fn admission_places_are_released_on_every_failed_path() {
+    let repo = Repo::new();
+    // A batch waits 3 s for company; 2 places in the queue.
+    repo.add(
+        "cap2",
+        1,
+        "tiny_w3.safetensors",
+        "max_batch_size = 8\nmax_queue_delay_us = 3000000\nqueue_capacity = 2\n",
+    );
+    let s = Server::start(&["--model-repository", repo.path().to_str().unwrap()], &[]);
+    // Failures after admission: malformed bodies (fail in preprocessing), deadlines that pass
+    // during preprocessing or in the queue, clients that go away.
+    for i in 0..6u8 {
+        let r = s
+            .client
+            .post(s.url("/v1/models/cap2/predict"))
+            .header("content-type", "image/png")
+            .body(vec![i; 64])
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let r = predict(&s, "cap2", "?timeout_ms=1");
+        assert_eq!(r.status(), 504);
+    }
+    let impatient = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let r = impatient
+            .post(s.url("/v1/models/cap2/predict"))
+            .header("content-type", "image/png")
+            .body(png(28, 28, 3))
+            .send();
+        assert!(
+            r.is_err(),
+            "the request should still be waiting for company"
+        );
+    }
+    wait_for("every place given back", Duration::from_secs(20), || {
+        s.metric("shiftserve_queue_depth", &[("model", "cap2")]) == 0.0
+    });
+    // The full capacity is available again: two accepted, a third refused at once.
+    std::thread::scope(|sc| {
+        let waiting: Vec<_> = (0..2)
+            .map(|_| sc.spawn(|| predict(&s, "cap2", "").status().as_u16()))
+            .collect();
+        wait_for("2 admitted requests", Duration::from_secs(20), || {
+            s.metric("shiftserve_queue_depth", &[("model", "cap2")]) == 2.0
+        });
+        let t0 = Instant::now();
+        let r = predict(&s, "cap2", "");
+        assert!(error_of(r, 429).contains("queue is full"));
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        for h in waiting {
+            assert_eq!(h.join().unwrap(), 200);
+        }
+    });
+    assert_eq!(
+        s.metric("shiftserve_queue_depth", &[("model", "cap2")]),
+        0.0
+    );
+}

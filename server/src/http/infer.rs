@@ -215,9 +215,30 @@ async fn run_inner(
         )));
     }
 
+    for sample in &samples {
+        if let Sample::Encoded { hint, .. } = sample {
+            check_media_kind(&lv, *hint)?;
+        }
+    }
+
+    // Admission: the request takes its places in the model's queue (bounded by
+    // `queue_capacity`) before it waits for a preprocessing slot, so an overloaded model refuses
+    // at once and the queue depth counts every admitted, unanswered sample. The reservation is
+    // given back when dropped on any early return (error, timeout, cancelled client).
+    let n = samples.len();
+    let mut attempt = 0;
+    let mut reservation = loop {
+        match lv.batcher.reserve(n) {
+            Ok(r) => break r,
+            Err(e) => {
+                lv = retry_target(state, target, &lv, e, &mut attempt, lv.input_len)?;
+                tracker.set_version(&lv);
+            }
+        }
+    };
+
     // Preprocessing, on the bounded blocking pool; the samples of one request in parallel.
     let pre_start = Instant::now();
-    let n = samples.len();
     let mut slots: Vec<Option<Vec<f32>>> = vec![None; n];
     let mut tasks = tokio::task::JoinSet::new();
     for (i, sample) in samples.into_iter().enumerate() {
@@ -239,7 +260,6 @@ async fn run_inner(
                 slots[i] = Some(t);
             }
             Sample::Encoded { data, hint } => {
-                check_media_kind(&lv, hint)?;
                 let permit = match tokio::time::timeout_at(
                     tokio_deadline,
                     state.preprocess_permits.clone().acquire_owned(),
@@ -258,7 +278,7 @@ async fn run_inner(
                 let limits = state.opts.limits;
                 tasks.spawn_blocking(move || {
                     let _permit = permit;
-                    (i, m.preprocess(&data, hint, &limits))
+                    (i, m.preprocess(&data, hint, &limits).map_err(|e| (e, hint)))
                 });
             }
         }
@@ -266,7 +286,7 @@ async fn run_inner(
     let collect = async {
         while let Some(joined) = tasks.join_next().await {
             let (i, result) = joined.map_err(|_| ApiError::internal("preprocessing panicked"))?;
-            let t = result?;
+            let t = result.map_err(|(e, hint)| preprocess_error(e, hint))?;
             if t.len() != lv.input_len {
                 return Err(ApiError::internal(format!(
                     "preprocessing produced {} values, expected {}",
@@ -291,10 +311,9 @@ async fn run_inner(
         return Err(ApiError::timeout("deadline exceeded during preprocessing"));
     }
 
-    // Submission. A version retired between lookup and submit (poll swap, unload) is retried
-    // on the current version when the client did not pin one.
+    // Submission into the reserved places. A version retired between admission and submit
+    // (poll swap, unload) is retried on the current version when the client did not pin one.
     let mut receivers = Vec::with_capacity(inputs.len());
-    let mut attempt = 0;
     loop {
         let mut jobs = Vec::with_capacity(inputs.len());
         receivers.clear();
@@ -303,39 +322,21 @@ async fn run_inner(
             jobs.push(job);
             receivers.push(rx);
         }
-        match lv.batcher.submit(jobs) {
+        match lv.batcher.submit_reserved(reservation, jobs) {
             Ok(()) => break,
-            Err(SubmitError::Full) => {
-                return Err(ApiError::overloaded(
-                    format!(
-                        "model \"{model}\" queue is full ({} requests)",
-                        lv.config.queue_capacity
-                    ),
-                    1,
-                ))
-            }
-            Err(SubmitError::Closed) => {
-                attempt += 1;
-                if version.is_some()
-                    || attempt > 3
-                    || state.draining.load(std::sync::atomic::Ordering::SeqCst)
-                {
-                    return Err(ApiError::unavailable(format!(
-                        "model \"{model}\" version {} is being unloaded",
-                        lv.version
-                    )));
-                }
-                let next = state
-                    .repo
-                    .get(model, None)
-                    .map_err(|e| lookup_error(model, None, e))?;
-                if next.input_len != lv.input_len {
-                    return Err(ApiError::unavailable(
-                        "model was replaced while the request was preprocessed; retry",
-                    ));
-                }
-                lv = next;
+            Err(e) => {
+                let expected_len = lv.input_len;
+                lv = retry_target(state, target, &lv, e, &mut attempt, expected_len)?;
                 tracker.set_version(&lv);
+                reservation = loop {
+                    match lv.batcher.reserve(n) {
+                        Ok(r) => break r,
+                        Err(e) => {
+                            lv = retry_target(state, target, &lv, e, &mut attempt, expected_len)?;
+                            tracker.set_version(&lv);
+                        }
+                    }
+                };
             }
         }
     }
@@ -388,6 +389,69 @@ async fn run_inner(
         timing,
         batch_size,
     })
+}
+
+/// After a refused admission or submission: 429 when the queue is full; when the version is
+/// being retired and the client did not pin one, the current version of the model (at most
+/// three times, and only if it takes inputs of `expected_len` values); 503 otherwise.
+fn retry_target(
+    state: &Arc<AppState>,
+    target: &Target<'_>,
+    lv: &Arc<LoadedVersion>,
+    err: SubmitError,
+    attempt: &mut u32,
+    expected_len: usize,
+) -> Result<Arc<LoadedVersion>, ApiError> {
+    let model = target.model;
+    match err {
+        SubmitError::Full => Err(ApiError::overloaded(
+            format!(
+                "model \"{model}\" queue is full ({} requests)",
+                lv.config.queue_capacity
+            ),
+            1,
+        )),
+        SubmitError::Closed => {
+            *attempt += 1;
+            if target.version.is_some()
+                || *attempt > 3
+                || state.draining.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(ApiError::unavailable(format!(
+                    "model \"{model}\" version {} is being unloaded",
+                    lv.version
+                )));
+            }
+            let next = state
+                .repo
+                .get(model, None)
+                .map_err(|e| lookup_error(model, None, e))?;
+            if next.input_len != expected_len {
+                return Err(ApiError::unavailable(
+                    "model was replaced while the request was preprocessed; retry",
+                ));
+            }
+            Ok(next)
+        }
+    }
+}
+
+/// A preprocessing failure as the client sees it. The declared media type was already checked
+/// against the model (`check_media_kind`), so content that does not decode as the declared kind
+/// is a malformed body (400), not an unsupported media type (415).
+fn preprocess_error(e: models::ModelError, hint: MediaHint) -> ApiError {
+    let declared = match hint {
+        MediaHint::Image => "an image",
+        MediaHint::Audio => "a WAV file",
+        MediaHint::Unknown => return e.into(),
+    };
+    if e.kind == models::ErrorKind::UnsupportedMedia {
+        return ApiError::bad_request(format!(
+            "the body is declared as {declared} but its content is not a valid one ({})",
+            e.message
+        ));
+    }
+    e.into()
 }
 
 fn check_media_kind(lv: &LoadedVersion, hint: MediaHint) -> Result<(), ApiError> {
