@@ -41,12 +41,13 @@ fn batches_form_overload_sheds_deadlines_expire_cancelled_never_run() {
         "tiny_w3.safetensors",
         "max_batch_size = 4\nmax_queue_delay_us = 3000000\n",
     );
-    // Waits 3 s for company; only 2 requests fit in the queue.
+    // Waits 6 s for company (a wide window, so a loaded CI machine still sees both requests
+    // queued before the batch leaves); only 2 requests fit in the queue.
     repo.add(
         "slowq",
         1,
         "tiny_w3.safetensors",
-        "max_batch_size = 8\nmax_queue_delay_us = 3000000\nqueue_capacity = 2\n",
+        "max_batch_size = 8\nmax_queue_delay_us = 6000000\nqueue_capacity = 2\n",
     );
     let s = Server::start(&["--model-repository", repo.path().to_str().unwrap()], &[]);
 
@@ -116,7 +117,7 @@ fn batches_form_overload_sheds_deadlines_expire_cancelled_never_run() {
         }
     });
 
-    // Deadlines: the batch would wait 3 s, the requests allow 300 ms.
+    // Deadlines: the batch would wait 6 s, the requests allow 300 ms.
     let r = predict(&s, "slowq", "?timeout_ms=300");
     assert!(error_of(r, 504).contains("deadline"));
     let r = s
@@ -151,7 +152,7 @@ fn batches_form_overload_sheds_deadlines_expire_cancelled_never_run() {
         },
     );
     // Let the batcher's delay pass: nothing else may run.
-    std::thread::sleep(Duration::from_millis(3500));
+    std::thread::sleep(Duration::from_millis(6500));
     assert_eq!(
         s.metric("nv_inference_count", &[("model", "slowq")]),
         2.0,
