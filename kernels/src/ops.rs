@@ -204,20 +204,9 @@ pub(crate) fn epilogue_i32(
     relu: bool,
     out: &mut Output<'_>,
 ) {
-    let mut tmp = [0f32; 256];
-    for o in 0..rows {
-        for b in 0..n {
-            let src = &acc[o * n * hw + b * hw..o * n * hw + (b + 1) * hw];
-            let base = (b * rows + o) * hw;
-            for (ci, chunk) in src.chunks(256).enumerate() {
-                let t = &mut tmp[..chunk.len()];
-                let off = base + ci * 256;
-                let res = residual.map(|r| &r[off..off + chunk.len()]);
-                affine_i32(chunk, corr[o], mul[o], add[o], res, relu, t);
-                store(t, off, out);
-            }
-        }
-    }
+    per_row_chunks(acc, rows, n, hw, residual, out, |o, chunk, res, t| {
+        affine_i32(chunk, corr[o], mul[o], add[o], res, relu, t)
+    });
 }
 
 /// Float-path version of `epilogue_i32`: `y = acc * mul[o] + add[o]`.
@@ -233,6 +222,23 @@ pub(crate) fn epilogue_f32(
     relu: bool,
     out: &mut Output<'_>,
 ) {
+    per_row_chunks(acc, rows, n, hw, residual, out, |o, chunk, res, t| {
+        affine_f32(chunk, mul[o], add[o], res, relu, t)
+    });
+}
+
+/// The loop both epilogues share: for every row `o` and sample `b`, hands `affine` chunks of
+/// at most 256 accumulators with the matching residual slice and a scratch output, then stores
+/// the scratch into `out` (as f32, or requantized to u8).
+fn per_row_chunks<T>(
+    acc: &[T],
+    rows: usize,
+    n: usize,
+    hw: usize,
+    residual: Option<&[f32]>,
+    out: &mut Output<'_>,
+    mut affine: impl FnMut(usize, &[T], Option<&[f32]>, &mut [f32]),
+) {
     let mut tmp = [0f32; 256];
     for o in 0..rows {
         for b in 0..n {
@@ -242,7 +248,7 @@ pub(crate) fn epilogue_f32(
                 let t = &mut tmp[..chunk.len()];
                 let off = base + ci * 256;
                 let res = residual.map(|r| &r[off..off + chunk.len()]);
-                affine_f32(chunk, mul[o], add[o], res, relu, t);
+                affine(o, chunk, res, t);
                 store(t, off, out);
             }
         }
