@@ -92,7 +92,7 @@ def train_loop(model, make_batches, epochs, lr, wd=1e-4, label_smoothing=0.1, ev
             step += 1
             tot += len(y)
             correct += int((out.argmax(1) == y).sum())
-            lsum += float(loss) * len(y)
+            lsum += float(loss.detach()) * len(y)
         msg = f"{desc} epoch {ep + 1}/{epochs} loss {lsum / max(tot, 1):.4f} train-acc {correct / max(tot, 1):.4f}"
         if eval_fn is not None:
             msg += f" valid-acc {eval_fn():.4f}"

@@ -274,10 +274,12 @@ def run_parallel(args):
     for k in kinds:
         cmd = [PY, os.path.abspath(__file__), args.model, "--variant", k, "--threads", "1",
                "--qat-steps", str(args.qat_steps), "--width", str(args.width),
-               "--tt-rank", str(args.tt_rank)]
+               "--tt-rank", str(args.tt_rank), "--first-stride", str(args.first_stride)]
         for opt in ("epochs", "lr", "max_steps"):
             if getattr(args, opt) is not None:
                 cmd += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
+        if args.wave_aug:
+            cmd.append("--wave-aug")
         logf = open(os.path.join(DATA, "logs", f"{args.model}{TAG}.{k}.log"), "w")
         log("start:", " ".join(cmd), "->", logf.name)
         procs.append((k, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT), logf))
@@ -360,14 +362,17 @@ def build_intent(shift):
                   in_channels=1, num_classes=31, shift=shift, bits=3)
 
 
-def build_intent_lstm(tt, hidden=128, rank=12):
-    from shiftserve_train.models import LSTMClassifier, TTLSTMClassifier
+def build_intent_lstm(tt, hidden=128, rank=15):
+    from shiftserve_train.models import LSTMClassifier, TTLSTMClassifier, clamped_ranks
 
     if not tt:
         return LSTMClassifier(40, hidden, 31, output="mean")
-    return TTLSTMClassifier(40, hidden, 31, ih_in_modes=[2, 4, 5], ih_out_modes=[8, 8, 8],
-                            hh_in_modes=[4, 4, 8], hh_out_modes=[8, 8, 8], ih_ranks=rank, hh_ranks=rank,
-                            output="mean")
+    # bond rank `rank`, clamped to each bond's maximum (e.g. the first bond of W_ih is at most 2)
+    ih = ([2, 4, 5], [8, 8, 8])
+    hh = ([4, 4, 8], [8, 8, 8])
+    return TTLSTMClassifier(40, hidden, 31, ih_in_modes=ih[0], ih_out_modes=ih[1],
+                            hh_in_modes=hh[0], hh_out_modes=hh[1], ih_ranks=clamped_ranks(*ih, rank),
+                            hh_ranks=clamped_ranks(*hh, rank), output="mean")
 
 
 def run_intent(args, lstm=False):
@@ -387,20 +392,33 @@ def run_intent(args, lstm=False):
     X = torch.from_numpy(feats)
     tr_idx = np.nonzero(tr)[0]
     bs = 128 if lstm else 64
+    if args.wave_aug:
+        # online waveform augmentation (speed perturbation = tempo and pitch, offset, gain,
+        # noise) on top of the synthesis-time sox augmentation; features recomputed per batch
+        from shiftserve_train.features import LogMel
+
+        wave, _ = load_audio_manifest(os.path.join(DATA, "intents", "manifest.csv"), spec,
+                                      root=os.path.join(DATA, "intents"),
+                                      cache=os.path.join(DATA, "intents", "wave_16k_3s.npy"))
+        lm = LogMel(spec)
 
     def batches(ep, augment=True):
         rng = np.random.default_rng(ep)
         perm = rng.permutation(tr_idx)
         for i in range(0, len(perm) - bs + 1, bs):
             idx = perm[i:i + bs]
-            x = X[idx]
+            if augment and args.wave_aug:
+                with torch.no_grad():
+                    x = lm(torch.from_numpy(augment_waves(wave[idx], rng, 16000)))
+            else:
+                x = X[idx]
             if augment:
                 x = spec_augment(x, rng, max_f=4, max_t=5 if lstm else 10)
             yield x, torch.from_numpy(y[idx])
 
     steps = len(tr_idx) // bs
     res = {"name": name, "spec": spec, "epochs": args.epochs or (20 if lstm else 8),
-           "qat_steps": args.qat_steps}
+           "qat_steps": args.qat_steps, "wave_aug": bool(args.wave_aug)}
     if lstm:
         res["tt_rank"] = args.tt_rank
     for kind in kinds_of(args, ("dense", "tt") if lstm else ("fp32", "shift")):
@@ -426,6 +444,7 @@ def run_intent(args, lstm=False):
             lay = model.lstm
             if kind == "tt":
                 r["matrix_params"] = lay.ih.num_params() + lay.hh.num_params()
+                res["tt_ranks"] = {"ih": lay.ih.ranks, "hh": lay.hh.ranks}
             else:
                 r["matrix_params"] = lay.weight_ih_l0.numel() + lay.weight_hh_l0.numel()
         log(f"{name}-{kind}: {json.dumps(r)}")
@@ -462,12 +481,13 @@ def run_intent(args, lstm=False):
 # fashion
 
 
-def build_fashion(shift, width=16):
+def build_fashion(shift, width=16, first_stride=2):
     from shiftserve_train.models import ResNet
 
-    # fp32 3x3 stem at 28x28, then three stride-2 stages (14x14, 7x7, 4x4)
+    # fp32 3x3 stem at 28x28, then three stages: first_stride 1 -> 28x28, 14x14, 7x7;
+    # first_stride 2 -> 14x14, 7x7, 4x4
     return ResNet("basic", (1, 1, 1), (width, 2 * width, 4 * width), stem="cifar", in_channels=1,
-                  strides=(2, 2, 2), num_classes=10, shift=shift, bits=3)
+                  strides=(first_stride, 2, 2), num_classes=10, shift=shift, bits=3)
 
 
 FASHION_LABELS = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
@@ -516,10 +536,11 @@ def run_fashion(args):
     steps = len(Xtr_u8) // bs
     if args.max_steps:
         steps = min(steps, args.max_steps)
-    res = {"name": "fashion", "spec": FASHION_SPEC, "epochs": args.epochs or 2, "width": args.width}
+    res = {"name": "fashion", "spec": FASHION_SPEC, "epochs": args.epochs or 24, "width": args.width,
+           "first_stride": args.first_stride}
     for kind in kinds_of(args, ("fp32", "shift")):
         torch.manual_seed(0)
-        model = build_fashion(kind == "shift", args.width)
+        model = build_fashion(kind == "shift", args.width, args.first_stride)
         t = common.train_loop(model, batches, res["epochs"], lr=args.lr or 3e-3, steps_per_epoch=steps,
                               eval_fn=lambda: common.acc(common.predict(model, Xva), yva),
                               desc=f"fashion-{kind}")
@@ -561,8 +582,12 @@ def main():
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--qat-steps", type=int, default=150)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--width", type=int, default=16, help="fashion: base width")
-    ap.add_argument("--tt-rank", type=int, default=12, help="intent-lstm: MPS bond rank")
+    ap.add_argument("--width", type=int, default=24, help="fashion: base width")
+    ap.add_argument("--first-stride", type=int, default=1, help="fashion: stride of the first stage")
+    ap.add_argument("--tt-rank", type=int, default=15,
+                    help="intent-lstm: MPS bond rank (clamped to each bond's maximum)")
+    ap.add_argument("--wave-aug", action="store_true",
+                    help="intent models: online speed/offset/gain/noise augmentation of the waveforms")
     ap.add_argument("--max-steps", type=int, default=None, help="cap steps per epoch (smoke tests)")
     ap.add_argument("--no-install", action="store_true",
                     help="keep the file in $SHIFTSERVE_DATA; results to training/results/<model><tag>.json")

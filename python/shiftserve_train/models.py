@@ -240,6 +240,18 @@ class ShiftMLP(nn.Module):
 # MPS tensor-train layers (Murua et al.)
 
 
+def max_bond_ranks(in_modes: Sequence[int], out_modes: Sequence[int]) -> list[int]:
+    """Largest useful rank of every bond of the MPS of ``TTLinear(in_modes, out_modes)``: bond k
+    separates modes[:k] from modes[k:], so its rank never needs to exceed the smaller product."""
+    modes = [int(m) for m in in_modes] + [int(m) for m in out_modes]
+    return [min(math.prod(modes[:k]), math.prod(modes[k:])) for k in range(1, len(modes))]
+
+
+def clamped_ranks(in_modes: Sequence[int], out_modes: Sequence[int], rank: int) -> list[int]:
+    """Uniform bond rank ``rank`` clamped to each bond's maximum (no wasted parameters)."""
+    return [min(int(rank), m) for m in max_bond_ranks(in_modes, out_modes)]
+
+
 def _ranks(ranks, n_cores):
     if isinstance(ranks, int):
         return [ranks] * (n_cores - 1)
@@ -389,6 +401,9 @@ class LSTMClassifier(nn.Module):
             raise ValueError("output must be 'last' or 'mean'")
         self.output = output
         self.lstm = nn.LSTM(input_size, hidden_size, num_layers=1, batch_first=True)
+        with torch.no_grad():  # forget-gate bias 1, as TTLSTM (b_ih + b_hh = 1 on the f gate)
+            self.lstm.bias_ih_l0[hidden_size:2 * hidden_size] = 1.0
+            self.lstm.bias_hh_l0[hidden_size:2 * hidden_size] = 0.0
         self.fc = nn.Linear(hidden_size, num_classes)
 
     def forward(self, x):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from shiftserve_train.models import TTLSTM, TTLinear
+from shiftserve_train.models import LSTMClassifier, TTLSTM, TTLinear, clamped_ranks, max_bond_ranks
 from shiftserve_train.reference import tt_apply
 
 
@@ -71,3 +71,44 @@ def test_tt_lstm_matches_torch_lstm_with_dense_weights():
         ref.bias_hh_l0.zero_()
     x = torch.randn(3, 7, 6)
     torch.testing.assert_close(lstm(x), ref(x)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_max_bond_ranks_are_the_smaller_side_products():
+    # modes 2,4,5 | 8,8,8: bond k separates prod(modes[:k]) from prod(modes[k:])
+    assert max_bond_ranks([2, 4, 5], [8, 8, 8]) == [2, 8, 40, 64, 8]
+    assert max_bond_ranks([4, 4, 8], [8, 8, 8]) == [4, 16, 128, 64, 8]
+    assert clamped_ranks([2, 4, 5], [8, 8, 8], 15) == [2, 8, 15, 15, 8]
+    assert clamped_ranks([4, 4, 8], [8, 8, 8], 15) == [4, 15, 15, 15, 8]
+
+
+def test_clamping_a_bond_to_its_maximum_loses_nothing():
+    # A full-rank MPS with one bond above its maximum can be represented exactly with the bond
+    # clamped: build the clamped train from the dense matrix by sequential SVD and compare.
+    torch.manual_seed(0)
+    lin = TTLinear([2, 3], [4, 2], ranks=[5, 6, 5], init_std=0.5)  # maxima are [2, 6, 2]
+    with torch.no_grad():
+        w = lin(torch.eye(6)).t()  # [8, 6]
+    clamped = TTLinear([2, 3], [4, 2], ranks=clamped_ranks([2, 3], [4, 2], 6))
+    assert clamped.ranks == [2, 6, 2]
+    # tensor with index order (i1, i2, j1, j2) -> sequential SVD into cores
+    t = w.t().reshape(2, 3, 4, 2).detach().double()
+    modes = [2, 3, 4, 2]
+    cores, rest, r_prev = [], t.reshape(1, -1), 1
+    for k, r in enumerate(clamped.ranks):
+        m = rest.reshape(r_prev * modes[k], -1)
+        u, s, vh = torch.linalg.svd(m, full_matrices=False)
+        cores.append(u[:, :r].reshape(r_prev, modes[k], r))
+        rest = torch.diag(s[:r]) @ vh[:r]
+        r_prev = r
+    cores.append(rest.reshape(r_prev, modes[-1], 1))
+    with torch.no_grad():
+        for c, v in zip(clamped.cores, cores):
+            c.copy_(v.float())
+        w2 = clamped(torch.eye(6)).t()
+    assert torch.allclose(w, w2, atol=1e-5)
+
+
+def test_dense_lstm_twin_starts_with_forget_bias_one():
+    m = LSTMClassifier(12, 8, 5)
+    b = (m.lstm.bias_ih_l0 + m.lstm.bias_hh_l0).detach()
+    assert torch.equal(b[8:16], torch.ones(8))
