@@ -102,6 +102,10 @@ impl ApiError {
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, Reason::BadInput, message)
     }
+    /// The request is valid but conflicts with how the server runs (e.g. model control mode).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, Reason::BadInput, message)
+    }
 }
 
 impl From<ModelError> for ApiError {
@@ -123,9 +127,19 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+/// The body of every error answer (4xx and 5xx), as documented in the OpenAPI document.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for a person to read.
+    pub error: String,
+}
+
 /// Builds the JSON error body used everywhere.
 pub fn error_body(message: &str) -> String {
-    serde_json::json!({ "error": message }).to_string()
+    serde_json::to_string(&ErrorBody {
+        error: message.to_string(),
+    })
+    .expect("a string serializes")
 }
 
 impl IntoResponse for ApiError {

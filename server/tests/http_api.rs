@@ -212,18 +212,27 @@ fn health_auth_metadata_and_errors() {
         .json()
         .unwrap();
     assert_eq!(ready_only.as_array().unwrap().len(), 2);
-    assert!(assert_error(
-        auth(c.post(s.url("/v2/repository/models/tiny/load")))
+    // Load/unload are well formed but conflict with the control mode: 409, for known and
+    // unknown models alike (the mode is checked first), and nothing is unloaded.
+    for path in [
+        "/v2/repository/models/tiny/load",
+        "/v2/repository/models/tiny/unload",
+        "/v2/repository/models/nope/load",
+        "/v2/repository/models/nope/unload",
+    ] {
+        let msg = assert_error(auth(c.post(s.url(path))).send().unwrap(), 409);
+        assert!(
+            msg.contains("\"none\"") && msg.contains("--model-control-mode explicit"),
+            "{path}: {msg}"
+        );
+    }
+    assert_eq!(
+        auth(c.get(s.url("/v2/models/tiny/ready")))
             .send()
-            .unwrap(),
-        400
-    )
-    .contains("explicit"));
-    assert_error(
-        auth(c.post(s.url("/v2/repository/models/tiny/unload")))
-            .send()
-            .unwrap(),
-        400,
+            .unwrap()
+            .status(),
+        200,
+        "a refused unload left the model serving"
     );
 
     // Model list.
@@ -514,6 +523,239 @@ fn task_endpoint_all_body_forms_and_errors() {
     assert!(m("unsupported_media") >= 4.0);
     assert!(m("bad_input") >= 5.0);
     assert!(m("too_large") >= 2.0);
+}
+
+/// The parameter ranges and status codes the OpenAPI document promises, checked against the
+/// server's real answers (what `scripts/api-check.sh` fuzzes, pinned down case by case).
+#[test]
+fn documented_ranges_and_statuses() {
+    let (_repo, s) = start();
+    let c = &s.client;
+    let spec: Value = c
+        .get(s.url("/api-doc/openapi.json"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+
+    // Every documented error answer of every operation is the ErrorBody schema, and the
+    // answers the server gives below are all documented.
+    let mut ops = 0;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for (code, resp) in op["responses"].as_object().unwrap() {
+                if code.starts_with('4') || code.starts_with('5') {
+                    let schema = &resp["content"]["application/json"]["schema"]["$ref"];
+                    assert_eq!(
+                        schema, "#/components/schemas/ErrorBody",
+                        "{method} {path} {code} does not document the JSON error body"
+                    );
+                }
+            }
+            ops += 1;
+        }
+    }
+    assert_eq!(ops, 21);
+    assert_eq!(
+        spec["components"]["schemas"]["ErrorBody"]["required"],
+        json!(["error"])
+    );
+    let documented = |method: &str, path: &str| -> Vec<u16> {
+        spec["paths"][path][method]["responses"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{method} {path} not documented"))
+            .keys()
+            .map(|k| k.parse().unwrap())
+            .collect()
+    };
+    let param = |method: &str, path: &str, name: &str| -> Value {
+        spec["paths"][path][method]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{method} {path} lacks parameter {name}"))["schema"]
+            .clone()
+    };
+    let inference_routes = [
+        ("/v1/models/{m}/predict", "/v1/models/tiny/predict"),
+        (
+            "/v1/models/{m}/versions/{v}/predict",
+            "/v1/models/tiny/versions/1/predict",
+        ),
+        ("/v2/models/{m}/infer", "/v2/models/tiny/infer"),
+        (
+            "/v2/models/{m}/versions/{v}/infer",
+            "/v2/models/tiny/versions/1/infer",
+        ),
+    ];
+    for (doc_path, _) in inference_routes {
+        let codes = documented("post", doc_path);
+        for code in [200, 400, 401, 404, 413, 415, 429, 503, 504] {
+            assert!(codes.contains(&code), "{doc_path} does not document {code}");
+        }
+        for name in ["timeout_ms", "x-request-timeout-ms"] {
+            let sch = param("post", doc_path, name);
+            assert_eq!(sch["minimum"], 1, "{doc_path} {name}");
+            assert_eq!(sch["maximum"], 4294967295u64, "{doc_path} {name}");
+        }
+    }
+    for doc_path in [
+        "/v1/models/{m}/predict",
+        "/v1/models/{m}/versions/{v}/predict",
+    ] {
+        let sch = param("post", doc_path, "top_k");
+        assert_eq!(
+            (&sch["minimum"], &sch["maximum"]),
+            (&json!(1), &json!(4294967295u64))
+        );
+    }
+    for doc_path in [
+        "/v2/repository/models/{m}/load",
+        "/v2/repository/models/{m}/unload",
+    ] {
+        let codes = documented("post", doc_path);
+        assert!(
+            codes.contains(&409) && !codes.contains(&400),
+            "{doc_path}: {codes:?}"
+        );
+    }
+    assert!(documented("post", "/v2/repository/index").contains(&400));
+
+    // Deadlines: 0 is refused (from the query or the header) with a message naming the
+    // source; out-of-range and negative values are 400 JSON errors; the documented maximum is
+    // accepted and capped by --max-timeout-ms.
+    let img = png(28, 28, 3);
+    let predict = |url: &str, header: Option<&str>| {
+        let mut rb = auth(c.post(s.url(url)))
+            .header("content-type", "image/png")
+            .body(img.clone());
+        if let Some(h) = header {
+            rb = rb.header("x-request-timeout-ms", h);
+        }
+        rb.send().unwrap()
+    };
+    for (_, url) in &inference_routes[..2] {
+        let msg = assert_error(predict(&format!("{url}?timeout_ms=0"), None), 400);
+        assert!(msg.starts_with("timeout_ms must be at least 1"), "{msg}");
+        let msg = assert_error(predict(url, Some("0")), 400);
+        assert!(
+            msg.starts_with("x-request-timeout-ms must be at least 1"),
+            "{msg}"
+        );
+        for bad in ["-1", "4294967296"] {
+            let msg = assert_error(predict(&format!("{url}?timeout_ms={bad}"), None), 400);
+            assert!(msg.contains("timeout_ms"), "{msg}");
+            let msg = assert_error(predict(url, Some(bad)), 400);
+            assert!(msg.contains("from 1 to 4294967295"), "{msg}");
+        }
+        // top_k: 0, negative and beyond the documented maximum are refused; the maximum
+        // itself returns every class.
+        for bad in ["0", "-1", "4294967296"] {
+            let msg = assert_error(predict(&format!("{url}?top_k={bad}"), None), 400);
+            assert!(msg.contains("top_k"), "top_k={bad}: {msg}");
+        }
+        let r = predict(
+            &format!("{url}?top_k=4294967295&timeout_ms=4294967295"),
+            None,
+        );
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().unwrap();
+        assert_eq!(v["predictions"].as_array().unwrap().len(), 10);
+        let r = predict(&format!("{url}?top_k=2"), Some("4294967295"));
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().unwrap();
+        assert_eq!(v["predictions"].as_array().unwrap().len(), 2);
+    }
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&img);
+    let msg = assert_error(
+        auth(c.post(s.url("/v1/models/tiny/predict")))
+            .json(&json!({"b64": b64, "top_k": 4294967296u64}))
+            .send()
+            .unwrap(),
+        400,
+    );
+    assert!(msg.contains("invalid JSON body"), "{msg}");
+    let x: Vec<f32> = (0..784).map(|i| (i % 7) as f32 / 7.0).collect();
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": x}]});
+    for (_, url) in &inference_routes[2..] {
+        let msg = assert_error(
+            auth(c.post(s.url(&format!("{url}?timeout_ms=0"))))
+                .json(&body)
+                .send()
+                .unwrap(),
+            400,
+        );
+        assert!(msg.starts_with("timeout_ms must be at least 1"), "{msg}");
+        let msg = assert_error(
+            auth(c.post(s.url(url)))
+                .header("x-request-timeout-ms", "0")
+                .json(&body)
+                .send()
+                .unwrap(),
+            400,
+        );
+        assert!(
+            msg.starts_with("x-request-timeout-ms must be at least 1"),
+            "{msg}"
+        );
+        assert_error(
+            auth(c.post(s.url(&format!("{url}?timeout_ms=-1"))))
+                .json(&body)
+                .send()
+                .unwrap(),
+            400,
+        );
+        let r = auth(c.post(s.url(url)))
+            .header("x-request-timeout-ms", "60000")
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Refused deadlines and top_k=0 are counted as bad input like every other 400 on a known
+    // model: per v1 route 5 (timeout_ms=0, three bad headers, top_k=0), plus the b64 body,
+    // plus 2 per v2 route (query and header 0). Query strings that do not parse are refused
+    // before the handler runs and are not counted.
+    let text = c.get(s.url("/metrics")).send().unwrap().text().unwrap();
+    assert_eq!(
+        metric_sum(
+            &text,
+            "shiftserve_requests_total",
+            &[("model", "tiny"), ("reason", "bad_input")]
+        ),
+        15.0
+    );
+
+    // Repository index: no body, an empty body and JSON null all list every model; a body
+    // that is neither null nor {"ready": bool} is a 400 JSON error.
+    let all: Value = auth(c.post(s.url("/v2/repository/index")))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    for body in ["null", " null\n", "{}", ""] {
+        let r = auth(c.post(s.url("/v2/repository/index")))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "body {body:?}");
+        assert_eq!(r.json::<Value>().unwrap(), all, "body {body:?}");
+    }
+    for body in [r#"{"ready": {}}"#, r#"{"ready": null}"#, "[1]", "true", "{"] {
+        let msg = assert_error(
+            auth(c.post(s.url("/v2/repository/index")))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .unwrap(),
+            400,
+        );
+        assert!(msg.starts_with("invalid JSON"), "body {body:?}: {msg}");
+    }
 }
 
 fn f32s(v: &Value) -> Vec<f32> {

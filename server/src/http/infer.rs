@@ -132,27 +132,48 @@ impl Drop for Tracker {
 }
 
 /// The per-request deadline: `timeout_ms` query parameter, else `x-request-timeout-ms`, else
-/// the model's `timeout_ms`.
+/// the model's `timeout_ms`; capped at `max_ms`. An explicit deadline must be 1 to
+/// `u32::MAX` milliseconds: 0 could never be met, and is refused rather than read as "none".
 pub fn request_timeout(
-    query_ms: Option<u64>,
+    query_ms: Option<u32>,
     headers: &HeaderMap,
     model_default_ms: u64,
     max_ms: u64,
 ) -> Result<Duration, ApiError> {
-    let header_ms = match headers.get("x-request-timeout-ms") {
+    let header_ms = match headers.get(TIMEOUT_HEADER) {
         None => None,
         Some(v) => Some(
             v.to_str()
                 .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
+                .and_then(|s| s.trim().parse::<u32>().ok())
                 .ok_or_else(|| {
-                    ApiError::bad_request("x-request-timeout-ms must be a non-negative integer")
+                    ApiError::bad_request(format!(
+                        "{TIMEOUT_HEADER} must be an integer number of milliseconds from 1 to {}",
+                        u32::MAX
+                    ))
                 })?,
         ),
     };
-    let ms = query_ms.or(header_ms).unwrap_or(model_default_ms);
+    let explicit = match (query_ms, header_ms) {
+        (Some(ms), _) => Some(("timeout_ms", ms)),
+        (None, Some(ms)) => Some((TIMEOUT_HEADER, ms)),
+        (None, None) => None,
+    };
+    let ms = match explicit {
+        Some((what, 0)) => {
+            let msg = format!(
+                "{what} must be at least 1 (milliseconds); omit it for the model's default deadline"
+            );
+            return Err(ApiError::bad_request(msg));
+        }
+        Some((_, ms)) => u64::from(ms),
+        None => model_default_ms,
+    };
     Ok(Duration::from_millis(ms.min(max_ms)))
 }
+
+/// Header carrying a per-request deadline in milliseconds.
+pub const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
 
 /// Which model an inference request addresses and how long it may take.
 pub struct Target<'a> {
@@ -162,7 +183,7 @@ pub struct Target<'a> {
     /// The version as written in the URL (for error messages).
     pub version_str: Option<&'a str>,
     /// `timeout_ms` query parameter.
-    pub timeout_ms: Option<u64>,
+    pub timeout_ms: Option<u32>,
     /// Request headers (`x-request-timeout-ms`).
     pub headers: &'a HeaderMap,
 }
@@ -597,6 +618,52 @@ mod tests {
         assert_eq!(
             request_timeout(None, &h, 100, 1000).unwrap_err().status,
             400
+        );
+    }
+
+    #[test]
+    fn timeout_bounds() {
+        let mut h = HeaderMap::new();
+        // 0 is refused from either source, with a message naming the source.
+        let e = request_timeout(Some(0), &h, 100, 1000).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(
+            e.message.starts_with("timeout_ms must be at least 1"),
+            "{}",
+            e.message
+        );
+        h.insert("x-request-timeout-ms", HeaderValue::from_static("0"));
+        let e = request_timeout(None, &h, 100, 1000).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(
+            e.message
+                .starts_with("x-request-timeout-ms must be at least 1"),
+            "{}",
+            e.message
+        );
+        // A valid query parameter overrides a 0 header only if the header parses; it does.
+        assert_eq!(
+            request_timeout(Some(5), &h, 100, 1000).unwrap(),
+            Duration::from_millis(5)
+        );
+        // The documented maximum is accepted (and capped); one more, or a negative, is not.
+        h.insert(
+            "x-request-timeout-ms",
+            HeaderValue::from_static("4294967295"),
+        );
+        assert_eq!(
+            request_timeout(None, &h, 100, 1000).unwrap(),
+            Duration::from_millis(1000)
+        );
+        for bad in ["4294967296", "-1", ""] {
+            h.insert("x-request-timeout-ms", HeaderValue::from_static(bad));
+            let e = request_timeout(None, &h, 100, 1000).unwrap_err();
+            assert_eq!(e.status, 400, "{bad:?}");
+            assert!(e.message.contains("1 to 4294967295"), "{}", e.message);
+        }
+        assert_eq!(
+            request_timeout(Some(u32::MAX), &HeaderMap::new(), 100, u64::MAX).unwrap(),
+            Duration::from_millis(u64::from(u32::MAX))
         );
     }
 }

@@ -208,7 +208,7 @@ pub async fn live() -> Json<serde_json::Value> {
 
 /// `GET /v2/health/ready`: 200 once the initial models are loaded, 503 while starting or draining.
 #[utoipa::path(get, path = "/v2/health/ready", tag = "health",
-    responses((status = 200, description = "Ready"), (status = 503, description = "Starting or shutting down")))]
+    responses((status = 200, description = "Ready"), (status = 503, description = "Starting or shutting down", body = crate::error::ErrorBody)))]
 pub async fn ready(State(st): State<SharedState>) -> Response {
     if st.draining.load(Ordering::SeqCst) {
         ApiError::unavailable("server is shutting down").into_response()

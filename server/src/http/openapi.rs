@@ -35,7 +35,7 @@ impl Modify for BearerAuth {
         super::v1::ModelList, super::v1::ModelSummary, super::v1::InputSpec,
         super::v2::ServerMetadata, super::v2::ModelMetadata, super::v2::TensorMetadata, super::v2::InferRequest,
         super::v2::InferInput, super::v2::RequestedOutput, super::v2::StatsResponse, super::v2::IndexRequest,
-        crate::repository::IndexEntry, crate::stats::ModelStats, crate::stats::Percentiles,
+        crate::repository::IndexEntry, crate::stats::ModelStats, crate::stats::Percentiles, crate::error::ErrorBody,
     )),
     modifiers(&BearerAuth),
     tags((name = "task", description = "Task API for people and scripts"),

@@ -2,7 +2,7 @@
 
 use super::infer::{self, ms, read_body, timing_headers, top_k, Sample, Tracker};
 use super::{parse_version, request_id, SharedState};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::repository::LookupError;
 use crate::stats::Percentiles;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
@@ -17,18 +17,23 @@ use std::time::Instant;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct PredictQuery {
-    /// Number of predictions to return (default 5, at most the number of classes).
-    pub top_k: Option<usize>,
-    /// Deadline in milliseconds (overrides `x-request-timeout-ms` and the model default).
-    pub timeout_ms: Option<u64>,
+    /// Number of predictions to return (default 5; values above the number of classes return
+    /// every class).
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 4294967295_u64)]
+    pub top_k: Option<u32>,
+    /// Deadline in milliseconds (overrides `x-request-timeout-ms` and the model default; capped
+    /// at the server's `--max-timeout-ms`).
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 4294967295_u64)]
+    pub timeout_ms: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct B64Body {
     /// The image or WAV file, base64 (a `data:...;base64,` prefix is accepted).
     pub b64: String,
-    /// Optional, same as the `top_k` query parameter.
-    pub top_k: Option<usize>,
+    /// Optional, same as the `top_k` query parameter (which wins when both are given).
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 4294967295_u64)]
+    pub top_k: Option<u32>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -125,7 +130,7 @@ fn decode_b64(s: &str) -> Result<(Bytes, MediaHint), ApiError> {
 async fn extract_file(
     state: &SharedState,
     req: Request,
-) -> Result<(Bytes, MediaHint, Option<usize>), ApiError> {
+) -> Result<(Bytes, MediaHint, Option<u32>), ApiError> {
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -180,15 +185,20 @@ async fn extract_file(
 /// Classify an image or a WAV file with the latest version of a model.
 #[utoipa::path(post, path = "/v1/models/{m}/predict", tag = "task",
     params(("m" = String, Path, description = "Model name"), PredictQuery,
-        ("x-request-timeout-ms" = Option<u64>, Header, description = "Deadline in milliseconds")),
+        ("x-request-timeout-ms" = Option<u64>, Header, description = "Deadline in milliseconds (used when the `timeout_ms` query parameter is absent)", minimum = 1, maximum = 4294967295_u64)),
     request_body(description = "Raw image (image/*) or WAV (audio/wav); or multipart/form-data with field `file`; or JSON `{\"b64\": ...}`",
         content((Vec<u8> = "image/png"), (Vec<u8> = "audio/wav"), (B64Body = "application/json"))),
     responses(
         (status = 200, description = "Top-k predictions", body = PredictResponse),
-        (status = 400, description = "Bad input"), (status = 401, description = "Missing or wrong API key"),
-        (status = 404, description = "Unknown model"), (status = 413, description = "Body, pixels or audio too large"),
-        (status = 415, description = "Unsupported media type"), (status = 429, description = "Queue full (Retry-After)"),
-        (status = 503, description = "Model not ready or server shutting down"), (status = 504, description = "Deadline exceeded")))]
+        (status = 400, description = "Bad input: undecodable file, wrong shape, `top_k` or deadline out of range", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody),
+        (status = 413, description = "Body, pixels or audio too large", body = ErrorBody),
+        (status = 415, description = "Unsupported media type", body = ErrorBody),
+        (status = 429, description = "Queue full (Retry-After)", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "Model not ready or server shutting down", body = ErrorBody),
+        (status = 504, description = "Deadline exceeded", body = ErrorBody)))]
 pub async fn predict(
     State(st): State<SharedState>,
     Path(m): Path<String>,
@@ -200,9 +210,20 @@ pub async fn predict(
 
 /// Same as `/v1/models/{m}/predict` on a given version.
 #[utoipa::path(post, path = "/v1/models/{m}/versions/{v}/predict", tag = "task",
-    params(("m" = String, Path, description = "Model name"), ("v" = String, Path, description = "Version"), PredictQuery),
+    params(("m" = String, Path, description = "Model name"), ("v" = String, Path, description = "Version (a positive integer)"), PredictQuery,
+        ("x-request-timeout-ms" = Option<u64>, Header, description = "Deadline in milliseconds (used when the `timeout_ms` query parameter is absent)", minimum = 1, maximum = 4294967295_u64)),
     request_body(description = "As for /v1/models/{m}/predict", content((Vec<u8> = "image/png"), (Vec<u8> = "audio/wav"), (B64Body = "application/json"))),
-    responses((status = 200, description = "Top-k predictions", body = PredictResponse), (status = 404, description = "Unknown model or version")))]
+    responses(
+        (status = 200, description = "Top-k predictions", body = PredictResponse),
+        (status = 400, description = "Bad input: undecodable file, wrong shape, `top_k` or deadline out of range", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Unknown model or version", body = ErrorBody),
+        (status = 413, description = "Body, pixels or audio too large", body = ErrorBody),
+        (status = 415, description = "Unsupported media type", body = ErrorBody),
+        (status = 429, description = "Queue full (Retry-After)", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "Version not ready or server shutting down", body = ErrorBody),
+        (status = 504, description = "Deadline exceeded", body = ErrorBody)))]
 pub async fn predict_version(
     State(st): State<SharedState>,
     Path((m, v)): Path<(String, String)>,
@@ -245,7 +266,7 @@ async fn predict_common(
             return e.into_response();
         }
     };
-    let k_req = q.top_k.or(body_top_k).unwrap_or(5);
+    let k_req = q.top_k.or(body_top_k).unwrap_or(5) as usize;
     if k_req == 0 {
         let e = ApiError::bad_request("top_k must be at least 1");
         tracker.fail(&e);
@@ -357,7 +378,8 @@ pub struct ModelList {
 
 /// Every loaded model with task, version, input spec, weight bits, size, kernel ISA and live latency.
 #[utoipa::path(get, path = "/v1/models", tag = "task",
-    responses((status = 200, description = "Loaded models", body = ModelList)))]
+    responses((status = 200, description = "Loaded models", body = ModelList),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody)))]
 pub async fn list_models(State(st): State<SharedState>) -> Json<ModelList> {
     let mut by_model: std::collections::BTreeMap<String, Vec<_>> = Default::default();
     for lv in st.repo.all_loaded() {

@@ -3,7 +3,7 @@
 
 use super::infer::{self, read_body, timing_headers, top_k, Sample, Tracker};
 use super::{lookup_error, parse_version, request_id, SharedState};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::repository::{ControlMode, IndexEntry, LoadedVersion, LookupError};
 use crate::stats::ModelStats;
 use axum::body::Body;
@@ -51,7 +51,8 @@ pub struct ServerMetadata {
 }
 
 /// Server metadata.
-#[utoipa::path(get, path = "/v2", tag = "v2", responses((status = 200, body = ServerMetadata)))]
+#[utoipa::path(get, path = "/v2", tag = "v2", responses((status = 200, body = ServerMetadata),
+    (status = 401, description = "Missing or wrong API key", body = ErrorBody)))]
 pub async fn server_metadata() -> Json<ServerMetadata> {
     Json(ServerMetadata {
         name: "shiftserve".into(),
@@ -122,7 +123,8 @@ fn metadata(st: &SharedState, lv: &LoadedVersion) -> ModelMetadata {
 
 /// Model metadata (latest version).
 #[utoipa::path(get, path = "/v2/models/{m}", tag = "v2", params(("m" = String, Path)),
-    responses((status = 200, body = ModelMetadata), (status = 404, description = "Unknown model"), (status = 503, description = "Not loaded")))]
+    responses((status = 200, body = ModelMetadata), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody), (status = 503, description = "No ready version (loading, failed or unloaded) or server shutting down", body = ErrorBody)))]
 pub async fn model_metadata(
     State(st): State<SharedState>,
     Path(m): Path<String>,
@@ -133,7 +135,8 @@ pub async fn model_metadata(
 
 /// Model metadata of one version.
 #[utoipa::path(get, path = "/v2/models/{m}/versions/{v}", tag = "v2", params(("m" = String, Path), ("v" = String, Path)),
-    responses((status = 200, body = ModelMetadata), (status = 404, description = "Unknown model or version")))]
+    responses((status = 200, body = ModelMetadata), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Unknown model or version", body = ErrorBody), (status = 503, description = "No ready version (loading, failed or unloaded) or server shutting down", body = ErrorBody)))]
 pub async fn model_metadata_version(
     State(st): State<SharedState>,
     Path((m, v)): Path<(String, String)>,
@@ -154,14 +157,16 @@ fn ready_response(st: &SharedState, m: &str, v: Option<&str>) -> Response {
 
 /// Model readiness: 200 when a warmed-up version serves, 503 otherwise.
 #[utoipa::path(get, path = "/v2/models/{m}/ready", tag = "v2", params(("m" = String, Path)),
-    responses((status = 200, description = "Ready"), (status = 404, description = "Unknown model"), (status = 503, description = "Not ready")))]
+    responses((status = 200, description = "Ready"), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody), (status = 503, description = "No ready version (loading, failed or unloaded) or server shutting down", body = ErrorBody)))]
 pub async fn model_ready(State(st): State<SharedState>, Path(m): Path<String>) -> Response {
     ready_response(&st, &m, None)
 }
 
 /// Readiness of one version.
 #[utoipa::path(get, path = "/v2/models/{m}/versions/{v}/ready", tag = "v2", params(("m" = String, Path), ("v" = String, Path)),
-    responses((status = 200, description = "Ready"), (status = 404, description = "Unknown model or version")))]
+    responses((status = 200, description = "Ready"), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Unknown model or version", body = ErrorBody), (status = 503, description = "No ready version (loading, failed or unloaded) or server shutting down", body = ErrorBody)))]
 pub async fn model_ready_version(
     State(st): State<SharedState>,
     Path((m, v)): Path<(String, String)>,
@@ -206,7 +211,8 @@ fn config_json(lv: &LoadedVersion) -> Value {
 
 /// Model configuration (Triton's shape plus the preprocessing spec).
 #[utoipa::path(get, path = "/v2/models/{m}/config", tag = "v2", params(("m" = String, Path)),
-    responses((status = 200, description = "Configuration"), (status = 404, description = "Unknown model")))]
+    responses((status = 200, description = "Configuration"), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody), (status = 503, description = "No ready version (loading, failed or unloaded) or server shutting down", body = ErrorBody)))]
 pub async fn model_config(
     State(st): State<SharedState>,
     Path(m): Path<String>,
@@ -217,7 +223,8 @@ pub async fn model_config(
 
 /// Configuration of one version.
 #[utoipa::path(get, path = "/v2/models/{m}/versions/{v}/config", tag = "v2", params(("m" = String, Path), ("v" = String, Path)),
-    responses((status = 200, description = "Configuration"), (status = 404, description = "Unknown model or version")))]
+    responses((status = 200, description = "Configuration"), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Unknown model or version", body = ErrorBody), (status = 503, description = "No ready version (loading, failed or unloaded) or server shutting down", body = ErrorBody)))]
 pub async fn model_config_version(
     State(st): State<SharedState>,
     Path((m, v)): Path<(String, String)>,
@@ -232,7 +239,7 @@ pub struct StatsResponse {
 }
 
 /// Statistics of every loaded model version.
-#[utoipa::path(get, path = "/v2/models/stats", tag = "v2", responses((status = 200, body = StatsResponse)))]
+#[utoipa::path(get, path = "/v2/models/stats", tag = "v2", responses((status = 200, body = StatsResponse), (status = 401, description = "Missing or wrong API key", body = ErrorBody)))]
 pub async fn all_stats(State(st): State<SharedState>) -> Json<StatsResponse> {
     let model_stats = st
         .repo
@@ -245,7 +252,8 @@ pub async fn all_stats(State(st): State<SharedState>) -> Json<StatsResponse> {
 
 /// Statistics of every loaded version of a model: Triton's counters plus p50/p90/p95/p99 per phase.
 #[utoipa::path(get, path = "/v2/models/{m}/stats", tag = "v2", params(("m" = String, Path)),
-    responses((status = 200, body = StatsResponse), (status = 404, description = "Unknown model")))]
+    responses((status = 200, body = StatsResponse), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody), (status = 503, description = "No ready version (loading, failed or unloaded) or server shutting down", body = ErrorBody)))]
 pub async fn model_stats(
     State(st): State<SharedState>,
     Path(m): Path<String>,
@@ -264,7 +272,8 @@ pub async fn model_stats(
 
 /// Statistics of one version.
 #[utoipa::path(get, path = "/v2/models/{m}/versions/{v}/stats", tag = "v2", params(("m" = String, Path), ("v" = String, Path)),
-    responses((status = 200, body = StatsResponse), (status = 404, description = "Unknown model or version")))]
+    responses((status = 200, body = StatsResponse), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Unknown model or version", body = ErrorBody), (status = 503, description = "No ready version (loading, failed or unloaded) or server shutting down", body = ErrorBody)))]
 pub async fn model_stats_version(
     State(st): State<SharedState>,
     Path((m, v)): Path<(String, String)>,
@@ -311,8 +320,10 @@ pub struct InferRequest {
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct InferQuery {
-    /// Deadline in milliseconds (overrides `x-request-timeout-ms` and the model default).
-    pub timeout_ms: Option<u64>,
+    /// Deadline in milliseconds (overrides `x-request-timeout-ms` and the model default; capped
+    /// at the server's `--max-timeout-ms`).
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 4294967295_u64)]
+    pub timeout_ms: Option<u32>,
 }
 
 fn flatten_json(v: &Value, out: &mut Vec<Value>) {
@@ -556,11 +567,19 @@ fn output_specs(
 /// Inference (latest version). JSON body, or Triton's binary tensor format with
 /// `Inference-Header-Content-Length` (0 = the whole body is one encoded image/WAV).
 #[utoipa::path(post, path = "/v2/models/{m}/infer", tag = "v2", params(("m" = String, Path), InferQuery,
-        ("Inference-Header-Content-Length" = Option<usize>, Header, description = "Binary tensor extension: length of the JSON header; 0 for a raw binary request")),
+        ("x-request-timeout-ms" = Option<u64>, Header, description = "Deadline in milliseconds (used when the `timeout_ms` query parameter is absent)", minimum = 1, maximum = 4294967295_u64),
+        ("Inference-Header-Content-Length" = Option<u64>, Header, description = "Binary tensor extension: length of the JSON header; 0 for a raw binary request", minimum = 0, maximum = 4294967295_u64)),
     request_body(content = InferRequest, description = "Inference request"),
     responses((status = 200, description = "Outputs (JSON, or JSON header + binary with Inference-Header-Content-Length)"),
-        (status = 400, description = "Bad input"), (status = 404, description = "Unknown model"), (status = 413, description = "Too large"),
-        (status = 429, description = "Queue full"), (status = 503, description = "Unavailable"), (status = 504, description = "Deadline exceeded")))]
+        (status = 400, description = "Bad input: malformed request, unknown input/output, wrong shape or datatype, deadline out of range", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody),
+        (status = 413, description = "Body, batch, pixels or audio too large", body = ErrorBody),
+        (status = 415, description = "Undecodable raw media type", body = ErrorBody),
+        (status = 429, description = "Queue full (Retry-After)", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "No ready version or server shutting down", body = ErrorBody),
+        (status = 504, description = "Deadline exceeded", body = ErrorBody)))]
 pub async fn infer(
     State(st): State<SharedState>,
     Path(m): Path<String>,
@@ -571,9 +590,20 @@ pub async fn infer(
 }
 
 /// Inference on one version.
-#[utoipa::path(post, path = "/v2/models/{m}/versions/{v}/infer", tag = "v2", params(("m" = String, Path), ("v" = String, Path), InferQuery),
+#[utoipa::path(post, path = "/v2/models/{m}/versions/{v}/infer", tag = "v2", params(("m" = String, Path), ("v" = String, Path), InferQuery,
+        ("x-request-timeout-ms" = Option<u64>, Header, description = "Deadline in milliseconds (used when the `timeout_ms` query parameter is absent)", minimum = 1, maximum = 4294967295_u64),
+        ("Inference-Header-Content-Length" = Option<u64>, Header, description = "Binary tensor extension: length of the JSON header; 0 for a raw binary request", minimum = 0, maximum = 4294967295_u64)),
     request_body(content = InferRequest, description = "Inference request"),
-    responses((status = 200, description = "Outputs"), (status = 404, description = "Unknown model or version")))]
+    responses((status = 200, description = "Outputs (JSON, or JSON header + binary with Inference-Header-Content-Length)"),
+        (status = 400, description = "Bad input: malformed request, unknown input/output, wrong shape or datatype, deadline out of range", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Unknown model or version", body = ErrorBody),
+        (status = 413, description = "Body, batch, pixels or audio too large", body = ErrorBody),
+        (status = 415, description = "Undecodable raw media type", body = ErrorBody),
+        (status = 429, description = "Queue full (Retry-After)", body = ErrorBody),
+        (status = 500, description = "Internal error", body = ErrorBody),
+        (status = 503, description = "No ready version or server shutting down", body = ErrorBody),
+        (status = 504, description = "Deadline exceeded", body = ErrorBody)))]
 pub async fn infer_version(
     State(st): State<SharedState>,
     Path((m, v)): Path<(String, String)>,
@@ -784,19 +814,19 @@ pub struct IndexRequest {
     pub ready: bool,
 }
 
-/// Every model in the repository with its state.
+/// Every model in the repository with its state. The body is optional: no body, an empty body
+/// and JSON `null` all mean `{}` (every model).
 #[utoipa::path(post, path = "/v2/repository/index", tag = "repository",
-    request_body(content = Option<IndexRequest>), responses((status = 200, body = [IndexEntry])))]
+    request_body(content = Option<IndexRequest>),
+    responses((status = 200, body = [IndexEntry]),
+        (status = 400, description = "Body is not JSON `null` or an object `{\"ready\": bool}`", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody)))]
 pub async fn repository_index(
     State(st): State<SharedState>,
     body: Bytes,
 ) -> Result<Json<Vec<IndexEntry>>, ApiError> {
-    let req: IndexRequest = if body.iter().all(|b| b.is_ascii_whitespace()) {
-        IndexRequest::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?
-    };
+    let req = parse_index_request(&body)?;
     let repo = st.repo.clone();
     let idx = tokio::task::spawn_blocking(move || repo.index(req.ready))
         .await
@@ -804,9 +834,23 @@ pub async fn repository_index(
     Ok(Json(idx))
 }
 
+/// The index request body: absent, empty, JSON `null` or an `IndexRequest` object.
+fn parse_index_request(body: &[u8]) -> Result<IndexRequest, ApiError> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(IndexRequest::default());
+    }
+    let req: Option<IndexRequest> = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
+    Ok(req.unwrap_or_default())
+}
+
+/// Load and unload change which models serve, which only the `explicit` control mode allows.
+/// In `none` (the repository is fixed at start) and `poll` (the directory decides) the request
+/// is well formed but conflicts with the server's current configuration: 409 Conflict (not 400,
+/// which would blame the request; not 5xx, which would page whoever watches error rates).
 fn require_explicit(st: &SharedState) -> Result<(), ApiError> {
     if st.repo.mode() != ControlMode::Explicit {
-        return Err(ApiError::bad_request(format!(
+        return Err(ApiError::conflict(format!(
             "model control mode is \"{}\": load and unload need --model-control-mode explicit",
             st.repo.mode().as_str()
         )));
@@ -816,8 +860,10 @@ fn require_explicit(st: &SharedState) -> Result<(), ApiError> {
 
 /// Loads (or reloads changed versions of) a model; answers once it is warmed up (explicit mode).
 #[utoipa::path(post, path = "/v2/repository/models/{m}/load", tag = "repository", params(("m" = String, Path)),
-    responses((status = 200, description = "Loaded"), (status = 400, description = "Not in explicit mode"),
-        (status = 404, description = "Not in the repository"), (status = 500, description = "Load failed (details in error)")))]
+    responses((status = 200, description = "Loaded"), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Not in the repository", body = ErrorBody),
+        (status = 409, description = "The server does not run in explicit model control mode", body = ErrorBody),
+        (status = 500, description = "Load failed (details in error)", body = ErrorBody)))]
 pub async fn repository_load(
     State(st): State<SharedState>,
     Path(m): Path<String>,
@@ -845,7 +891,9 @@ pub async fn repository_load(
 
 /// Unloads a model; queued requests still complete (explicit mode).
 #[utoipa::path(post, path = "/v2/repository/models/{m}/unload", tag = "repository", params(("m" = String, Path)),
-    responses((status = 200, description = "Unloaded"), (status = 400, description = "Not in explicit mode"), (status = 404, description = "Unknown model")))]
+    responses((status = 200, description = "Unloaded"), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 404, description = "Unknown model", body = ErrorBody),
+        (status = 409, description = "The server does not run in explicit model control mode", body = ErrorBody)))]
 pub async fn repository_unload(
     State(st): State<SharedState>,
     Path(m): Path<String>,
