@@ -677,6 +677,36 @@ fn documented_ranges_and_statuses() {
         400,
     );
     assert!(msg.contains("invalid JSON body"), "{msg}");
+    // serde would build these structs from JSON arrays; the document only allows objects.
+    let msg = assert_error(
+        auth(c.post(s.url("/v1/models/tiny/predict")))
+            .json(&json!([b64]))
+            .send()
+            .unwrap(),
+        400,
+    );
+    assert!(msg.contains("expected a JSON object"), "{msg}");
+    let msg = assert_error(
+        auth(c.post(s.url("/v2/models/tiny/infer")))
+            .json(&json!([null, {}, [{"name": "input", "shape": [1], "datatype": "FP32"}]]))
+            .send()
+            .unwrap(),
+        400,
+    );
+    assert!(msg.contains("expected a JSON object"), "{msg}");
+    // The inference request schema states the server's structural rules.
+    let req_schema = &spec["components"]["schemas"]["InferRequest"]["properties"];
+    assert_eq!(
+        (
+            &req_schema["inputs"]["minItems"],
+            &req_schema["inputs"]["maxItems"]
+        ),
+        (&json!(1), &json!(1))
+    );
+    assert_eq!(
+        spec["components"]["schemas"]["InferInput"]["properties"]["name"]["pattern"],
+        "^(input|raw)$"
+    );
     let x: Vec<f32> = (0..784).map(|i| (i % 7) as f32 / 7.0).collect();
     let body = json!({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": x}]});
     for (_, url) in &inference_routes[2..] {
@@ -716,8 +746,8 @@ fn documented_ranges_and_statuses() {
     }
     // Refused deadlines and top_k=0 are counted as bad input like every other 400 on a known
     // model: per v1 route 5 (timeout_ms=0, three bad headers, top_k=0), plus the b64 body,
-    // plus 2 per v2 route (query and header 0). Query strings that do not parse are refused
-    // before the handler runs and are not counted.
+    // plus the two array bodies, plus 2 per v2 route (query and header 0). Query strings that
+    // do not parse are refused before the handler runs and are not counted.
     let text = c.get(s.url("/metrics")).send().unwrap().text().unwrap();
     assert_eq!(
         metric_sum(
@@ -725,7 +755,7 @@ fn documented_ranges_and_statuses() {
             "shiftserve_requests_total",
             &[("model", "tiny"), ("reason", "bad_input")]
         ),
-        15.0
+        17.0
     );
 
     // Repository index: no body, an empty body and JSON null all list every model; a body
@@ -745,7 +775,15 @@ fn documented_ranges_and_statuses() {
         assert_eq!(r.status(), 200, "body {body:?}");
         assert_eq!(r.json::<Value>().unwrap(), all, "body {body:?}");
     }
-    for body in [r#"{"ready": {}}"#, r#"{"ready": null}"#, "[1]", "true", "{"] {
+    for body in [
+        r#"{"ready": {}}"#,
+        r#"{"ready": null}"#,
+        "[1]",
+        "[]",
+        "[true]",
+        "true",
+        "{",
+    ] {
         let msg = assert_error(
             auth(c.post(s.url("/v2/repository/index")))
                 .header("content-type", "application/json")

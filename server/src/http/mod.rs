@@ -123,6 +123,17 @@ pub fn lookup_error(name: &str, version: Option<&str>, e: LookupError) -> ApiErr
     }
 }
 
+/// Deserializes a JSON body that must be an object. serde also builds a struct from a JSON
+/// array (its fields in order), which the OpenAPI document does not allow, so anything whose
+/// first token is not `{` is refused before parsing (JSON's top-level type is its first token).
+pub fn json_object<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => serde_json::from_slice(body).map_err(|e| e.to_string()),
+        Some(_) => Err("expected a JSON object".to_string()),
+        None => Err("empty body, expected a JSON object".to_string()),
+    }
+}
+
 /// Parses a version path segment; anything not a positive integer is an unknown version.
 pub fn parse_version(name: &str, v: &str) -> Result<u64, ApiError> {
     match v.parse::<u64>() {

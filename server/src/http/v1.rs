@@ -173,7 +173,7 @@ async fn extract_file(
         }
     }
     if base == "application/json" {
-        let parsed: B64Body = serde_json::from_slice(&body)
+        let parsed: B64Body = super::json_object(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
         let (data, hint) = decode_b64(&parsed.b64)?;
         return Ok((data, hint, parsed.top_k));

@@ -288,8 +288,14 @@ pub async fn model_stats_version(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct InferInput {
+    /// `input` (a preprocessed numeric tensor) or `raw` (BYTES: encoded image/WAV files).
+    #[schema(pattern = "^(input|raw)$")]
     pub name: String,
     pub shape: Vec<i64>,
+    /// `FP32` (other numeric types are converted) for `input`; `BYTES` for `raw`.
+    #[schema(
+        pattern = "^(FP16|FP32|FP64|INT8|INT16|INT32|INT64|UINT8|UINT16|UINT32|UINT64|BYTES)$"
+    )]
     pub datatype: String,
     #[serde(default)]
     #[schema(value_type = Object)]
@@ -301,6 +307,8 @@ pub struct InferInput {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RequestedOutput {
+    /// `logits` or `probabilities`.
+    #[schema(pattern = "^(logits|probabilities)$")]
     pub name: String,
     /// `classification` (int K) and `binary_data` (bool).
     #[serde(default)]
@@ -314,7 +322,11 @@ pub struct InferRequest {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub parameters: Map<String, Value>,
+    /// Exactly one input: `input` or `raw`.
+    #[schema(min_items = 1, max_items = 1)]
     pub inputs: Vec<InferInput>,
+    /// The outputs to return (default: both); if present, not empty.
+    #[schema(min_items = 1)]
     pub outputs: Option<Vec<RequestedOutput>>,
 }
 
@@ -682,7 +694,7 @@ async fn infer_common(
             }
             other => {
                 let n = other.unwrap_or(body.len());
-                let request: InferRequest = serde_json::from_slice(&body[..n]).map_err(|e| {
+                let request: InferRequest = super::json_object(&body[..n]).map_err(|e| {
                     ApiError::bad_request(format!("invalid inference request JSON: {e}"))
                 })?;
                 let binary = body.slice(n..);
@@ -841,7 +853,16 @@ fn parse_index_request(body: &[u8]) -> Result<IndexRequest, ApiError> {
     }
     let req: Option<IndexRequest> = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))?;
-    Ok(req.unwrap_or_default())
+    match req {
+        None => Ok(IndexRequest::default()),
+        // serde would also build the struct from an array such as `[]` or `[true]`.
+        Some(_) if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') => {
+            Err(ApiError::bad_request(
+                "invalid JSON: the body must be null or an object {\"ready\": bool}",
+            ))
+        }
+        Some(r) => Ok(r),
+    }
 }
 
 /// Load and unload change which models serve, which only the `explicit` control mode allows.
