@@ -66,8 +66,9 @@ def param_groups(model, lr, wd=0.0):
 
 
 def train_loop(model, make_batches, epochs, lr, wd=1e-4, label_smoothing=0.1, eval_fn=None,
-               steps_per_epoch=None, desc="", grad_clip=None):
-    """Adam + one-cycle cosine schedule. ``make_batches(epoch)`` yields (x, y)."""
+               steps_per_epoch=None, desc="", grad_clip=None, loss_fn=None):
+    """Adam + one-cycle cosine schedule. ``make_batches(epoch)`` yields (x, y). ``loss_fn(out,
+    x, y)`` replaces the label-smoothed cross-entropy (e.g. distillation)."""
     opt = torch.optim.AdamW(param_groups(model, lr, wd), lr=lr)
     total = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.15,
@@ -82,7 +83,10 @@ def train_loop(model, make_batches, epochs, lr, wd=1e-4, label_smoothing=0.1, ev
             if step >= total:
                 break
             out = model(x)
-            loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+            if loss_fn is None:
+                loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+            else:
+                loss = loss_fn(out, x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if grad_clip:
@@ -213,6 +217,24 @@ def save_results(name, res):
     with open(path, "w") as f:
         json.dump(res, f, indent=1, sort_keys=True)
     log(f"results -> {path}")
+
+
+def distillation_loss(teacher, temperature=2.0, alpha=0.5, label_smoothing=0.1):
+    """Hinton et al. knowledge distillation: (1 - alpha) * CE(labels) + alpha * T^2 *
+    KL(teacher_T || student_T), the teacher in eval mode on the same (augmented) batch."""
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    def loss(out, x, y):
+        with torch.no_grad():
+            t = teacher(x)
+        kd = F.kl_div(F.log_softmax(out / temperature, 1), F.log_softmax(t / temperature, 1),
+                      log_target=True, reduction="batchmean")
+        return ((1 - alpha) * F.cross_entropy(out, y, label_smoothing=label_smoothing)
+                + alpha * temperature ** 2 * kd)
+
+    return loss
 
 
 def cosine_lr(step, total, base):

@@ -273,6 +273,27 @@ def tt_ranks_text(r):
     return f"all {r.get('tt_rank', 8)}"
 
 
+def tt_init_text(r):
+    if r.get("tt_init_mode") != "dense":
+        return " The TT cores are trained from scratch with the same recipe."
+    i = r["tt_init"]
+    text = (f"\n\n**TT model = the compressed dense twin.** After the twin is trained, its W_ih and "
+            f"W_hh are decomposed by TT-SVD (sequential truncated SVDs, "
+            f"`TTLinear.load_dense`) to the bond ranks above (relative Frobenius error "
+            f"{i['ih_rel_error']:.3f} for W_ih, {i['hh_rel_error']:.3f} for W_hh; validation accuracy "
+            f"right after the decomposition {pct(i['valid_acc_after_svd'])}), the bias (b_ih + b_hh) "
+            f"and classifier are copied, and the cores are fine-tuned for {r['tt_epochs']} epochs "
+            f"(peak lr {r['tt_lr']:g}) against 0.5 x label-smoothed CE + 0.5 x T^2 KL to the dense "
+            f"twin's outputs (knowledge distillation, T = 2).")
+    sc = load("intent-lstm-scratch")
+    if sc:
+        text += (f" For comparison, the same TT-LSTM trained from scratch ({sc['epochs']} epochs, "
+                 f"random cores, `--tt-init random`) reaches {pct(sc['tt']['test_acc_file'])} on the "
+                 f"held-out voices (validation {pct(sc['tt']['valid_acc_file'])}), against "
+                 f"{pct(sc['dense']['test_acc_pytorch'])} for its dense twin in that run.")
+    return text
+
+
 def intent_lstm_card(r):
     dn, tt = r["dense"], r["tt"]
     return f"""## `intent-lstm` — LSTM with MPS tensor-train weights
@@ -288,7 +309,7 @@ modes 2x4x5 and output modes 8x8x8, W_hh with 4x4x8 and 8x8x8, bond ranks {tt_ra
 never forms the matrices. (Training contracts W_ih/W_hh from the cores once per batch and runs
 PyTorch's fused LSTM, `training/lstm_fast.py`: the same function, gradients into the cores.) The
 dense twin is `nn.LSTM` with the same size. Both start with forget-gate bias 1. AdamW, one-cycle cosine (peak 5e-3), gradient clipping 5, label smoothing 0.1, batch 128, {r["epochs"]} epochs, SpecAugment
-(time masks <= 5 frames).
+(time masks <= 5 frames).{tt_init_text(r)}
 
 | split | dense LSTM twin (PyTorch) | TT-LSTM (PyTorch) | TT-LSTM exported file |
 |---|---|---|---|

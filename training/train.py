@@ -280,9 +280,17 @@ def run_parallel(args):
                 cmd += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
         if args.wave_aug:
             cmd.append("--wave-aug")
+        if args.model == "intent-lstm":
+            cmd += ["--tt-init", args.tt_init]
+            if args.tt_epochs:
+                cmd += ["--tt-epochs", str(args.tt_epochs)]
         logf = open(os.path.join(DATA, "logs", f"{args.model}{TAG}.{k}.log"), "w")
         log("start:", " ".join(cmd), "->", logf.name)
         procs.append((k, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT), logf))
+        if args.model == "intent-lstm" and args.tt_init == "dense" and k == "dense":
+            # the TT model is compressed from the trained dense twin: wait for it
+            if procs[-1][1].wait() != 0:
+                raise SystemExit(f"{args.model} {k} failed, see {logf.name}")
     for k, p, logf in procs:
         if p.wait() != 0:
             raise SystemExit(f"{args.model} {k} failed, see {logf.name}")
@@ -375,6 +383,10 @@ def build_intent_lstm(tt, hidden=128, rank=15):
                             hh_ranks=clamped_ranks(*hh, rank), output="mean")
 
 
+def dense_state_path():
+    return os.path.join(DATA, "intents", f"intent-lstm{TAG}.dense.pt")
+
+
 def run_intent(args, lstm=False):
     from shiftserve_train import export as ex
 
@@ -421,17 +433,40 @@ def run_intent(args, lstm=False):
            "qat_steps": args.qat_steps, "wave_aug": bool(args.wave_aug)}
     if lstm:
         res["tt_rank"] = args.tt_rank
+        res["tt_init_mode"] = args.tt_init
     for kind in kinds_of(args, ("dense", "tt") if lstm else ("fp32", "shift")):
         torch.manual_seed(0)
         model = build_intent_lstm(kind == "tt", rank=args.tt_rank) if lstm else build_intent(kind == "shift")
+        loss_fn = None
+        epochs = res["epochs"]
+        lr = args.lr or (5e-3 if lstm else 3e-3)
+        if lstm and kind == "tt" and args.tt_init == "dense":
+            # compress the trained dense twin: TT-SVD of W_ih / W_hh at the TT ranks, biases and
+            # classifier copied, then fine-tune with the dense twin as distillation teacher
+            teacher = build_intent_lstm(False)
+            teacher.load_state_dict(torch.load(dense_state_path(), weights_only=True))
+            r = res.setdefault("tt_init", {})
+            r["ih_rel_error"] = model.lstm.ih.load_dense(teacher.lstm.weight_ih_l0.detach())
+            r["hh_rel_error"] = model.lstm.hh.load_dense(teacher.lstm.weight_hh_l0.detach())
+            with torch.no_grad():
+                model.lstm.bias.copy_(teacher.lstm.bias_ih_l0 + teacher.lstm.bias_hh_l0)
+                model.fc.load_state_dict(teacher.fc.state_dict())
+            r["valid_acc_after_svd"] = common.acc(common.predict(model, X[va]), y[va])
+            log(f"{name}-tt: TT-SVD of the dense twin: {json.dumps(r)}")
+            loss_fn = common.distillation_loss(teacher)
+            epochs = args.tt_epochs or epochs
+            lr = args.lr or 2e-3
+            res["tt_epochs"], res["tt_lr"] = epochs, lr
         if lstm and kind == "tt":
             import lstm_fast
 
             lstm_fast.patch(model)  # same function, fused recurrence (see lstm_fast.py)
-        t = common.train_loop(model, batches, res["epochs"], lr=args.lr or (5e-3 if lstm else 3e-3),
+        t = common.train_loop(model, batches, epochs, lr=lr,
                               steps_per_epoch=steps, grad_clip=5.0 if lstm else None,
                               eval_fn=lambda: common.acc(common.predict(model, X[va]), y[va]),
-                              desc=f"{name}-{kind}")
+                              desc=f"{name}-{kind}", loss_fn=loss_fn)
+        if lstm and kind == "dense":
+            torch.save(model.state_dict(), dense_state_path())
         if kind == "shift":
             common.qat(model, [x for x, _ in itertools.islice(batches(998, augment=False), 8)], batches,
                        steps=args.qat_steps, lr=3e-4, desc=name)
@@ -588,6 +623,11 @@ def main():
                     help="intent-lstm: MPS bond rank (clamped to each bond's maximum)")
     ap.add_argument("--wave-aug", action="store_true",
                     help="intent models: online speed/offset/gain/noise augmentation of the waveforms")
+    ap.add_argument("--tt-init", choices=["random", "dense"], default="dense",
+                    help="intent-lstm: TT cores from scratch (random) or TT-SVD of the trained dense "
+                         "twin + distillation fine-tuning (dense; the twin is trained first)")
+    ap.add_argument("--tt-epochs", type=int, default=None,
+                    help="intent-lstm --tt-init dense: fine-tuning epochs (default: --epochs)")
     ap.add_argument("--max-steps", type=int, default=None, help="cap steps per epoch (smoke tests)")
     ap.add_argument("--no-install", action="store_true",
                     help="keep the file in $SHIFTSERVE_DATA; results to training/results/<model><tag>.json")

@@ -326,6 +326,31 @@ class TTLinear(nn.Module):
     def spec(self):
         return {"in_modes": self.in_modes, "out_modes": self.out_modes, "ranks": self.ranks}
 
+    @torch.no_grad()
+    def load_dense(self, weight: torch.Tensor) -> float:
+        """Set the cores to the TT-SVD (sequential truncated SVDs, Oseledets 2011) of a dense
+        ``W [out_features, in_features]`` at this layer's ranks: the usual way to compress a
+        trained layer before fine-tuning. Returns the relative Frobenius error of the result."""
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"expected W of shape {[self.out_features, self.in_features]}, "
+                             f"got {list(weight.shape)}")
+        modes = self.in_modes + self.out_modes
+        rest = weight.detach().t().reshape(1, -1).double()  # index order i_1..i_d j_1..j_d
+        r_prev = 1
+        for k, r in enumerate(self.ranks):
+            m = rest.reshape(r_prev * modes[k], -1)
+            u, s, vh = torch.linalg.svd(m, full_matrices=False)
+            keep = min(r, s.numel())
+            core = torch.zeros(r_prev * modes[k], r, dtype=torch.float64)
+            core[:, :keep] = u[:, :keep]
+            nxt = torch.zeros(r, vh.shape[1], dtype=torch.float64)
+            nxt[:keep] = s[:keep, None] * vh[:keep]
+            self.cores[k].copy_(core.reshape(r_prev, modes[k], r))
+            rest, r_prev = nxt, r
+        self.cores[-1].copy_(rest.reshape(r_prev, modes[-1], 1))
+        approx = self(torch.eye(self.in_features, dtype=self.cores[0].dtype)).t()
+        return float(torch.linalg.norm(approx - weight) / torch.linalg.norm(weight).clamp_min(1e-30))
+
     def num_params(self):
         return sum(c.numel() for c in self.cores)
 

@@ -82,30 +82,35 @@ def test_max_bond_ranks_are_the_smaller_side_products():
 
 
 def test_clamping_a_bond_to_its_maximum_loses_nothing():
-    # A full-rank MPS with one bond above its maximum can be represented exactly with the bond
-    # clamped: build the clamped train from the dense matrix by sequential SVD and compare.
+    # A matrix of any MPS with bonds above their maxima is reproduced exactly by the TT-SVD at the
+    # clamped ranks.
     torch.manual_seed(0)
     lin = TTLinear([2, 3], [4, 2], ranks=[5, 6, 5], init_std=0.5)  # maxima are [2, 6, 2]
     with torch.no_grad():
         w = lin(torch.eye(6)).t()  # [8, 6]
     clamped = TTLinear([2, 3], [4, 2], ranks=clamped_ranks([2, 3], [4, 2], 6))
     assert clamped.ranks == [2, 6, 2]
-    # tensor with index order (i1, i2, j1, j2) -> sequential SVD into cores
-    t = w.t().reshape(2, 3, 4, 2).detach().double()
-    modes = [2, 3, 4, 2]
-    cores, rest, r_prev = [], t.reshape(1, -1), 1
-    for k, r in enumerate(clamped.ranks):
-        m = rest.reshape(r_prev * modes[k], -1)
-        u, s, vh = torch.linalg.svd(m, full_matrices=False)
-        cores.append(u[:, :r].reshape(r_prev, modes[k], r))
-        rest = torch.diag(s[:r]) @ vh[:r]
-        r_prev = r
-    cores.append(rest.reshape(r_prev, modes[-1], 1))
+    assert clamped.load_dense(w) < 1e-6
     with torch.no_grad():
-        for c, v in zip(clamped.cores, cores):
-            c.copy_(v.float())
-        w2 = clamped(torch.eye(6)).t()
-    assert torch.allclose(w, w2, atol=1e-5)
+        assert torch.allclose(clamped(torch.eye(6)).t(), w, atol=1e-5)
+
+
+def test_load_dense_truncates_to_the_ranks():
+    torch.manual_seed(1)
+    w = torch.randn(64, 40)
+    errs = []
+    for r in (2, 8, 16, 40):
+        lin = TTLinear([2, 4, 5], [4, 4, 4], ranks=clamped_ranks([2, 4, 5], [4, 4, 4], r))
+        errs.append(lin.load_dense(w))
+    # error shrinks with the rank and vanishes at full rank
+    assert errs[0] > errs[1] > errs[2] > errs[3]
+    assert errs[0] > 0.5 and errs[3] < 1e-5
+    # a low-rank matrix is recovered exactly once the middle bond reaches its rank
+    lowrank = torch.randn(64, 3) @ torch.randn(3, 40)
+    lin = TTLinear([2, 4, 5], [4, 4, 4], ranks=clamped_ranks([2, 4, 5], [4, 4, 4], 16))
+    assert lin.load_dense(lowrank) < 1e-5
+    with pytest.raises(ValueError):
+        lin.load_dense(torch.randn(40, 64))
 
 
 def test_dense_lstm_twin_starts_with_forget_bias_one():
