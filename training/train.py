@@ -294,6 +294,8 @@ def run_parallel(args):
             cmd.append("--wave-aug")
         if args.model == "intent-lstm":
             cmd += ["--tt-init", args.tt_init]
+            if args.tt_out_rank:
+                cmd += ["--tt-out-rank", str(args.tt_out_rank)]
             if args.tt_epochs:
                 cmd += ["--tt-epochs", str(args.tt_epochs)]
         logf = open(os.path.join(DATA, "logs", f"{args.model}{TAG}.{k}.log"), "w")
@@ -382,7 +384,7 @@ def build_intent(shift):
                   in_channels=1, num_classes=31, shift=shift, bits=3)
 
 
-def build_intent_lstm(tt, hidden=128, rank=15):
+def build_intent_lstm(tt, hidden=128, rank=15, out_rank=None):
     from shiftserve_train.models import LSTMClassifier, TTLSTMClassifier, clamped_ranks
 
     if not tt:
@@ -390,9 +392,16 @@ def build_intent_lstm(tt, hidden=128, rank=15):
     # bond rank `rank`, clamped to each bond's maximum (e.g. the first bond of W_ih is at most 2)
     ih = ([2, 4, 5], [8, 8, 8])
     hh = ([4, 4, 8], [8, 8, 8])
+    # out_rank: cap of the bonds between the output modes (the middle bond, which bounds the
+    # matrix rank, keeps `rank`)
+    def ranks(modes):
+        r = clamped_ranks(*modes, rank)
+        d = len(modes[0])
+        return r[:d] + [min(x, out_rank or x) for x in r[d:]]
+
     return TTLSTMClassifier(40, hidden, 31, ih_in_modes=ih[0], ih_out_modes=ih[1],
-                            hh_in_modes=hh[0], hh_out_modes=hh[1], ih_ranks=clamped_ranks(*ih, rank),
-                            hh_ranks=clamped_ranks(*hh, rank), output="mean")
+                            hh_in_modes=hh[0], hh_out_modes=hh[1], ih_ranks=ranks(ih),
+                            hh_ranks=ranks(hh), output="mean")
 
 
 def dense_state_path():
@@ -445,10 +454,12 @@ def run_intent(args, lstm=False):
            "qat_steps": args.qat_steps, "wave_aug": bool(args.wave_aug)}
     if lstm:
         res["tt_rank"] = args.tt_rank
+        res["tt_out_rank"] = args.tt_out_rank
         res["tt_init_mode"] = args.tt_init
     for kind in kinds_of(args, ("dense", "tt") if lstm else ("fp32", "shift")):
         torch.manual_seed(0)
-        model = build_intent_lstm(kind == "tt", rank=args.tt_rank) if lstm else build_intent(kind == "shift")
+        model = (build_intent_lstm(kind == "tt", rank=args.tt_rank, out_rank=args.tt_out_rank) if lstm
+                 else build_intent(kind == "shift"))
         loss_fn = None
         epochs = res["epochs"]
         lr = args.lr or (5e-3 if lstm else 3e-3)
@@ -635,6 +646,8 @@ def main():
                     help="intent-lstm: MPS bond rank (clamped to each bond's maximum)")
     ap.add_argument("--wave-aug", action="store_true",
                     help="intent models: online speed/offset/gain/noise augmentation of the waveforms")
+    ap.add_argument("--tt-out-rank", type=int, default=None,
+                    help="intent-lstm: cap of the bonds between output modes (default: --tt-rank)")
     ap.add_argument("--tt-init", choices=["random", "dense"], default="dense",
                     help="intent-lstm: TT cores from scratch (random) or TT-SVD of the trained dense "
                          "twin + distillation fine-tuning (dense; the twin is trained first)")
