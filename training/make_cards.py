@@ -83,8 +83,8 @@ cores were shared with five engineers compiling Rust, so its models stopped afte
 and missed three targets. `fashion`, `intent` and `intent-lstm` were then retrained (session 2)
 with the recipes and epoch counts printed in each card; `digits` is still the session-1 model (it
 met its target). The training times quoted are wall times of single-thread processes while
-four to six training runs shared the two cores, so they overstate what one command takes on an
-idle 2-core machine by roughly 2-3x. Misses are printed as misses.
+four to six training runs shared the two cores: upper bounds for an idle 2-core machine, where
+they were not measured. Misses are printed as misses.
 
 All figures on this page are generated from `training/results/*.json` by
 `python training/make_cards.py`.
@@ -201,7 +201,7 @@ def fashion_gap_text(r):
         return ""
     return (f" The 93 % miss is the size of the network and of the training budget, not the shift "
             f"weights: the full-precision twin of the same ResNet-8 stops at {pct(f['test_acc_pytorch'])} "
-            f"after {r['epochs']} epochs. A width-24 variant (about 2.2x the compute per step) was "
+            f"after {r['epochs']} epochs. A width-24 variant (1.8x the CPU time per training step, measured) was "
             f"started but stopped after 4 of 24 epochs because it did not fit the session's compute.")
 
 

@@ -251,8 +251,8 @@ def kinds_of(args, both):
     return both if args.variant == "both" else (args.variant,)
 
 
-def part_path(name, variant):
-    return os.path.join(DATA, "parts", f"{name}{TAG}.{variant}.json")
+def part_path(name, variant, tag=None):
+    return os.path.join(DATA, "parts", f"{name}{TAG if tag is None else tag}.{variant}.json")
 
 
 def save_part(name, res):
@@ -261,6 +261,7 @@ def save_part(name, res):
     for k in kinds:
         part = {kk: v for kk, v in res.items() if kk not in ("fp32", "shift", "dense", "tt")
                 or kk == k}
+        part["process_wall_seconds"] = common.T0()
         with open(part_path(name, k), "w") as f:
             json.dump(part, f)
     log(f"{name}: saved {kinds}")
@@ -311,20 +312,41 @@ def run_parallel(args):
     merge(args.model, kinds, install=not args.no_install)
 
 
-def merge(name, kinds, install=True):
-    res = {}
+def merge(name, kinds, install=True, separate=False):
+    """Merge the variants' parts. ``separate``: the variants were started as separate
+    ``--variant`` processes (``--merge``); the command's wall time is then the longer process's,
+    as if run_parallel had run them."""
+    res, walls = {}, []
     for k in kinds:
         with open(part_path(name, k)) as f:
             part = json.load(f)
+        walls.append(part.pop("process_wall_seconds"))
         for kk, v in part.items():
             res.setdefault(kk, v)
     if name == "intent-lstm":
         res["tt_storage_fraction"] = res["tt"]["matrix_params"] / res["dense"]["matrix_params"]
+    res["wall_seconds_total"] = max(walls) if separate else common.T0()
     if not install:
-        res["wall_seconds_total"] = common.T0()
         common.save_results(name + TAG, res)
         return
     finish(name, res.pop("model_file"), res, res["description"])
+
+
+def record_sweep(tags):
+    """training/results/intent-lstm-sweep.json from the TT parts of `--variant tt` runs under the
+    run tags ``tags`` (other ranks compressed from the same dense twin; see docs/models.md)."""
+    runs = []
+    for tag in tags:
+        with open(part_path("intent-lstm", "tt", tag)) as f:
+            p = json.load(f)
+        t = p["tt"]
+        runs.append(dict(rank=p["tt_rank"], out_rank=p.get("tt_out_rank"), matrix_params=t["matrix_params"],
+                         valid=t["valid_acc_file"], test=t["test_acc_file"], epochs=p["tt_epochs"],
+                         ranks=p["tt_ranks"], card_check=p["card_check"]))
+    common.save_results("intent-lstm-sweep", {
+        "note": "TT-SVD of the intent-lstm dense twin at other bond ranks + distillation fine-tuning "
+                "(training/train.py intent-lstm --variant tt --tt-rank R [--tt-out-rank O] --tt-epochs E, "
+                "same dense twin)", "runs": runs})
 
 
 def install_results(src_name, name):
@@ -656,10 +678,21 @@ def main():
     ap.add_argument("--max-steps", type=int, default=None, help="cap steps per epoch (smoke tests)")
     ap.add_argument("--no-install", action="store_true",
                     help="keep the file in $SHIFTSERVE_DATA; results to training/results/<model><tag>.json")
+    ap.add_argument("--merge", action="store_true",
+                    help="merge the parts of variants trained as separate --variant processes under "
+                         "the same SHIFTSERVE_RUN_TAG, then install (or --no-install)")
+    ap.add_argument("--record-sweep", metavar="TAG,TAG,...",
+                    help="intent-lstm: collect the TT parts of these run tags (comma-separated, "
+                         "e.g. --record-sweep=-r24,-r40) into training/results/intent-lstm-sweep.json")
     ap.add_argument("--variant", default="both",
                     help="both (default: two parallel child processes, then merge) | fp32 | shift | dense | tt")
     args = ap.parse_args()
     t = common.Timer()
+    if args.record_sweep:
+        return record_sweep(args.record_sweep.split(","))
+    if args.merge:
+        kinds = ("dense", "tt") if args.model == "intent-lstm" else ("fp32", "shift")
+        return merge(args.model, kinds, install=not args.no_install, separate=True)
     if args.variant == "both":
         os.makedirs(os.path.join(DATA, "logs"), exist_ok=True)
         common.setup(1)

@@ -64,6 +64,16 @@ fn median_secs(budget: f64, mut f: impl FnMut()) -> f64 {
     v[v.len() / 2]
 }
 
+/// Prints a Markdown table header and its separator row of matching column widths.
+fn print_header(hdr: &str) {
+    println!("{hdr}");
+    let sep: Vec<String> = hdr[1..hdr.len() - 1]
+        .split('|')
+        .map(|c| "-".repeat(c.len()))
+        .collect();
+    println!("|{}|", sep.join("|"));
+}
+
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -149,15 +159,7 @@ fn main() {
         " {:>9} | {:>9} | {:>11} | {:>11} |",
         "int8", "fp32 gemm", "shift/fp32", "shift/int8"
     );
-    println!("{hdr}");
-    println!(
-        "|{}|",
-        hdr[1..hdr.len() - 1]
-            .split('|')
-            .map(|c| "-".repeat(c.len()))
-            .collect::<Vec<_>>()
-            .join("|")
-    );
+    print_header(&hdr);
     let mut rng = Rng(0x1234_5678_9abc_def1);
     let mut float_rows = Vec::new();
     for c in &cases {
@@ -249,15 +251,7 @@ fn main() {
         hdr += &format!(" {:>9} |", format!("float {}", i.name()));
     }
     hdr += &format!(" {:>9} | {:>11} |", "fp32 gemm", "shift/fp32");
-    println!("{hdr}");
-    println!(
-        "|{}|",
-        hdr[1..hdr.len() - 1]
-            .split('|')
-            .map(|c| "-".repeat(c.len()))
-            .collect::<Vec<_>>()
-            .join("|")
-    );
+    print_header(&hdr);
     for (name, w, actf, gf, rows, p) in float_rows
         .iter()
         .filter(|r| r.0.contains("3x3") || r.0.contains("b1"))

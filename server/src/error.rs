@@ -134,6 +134,50 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+/// OpenAPI error answers shared by the per-model read routes (metadata, readiness, config,
+/// stats; with or without a version). Documentation only: never constructed.
+#[allow(dead_code)]
+#[derive(utoipa::IntoResponses)]
+pub enum ModelReadErrors {
+    #[response(status = 401, description = "Missing or wrong API key")]
+    Unauthorized(ErrorBody),
+    #[response(status = 404, description = "Unknown model, or unknown version of it")]
+    NotFound(ErrorBody),
+    #[response(
+        status = 503,
+        description = "No ready version (loading, failed or unloaded) or server shutting down"
+    )]
+    Unavailable(ErrorBody),
+}
+
+/// OpenAPI error answers shared by the inference routes (`/v1/.../predict`, `/v2/.../infer`,
+/// with or without a version). Documentation only: never constructed.
+#[allow(dead_code)]
+#[derive(utoipa::IntoResponses)]
+pub enum InferenceErrors {
+    #[response(
+        status = 400,
+        description = "Bad input: malformed request or undecodable file, unknown input/output, wrong shape or datatype, `top_k` or deadline out of range"
+    )]
+    BadRequest(ErrorBody),
+    #[response(status = 401, description = "Missing or wrong API key")]
+    Unauthorized(ErrorBody),
+    #[response(status = 404, description = "Unknown model, or unknown version of it")]
+    NotFound(ErrorBody),
+    #[response(status = 413, description = "Body, batch, pixels or audio too large")]
+    TooLarge(ErrorBody),
+    #[response(status = 415, description = "Unsupported or undecodable media type")]
+    UnsupportedMedia(ErrorBody),
+    #[response(status = 429, description = "Queue full (Retry-After)")]
+    QueueFull(ErrorBody),
+    #[response(status = 500, description = "Internal error")]
+    Internal(ErrorBody),
+    #[response(status = 503, description = "No ready version or server shutting down")]
+    Unavailable(ErrorBody),
+    #[response(status = 504, description = "Deadline exceeded")]
+    DeadlineExceeded(ErrorBody),
+}
+
 /// Builds the JSON error body used everywhere.
 pub fn error_body(message: &str) -> String {
     serde_json::to_string(&ErrorBody {

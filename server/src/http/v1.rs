@@ -2,7 +2,7 @@
 
 use super::infer::{self, ms, read_body, timing_headers, top_k, Sample, Tracker};
 use super::{parse_version, request_id, SharedState};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, InferenceErrors};
 use crate::repository::LookupError;
 use crate::stats::Percentiles;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
@@ -190,15 +190,7 @@ async fn extract_file(
         content((Vec<u8> = "image/png"), (Vec<u8> = "audio/wav"), (B64Body = "application/json"))),
     responses(
         (status = 200, description = "Top-k predictions", body = PredictResponse),
-        (status = 400, description = "Bad input: undecodable file, wrong shape, `top_k` or deadline out of range", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "Unknown model", body = ErrorBody),
-        (status = 413, description = "Body, pixels or audio too large", body = ErrorBody),
-        (status = 415, description = "Unsupported media type", body = ErrorBody),
-        (status = 429, description = "Queue full (Retry-After)", body = ErrorBody),
-        (status = 500, description = "Internal error", body = ErrorBody),
-        (status = 503, description = "Model not ready or server shutting down", body = ErrorBody),
-        (status = 504, description = "Deadline exceeded", body = ErrorBody)))]
+        InferenceErrors))]
 pub async fn predict(
     State(st): State<SharedState>,
     Path(m): Path<String>,
@@ -215,15 +207,7 @@ pub async fn predict(
     request_body(description = "As for /v1/models/{m}/predict", content((Vec<u8> = "image/png"), (Vec<u8> = "audio/wav"), (B64Body = "application/json"))),
     responses(
         (status = 200, description = "Top-k predictions", body = PredictResponse),
-        (status = 400, description = "Bad input: undecodable file, wrong shape, `top_k` or deadline out of range", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "Unknown model or version", body = ErrorBody),
-        (status = 413, description = "Body, pixels or audio too large", body = ErrorBody),
-        (status = 415, description = "Unsupported media type", body = ErrorBody),
-        (status = 429, description = "Queue full (Retry-After)", body = ErrorBody),
-        (status = 500, description = "Internal error", body = ErrorBody),
-        (status = 503, description = "Version not ready or server shutting down", body = ErrorBody),
-        (status = 504, description = "Deadline exceeded", body = ErrorBody)))]
+        InferenceErrors))]
 pub async fn predict_version(
     State(st): State<SharedState>,
     Path((m, v)): Path<(String, String)>,

@@ -3,7 +3,7 @@
 
 use super::infer::{self, read_body, timing_headers, top_k, Sample, Tracker};
 use super::{lookup_error, parse_version, request_id, SharedState};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, InferenceErrors, ModelReadErrors};
 use crate::repository::{ControlMode, IndexEntry, LoadedVersion, LookupError};
 use crate::stats::ModelStats;
 use axum::body::Body;
@@ -123,8 +123,7 @@ fn metadata(st: &SharedState, lv: &LoadedVersion) -> ModelMetadata {
 
 /// Model metadata (latest version).
 #[utoipa::path(get, path = "/v2/models/{m}", tag = "v2", params(("m" = String, Path)),
-    responses((status = 200, body = ModelMetadata), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "Unknown model", body = ErrorBody), (status = 503, description = "No ready version (loading, failed or unloaded) or server shutting down", body = ErrorBody)))]
+    responses((status = 200, body = ModelMetadata), ModelReadErrors))]
 pub async fn model_metadata(
     State(st): State<SharedState>,
     Path(m): Path<String>,
@@ -135,8 +134,7 @@ pub async fn model_metadata(
 
 /// Model metadata of one version.
 #[utoipa::path(get, path = "/v2/models/{m}/versions/{v}", tag = "v2", params(("m" = String, Path), ("v" = String, Path)),
-    responses((status = 200, body = ModelMetadata), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "Unknown model or version", body = ErrorBody), (status = 503, description = "No ready version (loading, failed or unloaded) or server shutting down", body = ErrorBody)))]
+    responses((status = 200, body = ModelMetadata), ModelReadErrors))]
 pub async fn model_metadata_version(
     State(st): State<SharedState>,
     Path((m, v)): Path<(String, String)>,
@@ -157,16 +155,14 @@ fn ready_response(st: &SharedState, m: &str, v: Option<&str>) -> Response {
 
 /// Model readiness: 200 when a warmed-up version serves, 503 otherwise.
 #[utoipa::path(get, path = "/v2/models/{m}/ready", tag = "v2", params(("m" = String, Path)),
-    responses((status = 200, description = "Ready"), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "Unknown model", body = ErrorBody), (status = 503, description = "No ready version (loading, failed or unloaded) or server shutting down", body = ErrorBody)))]
+    responses((status = 200, description = "Ready"), ModelReadErrors))]
 pub async fn model_ready(State(st): State<SharedState>, Path(m): Path<String>) -> Response {
     ready_response(&st, &m, None)
 }
 
 /// Readiness of one version.
 #[utoipa::path(get, path = "/v2/models/{m}/versions/{v}/ready", tag = "v2", params(("m" = String, Path), ("v" = String, Path)),
-    responses((status = 200, description = "Ready"), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "Unknown model or version", body = ErrorBody), (status = 503, description = "No ready version (loading, failed or unloaded) or server shutting down", body = ErrorBody)))]
+    responses((status = 200, description = "Ready"), ModelReadErrors))]
 pub async fn model_ready_version(
     State(st): State<SharedState>,
     Path((m, v)): Path<(String, String)>,
@@ -211,8 +207,7 @@ fn config_json(lv: &LoadedVersion) -> Value {
 
 /// Model configuration (Triton's shape plus the preprocessing spec).
 #[utoipa::path(get, path = "/v2/models/{m}/config", tag = "v2", params(("m" = String, Path)),
-    responses((status = 200, description = "Configuration"), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "Unknown model", body = ErrorBody), (status = 503, description = "No ready version (loading, failed or unloaded) or server shutting down", body = ErrorBody)))]
+    responses((status = 200, description = "Configuration"), ModelReadErrors))]
 pub async fn model_config(
     State(st): State<SharedState>,
     Path(m): Path<String>,
@@ -223,8 +218,7 @@ pub async fn model_config(
 
 /// Configuration of one version.
 #[utoipa::path(get, path = "/v2/models/{m}/versions/{v}/config", tag = "v2", params(("m" = String, Path), ("v" = String, Path)),
-    responses((status = 200, description = "Configuration"), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "Unknown model or version", body = ErrorBody), (status = 503, description = "No ready version (loading, failed or unloaded) or server shutting down", body = ErrorBody)))]
+    responses((status = 200, description = "Configuration"), ModelReadErrors))]
 pub async fn model_config_version(
     State(st): State<SharedState>,
     Path((m, v)): Path<(String, String)>,
@@ -252,8 +246,7 @@ pub async fn all_stats(State(st): State<SharedState>) -> Json<StatsResponse> {
 
 /// Statistics of every loaded version of a model: Triton's counters plus p50/p90/p95/p99 per phase.
 #[utoipa::path(get, path = "/v2/models/{m}/stats", tag = "v2", params(("m" = String, Path)),
-    responses((status = 200, body = StatsResponse), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "Unknown model", body = ErrorBody), (status = 503, description = "No ready version (loading, failed or unloaded) or server shutting down", body = ErrorBody)))]
+    responses((status = 200, body = StatsResponse), ModelReadErrors))]
 pub async fn model_stats(
     State(st): State<SharedState>,
     Path(m): Path<String>,
@@ -272,8 +265,7 @@ pub async fn model_stats(
 
 /// Statistics of one version.
 #[utoipa::path(get, path = "/v2/models/{m}/versions/{v}/stats", tag = "v2", params(("m" = String, Path), ("v" = String, Path)),
-    responses((status = 200, body = StatsResponse), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "Unknown model or version", body = ErrorBody), (status = 503, description = "No ready version (loading, failed or unloaded) or server shutting down", body = ErrorBody)))]
+    responses((status = 200, body = StatsResponse), ModelReadErrors))]
 pub async fn model_stats_version(
     State(st): State<SharedState>,
     Path((m, v)): Path<(String, String)>,
@@ -583,15 +575,7 @@ fn output_specs(
         ("Inference-Header-Content-Length" = Option<u64>, Header, description = "Binary tensor extension: length of the JSON header; 0 for a raw binary request", minimum = 0, maximum = 4294967295_u64)),
     request_body(content = InferRequest, description = "Inference request"),
     responses((status = 200, description = "Outputs (JSON, or JSON header + binary with Inference-Header-Content-Length)"),
-        (status = 400, description = "Bad input: malformed request, unknown input/output, wrong shape or datatype, deadline out of range", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "Unknown model", body = ErrorBody),
-        (status = 413, description = "Body, batch, pixels or audio too large", body = ErrorBody),
-        (status = 415, description = "Undecodable raw media type", body = ErrorBody),
-        (status = 429, description = "Queue full (Retry-After)", body = ErrorBody),
-        (status = 500, description = "Internal error", body = ErrorBody),
-        (status = 503, description = "No ready version or server shutting down", body = ErrorBody),
-        (status = 504, description = "Deadline exceeded", body = ErrorBody)))]
+        InferenceErrors))]
 pub async fn infer(
     State(st): State<SharedState>,
     Path(m): Path<String>,
@@ -607,15 +591,7 @@ pub async fn infer(
         ("Inference-Header-Content-Length" = Option<u64>, Header, description = "Binary tensor extension: length of the JSON header; 0 for a raw binary request", minimum = 0, maximum = 4294967295_u64)),
     request_body(content = InferRequest, description = "Inference request"),
     responses((status = 200, description = "Outputs (JSON, or JSON header + binary with Inference-Header-Content-Length)"),
-        (status = 400, description = "Bad input: malformed request, unknown input/output, wrong shape or datatype, deadline out of range", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 404, description = "Unknown model or version", body = ErrorBody),
-        (status = 413, description = "Body, batch, pixels or audio too large", body = ErrorBody),
-        (status = 415, description = "Undecodable raw media type", body = ErrorBody),
-        (status = 429, description = "Queue full (Retry-After)", body = ErrorBody),
-        (status = 500, description = "Internal error", body = ErrorBody),
-        (status = 503, description = "No ready version or server shutting down", body = ErrorBody),
-        (status = 504, description = "Deadline exceeded", body = ErrorBody)))]
+        InferenceErrors))]
 pub async fn infer_version(
     State(st): State<SharedState>,
     Path((m, v)): Path<(String, String)>,
