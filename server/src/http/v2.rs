@@ -352,6 +352,17 @@ fn shape_elems(shape: &[i64]) -> Result<usize, ApiError> {
     Ok(n)
 }
 
+/// A request's declared batch must fit the model before anything is sized from it.
+fn check_batch(lv: &LoadedVersion, batch: usize) -> Result<(), ApiError> {
+    let max = lv.config.max_batch_size;
+    if batch == 0 || batch > max {
+        return Err(ApiError::bad_request(format!(
+            "batch of {batch} is outside 1..={max} (the model's max_batch_size)"
+        )));
+    }
+    Ok(())
+}
+
 fn param_u64(p: &Map<String, Value>, key: &str) -> Option<u64> {
     p.get(key).and_then(|v| v.as_u64())
 }
@@ -430,16 +441,25 @@ fn samples_from_inputs(
                     info.input_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
                 )));
             };
+            // Every size derived from the request is checked before anything is allocated: the
+            // declared batch against the model's limit, the element count against the shape.
+            check_batch(lv, batch)?;
+            let expected = batch.checked_mul(per).filter(|&e| e == total).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "input \"{INPUT_TENSOR}\" shape {:?} is too large ({total} elements)",
+                    input.shape
+                ))
+            })?;
             let values: Vec<f32> = match bin {
                 Some(b) => {
                     if dt != "FP32" {
                         return Err(ApiError::bad_request(format!("binary input \"{INPUT_TENSOR}\" must be FP32, got {dt}")));
                     }
-                    if b.len() != total * 4 {
+                    if b.len() / 4 != expected || b.len() % 4 != 0 {
                         return Err(ApiError::bad_request(format!(
                             "binary data of \"{INPUT_TENSOR}\" has {} bytes, shape needs {}",
                             b.len(),
-                            total * 4
+                            expected.saturating_mul(4)
                         )));
                     }
                     b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
@@ -452,8 +472,16 @@ fn samples_from_inputs(
                         return Err(ApiError::bad_request(format!("input \"{INPUT_TENSOR}\" must be numeric (FP32), got {dt}")));
                     }
                     let data = input.data.ok_or_else(|| ApiError::bad_request(format!("input \"{INPUT_TENSOR}\" has no data")))?;
-                    let mut flat = Vec::with_capacity(total);
+                    // Capacity from the declared shape only once the data is known to match it.
+                    let mut flat = Vec::new();
                     flatten_json(&data, &mut flat);
+                    if flat.len() != expected {
+                        return Err(ApiError::bad_request(format!(
+                            "input \"{INPUT_TENSOR}\" has {} values, shape {:?} needs {expected}",
+                            flat.len(),
+                            input.shape
+                        )));
+                    }
                     flat.iter()
                         .map(|v| v.as_f64().map(|x| x as f32))
                         .collect::<Option<Vec<f32>>>()
@@ -472,6 +500,7 @@ fn samples_from_inputs(
         }
         (INPUT_RAW, "BYTES") => {
             let total = shape_elems(&input.shape)?;
+            check_batch(lv, total)?;
             let elems: Vec<Bytes> = match bin {
                 Some(b) => split_bytes_elements(&b)?,
                 None => {
