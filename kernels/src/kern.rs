@@ -16,12 +16,23 @@ use crate::packed::CodeOp;
 use crate::simd::{V16, VF};
 
 /// A raw pointer shared by threads that write disjoint index sets.
-#[derive(Clone, Copy)]
 pub(crate) struct SyncPtr<T>(pub *mut T);
 unsafe impl<T> Send for SyncPtr<T> {}
 unsafe impl<T> Sync for SyncPtr<T> {}
 
+impl<T> Clone for SyncPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SyncPtr<T> {}
+
 impl<T> SyncPtr<T> {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
+    #[inline(always)]
+    pub(crate) fn get(self) -> *mut T {
+        self.0
+    }
     /// # Safety
     /// As `pointer::add`.
     #[inline(always)]

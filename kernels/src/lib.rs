@@ -30,8 +30,10 @@ mod ops;
 mod packed;
 mod pool;
 mod prepared;
+pub mod qconv;
 pub mod reference;
 mod simd;
+mod workers;
 mod workspace;
 
 pub use error::{ErrorKind, KernelError};
@@ -45,4 +47,6 @@ pub use prepared::{
     shift_gemm_f32, shift_gemm_f32_blocked, shift_gemm_i32, shift_gemm_i32_blocked,
     BlockedActivations, PreparedShift,
 };
+pub use qconv::{ConvKernel, Family, QConv2d, QOutputs, QScratch, U8Target};
+pub use workers::{TaskCounter, Workers};
 pub use workspace::{Scratch, Workspace};

@@ -1,0 +1,300 @@
+//! The fused epilogue of the quantized convolution, applied to one tile of exact `i32` sums:
+//! `y = f32(acc + corr[o]) * mul[o] + bias[o]`, `+ residual`, ReLU (`y < 0 -> 0`), then written
+//! as `f32` (NHWC or NCHW) and/or requantized to `u8` for each consumer
+//! (`clamp(round_half_even(y / scale) + zero_point, 0, 255)`). Separate multiply and add (no FMA
+//! contraction), so every target gives the bits of `ops::epilogue_i32` and `Quant::quantize`.
+
+use multiversion::multiversion;
+
+use super::layout::{F32Layout, U8Layout};
+use crate::kern::SyncPtr;
+use crate::ops::Quant;
+
+/// Requantization with a precomputed reciprocal: `y * (1/scale)` is used only where it cannot
+/// round differently from `y / scale` (far from a half-integer); a 16-lane group with any lane
+/// near one is divided exactly.
+#[derive(Clone, Copy, Debug)]
+pub struct FastQuant {
+    pub quant: Quant,
+    inv: f32,
+    fast: bool,
+}
+
+impl FastQuant {
+    pub fn new(quant: Quant) -> FastQuant {
+        let inv = 1.0 / quant.scale;
+        FastQuant {
+            quant,
+            inv,
+            fast: inv.is_normal() && quant.scale.is_normal(),
+        }
+    }
+
+    /// Quantizes 16 values exactly as `Quant::quantize` does.
+    #[inline(always)]
+    pub fn quantize16(&self, y: &[f32; 16], out: &mut [u8; 16]) {
+        let mut d = [0f32; 16];
+        let mut near = false;
+        if self.fast {
+            for i in 0..16 {
+                d[i] = y[i] * self.inv;
+            }
+            for i in 0..16 {
+                let a = d[i].abs();
+                let f = a - a.floor();
+                // |d - d_exact| <= 1.5 * 2^-23 |d|; a half-integer within 2^-21 |d| (or any
+                // NaN, which the comparison leaves false... and is handled by `r.is_nan` below
+                // the same way for both quotients) forces the exact division.
+                near |= (f - 0.5).abs() <= a.max(1.0) * (1.0 / 2_097_152.0) && a < 4_194_304.0;
+            }
+        }
+        if !self.fast || near {
+            for i in 0..16 {
+                d[i] = y[i] / self.quant.scale;
+            }
+        }
+        let zp = self.quant.zero_point;
+        for i in 0..16 {
+            let r = d[i].round_ties_even();
+            let v = if r.is_nan() {
+                0
+            } else {
+                r.clamp(-512.0, 512.0) as i32
+            };
+            out[i] = (v + zp).clamp(0, 255) as u8;
+        }
+    }
+}
+
+/// A `u8` consumer of the layer's output.
+pub struct U8Target {
+    pub(crate) ptr: SyncPtr<u8>,
+    pub(crate) layout: U8Layout,
+    pub(crate) q: FastQuant,
+}
+
+/// Everything the epilogue reads besides the tile.
+pub(crate) struct EpiCtx<'a> {
+    pub corr: &'a [i32],
+    pub mul: &'a [f32],
+    pub bias: &'a [f32],
+    pub relu: bool,
+    pub out_c: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub residual: Option<(SyncPtr<f32>, F32Layout)>,
+    pub u8s: &'a [U8Target],
+    pub f32_nhwc: Option<(SyncPtr<f32>, F32Layout)>,
+    pub f32_nchw: Option<SyncPtr<f32>>,
+    /// Use the AVX-512 epilogue (the CPU has AVX-512 F/BW/VL/DQ).
+    pub avx512: bool,
+}
+
+/// Applies the epilogue (the AVX-512 version where the CPU has it, else portable code).
+///
+/// # Safety
+/// As [`apply_portable`].
+#[inline]
+pub(crate) unsafe fn apply(
+    ctx: &EpiCtx<'_>,
+    tile: &[i32],
+    ocb: usize,
+    oc0: usize,
+    p0: usize,
+    np: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if ctx.avx512 {
+        return x86::apply_avx512(ctx, tile, ocb, oc0, p0, np);
+    }
+    apply_portable(ctx, tile, ocb, oc0, p0, np)
+}
+
+/// Applies the epilogue to `np` pixels starting at flat output pixel `p0` (over `n*oh*ow`) and
+/// the output channels `oc0..oc0 + ocb` (clipped to `out_c`); `tile[j * ocb + o]` is the sum of
+/// pixel `p0 + j`, channel `oc0 + o`.
+///
+/// # Safety
+/// The targets must be valid for every pixel and channel addressed; no other thread may write
+/// the same pixels and channels concurrently.
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx512dq",
+    "x86_64+avx2+fma",
+    "aarch64+neon"
+))]
+pub(crate) unsafe fn apply_portable(
+    ctx: &EpiCtx<'_>,
+    tile: &[i32],
+    ocb: usize,
+    oc0: usize,
+    p0: usize,
+    np: usize,
+) {
+    let ohw = ctx.oh * ctx.ow;
+    let oc_end = (oc0 + ocb).min(ctx.out_c);
+    for j in 0..np {
+        let p = p0 + j;
+        let (b, r) = (p / ohw, p % ohw);
+        let (oy, ox) = (r / ctx.ow, r % ctx.ow);
+        let mut o = oc0;
+        while o < oc_end {
+            // 16 channels at a time; lanes past `oc_end` are computed on padding and not stored
+            // (`corr`/`mul`/`bias` are padded to a multiple of 16).
+            let valid = (oc_end - o).min(16);
+            let mut y = [0f32; 16];
+            let t = &tile[j * ocb + (o - oc0)..];
+            for i in 0..16 {
+                let a = if i < valid { t[i] } else { 0 };
+                y[i] = (a.wrapping_add(ctx.corr[o + i])) as f32 * ctx.mul[o + i] + ctx.bias[o + i];
+            }
+            if let Some((rp, rl)) = ctx.residual {
+                let src = rp.0.add(rl.offset(b, oy, ox) + o);
+                for i in 0..valid {
+                    y[i] += *src.add(i);
+                }
+            }
+            if ctx.relu {
+                for v in y.iter_mut() {
+                    if *v < 0.0 {
+                        *v = 0.0;
+                    }
+                }
+            }
+            if let Some((fp, fl)) = ctx.f32_nhwc {
+                let dst = fp.0.add(fl.offset(b, oy, ox) + o);
+                std::ptr::copy_nonoverlapping(y.as_ptr(), dst, valid);
+            }
+            if let Some(np_) = ctx.f32_nchw {
+                let base = (b * ctx.out_c + o) * ohw + r;
+                for i in 0..valid {
+                    *np_.0.add(base + i * ohw) = y[i];
+                }
+            }
+            for t in ctx.u8s {
+                let mut q = [0u8; 16];
+                t.q.quantize16(&y, &mut q);
+                let dst = t.ptr.0.add(t.layout.offset(b, oy, ox) + o);
+                std::ptr::copy_nonoverlapping(q.as_ptr(), dst, valid);
+            }
+            o += 16;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::EpiCtx;
+    use std::arch::x86_64::*;
+
+    /// The epilogue on 16-lane registers; the same operations in the same order as the portable
+    /// version (multiply, then add; residual; ReLU by `y < 0` mask so `-0.0` and NaN pass
+    /// unchanged; requantization by reciprocal with an exact division for any group near a
+    /// half-integer).
+    ///
+    /// # Safety
+    /// As `apply_portable`, and the CPU must have AVX-512 F/BW/VL/DQ.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")]
+    pub(crate) unsafe fn apply_avx512(
+        ctx: &EpiCtx<'_>,
+        tile: &[i32],
+        ocb: usize,
+        oc0: usize,
+        p0: usize,
+        np: usize,
+    ) {
+        let ohw = ctx.oh * ctx.ow;
+        let oc_end = (oc0 + ocb).min(ctx.out_c);
+        let zero = _mm512_setzero_ps();
+        let half = _mm512_set1_ps(0.5);
+        let one = _mm512_set1_ps(1.0);
+        let tol = _mm512_set1_ps(1.0 / 2_097_152.0);
+        let big = _mm512_set1_ps(4_194_304.0);
+        let lo = _mm512_set1_ps(-512.0);
+        let hi = _mm512_set1_ps(512.0);
+        let izero = _mm512_setzero_si512();
+        let tp = tile.as_ptr();
+        let mut b = p0 / ohw;
+        let mut r = p0 % ohw;
+        for j in 0..np {
+            let (oy, ox) = (r / ctx.ow, r % ctx.ow);
+            let mut o = oc0;
+            while o < oc_end {
+                let valid = (oc_end - o).min(16);
+                let m: __mmask16 = if valid == 16 {
+                    0xffff
+                } else {
+                    (1u32 << valid) as u16 - 1
+                };
+                let a = _mm512_maskz_loadu_epi32(m, tp.add(j * ocb + (o - oc0)));
+                let a =
+                    _mm512_add_epi32(a, _mm512_loadu_si512(ctx.corr.as_ptr().add(o) as *const _));
+                let mut y = _mm512_mul_ps(
+                    _mm512_cvtepi32_ps(a),
+                    _mm512_loadu_ps(ctx.mul.as_ptr().add(o)),
+                );
+                y = _mm512_add_ps(y, _mm512_loadu_ps(ctx.bias.as_ptr().add(o)));
+                if let Some((rp, rl)) = ctx.residual {
+                    let src = rp.get().add(rl.offset(b, oy, ox) + o);
+                    y = _mm512_mask_add_ps(y, m, y, _mm512_maskz_loadu_ps(m, src));
+                }
+                if ctx.relu {
+                    let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(y, zero);
+                    y = _mm512_mask_mov_ps(y, neg, zero);
+                }
+                if let Some((fp, fl)) = ctx.f32_nhwc {
+                    _mm512_mask_storeu_ps(fp.get().add(fl.offset(b, oy, ox) + o), m, y);
+                }
+                if let Some(np_) = ctx.f32_nchw {
+                    let base = (b * ctx.out_c + o) * ohw + r;
+                    let mut lanes = [0f32; 16];
+                    _mm512_storeu_ps(lanes.as_mut_ptr(), y);
+                    for i in 0..valid {
+                        *np_.get().add(base + i * ohw) = lanes[i];
+                    }
+                }
+                for t in ctx.u8s {
+                    let q = &t.q;
+                    let mut d;
+                    if q.fast {
+                        d = _mm512_mul_ps(y, _mm512_set1_ps(q.inv));
+                        let ad = _mm512_abs_ps(d);
+                        let f = _mm512_sub_ps(
+                            ad,
+                            _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(
+                                ad,
+                            ),
+                        );
+                        let e = _mm512_abs_ps(_mm512_sub_ps(f, half));
+                        let thr = _mm512_mul_ps(_mm512_max_ps(ad, one), tol);
+                        let near = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(e, thr)
+                            & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(ad, big);
+                        if near != 0 {
+                            d = _mm512_div_ps(y, _mm512_set1_ps(q.quant.scale));
+                        }
+                    } else {
+                        d = _mm512_div_ps(y, _mm512_set1_ps(q.quant.scale));
+                    }
+                    let rr = _mm512_roundscale_ps::<
+                        { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+                    >(d);
+                    let ord = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(rr, rr);
+                    let c = _mm512_min_ps(_mm512_max_ps(rr, lo), hi);
+                    let v = _mm512_maskz_cvtps_epi32(ord, c);
+                    let v = _mm512_max_epi32(
+                        _mm512_add_epi32(v, _mm512_set1_epi32(q.quant.zero_point)),
+                        izero,
+                    );
+                    let bytes = _mm512_cvtusepi32_epi8(v);
+                    let dst = t.ptr.get().add(t.layout.offset(b, oy, ox) + o);
+                    _mm_mask_storeu_epi8(dst as *mut i8, m, bytes);
+                }
+                o += 16;
+            }
+            r += 1;
+            if r == ohw {
+                r = 0;
+                b += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! The quantized runtime (`QConv2d`: padded NHWC `u8` in, fused epilogue out) against the
+//! layer the format defines (`ShiftConv2d`, f32 NCHW in and out, requantized output): every
+//! kernel this CPU supports, dot-product and multiplication-free, must give the same bits for
+//! random geometry (ragged channel counts and pixel tails, strides, paddings, borders wider than
+//! the padding), every code and width the kernel can hold, residuals, ReLU, several `u8`
+//! consumers and 1-3 worker threads.
+//!
+//! Case counts: `KERNELS_PROPTEST_CASES` (default 256 on x86-64, 8 elsewhere).
+
+#![allow(clippy::too_many_arguments)]
+mod common;
+use common::Rng;
+use common::*;
+use kernels::qconv::{nchw_to_nhwc, nhwc_to_nchw, quantize_nchw_to_u8, F32Layout, U8Layout};
+use kernels::*;
+use proptest::prelude::*;
+
+fn cases() -> u32 {
+    std::env::var("KERNELS_PROPTEST_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if cfg!(target_arch = "x86_64") { 256 } else { 8 })
+}
+
+fn code_strategy() -> impl Strategy<Value = (Code, u8)> {
+    prop_oneof![
+        3 => (Just(Code::ZeroFree), 2u8..=4),
+        1 => (Just(Code::WithZero), 2u8..=5),
+    ]
+}
+
+struct Case {
+    geom: ConvGeom,
+    n: usize,
+    h: usize,
+    w: usize,
+    packed: PackedShift,
+    scale: Vec<f32>,
+    bias: Vec<f32>,
+    inq: Quant,
+    outq: [Quant; 2],
+    x: Vec<f32>,
+    residual: Option<Vec<f32>>,
+    relu: bool,
+}
+
+fn make_case(
+    (code, bits): (Code, u8),
+    in_c: usize,
+    out_c: usize,
+    k: (usize, usize),
+    stride: (usize, usize),
+    pad: (usize, usize),
+    hw: (usize, usize),
+    n: usize,
+    residual: bool,
+    relu: bool,
+    seed: u64,
+) -> Option<Case> {
+    let mut rng = Rng::new(seed);
+    let geom = ConvGeom {
+        in_c,
+        out_c,
+        kh: k.0,
+        kw: k.1,
+        stride,
+        pad,
+        groups: 1,
+    };
+    let (oh, ow) = geom.out_hw(hw.0, hw.1).ok()?;
+    let kk = geom.k();
+    if (kk as i64) * code.max_abs(bits) as i64 * 255 > i32::MAX as i64 {
+        return None;
+    }
+    let packed = random_weights(&mut rng, code, bits, out_c, kk);
+    let scale: Vec<f32> = (0..out_c).map(|_| 0.001 + rng.f32().abs() * 0.01).collect();
+    let bias: Vec<f32> = (0..out_c).map(|_| rng.f32() * 0.5).collect();
+    let q =
+        |rng: &mut Rng| Quant::new(0.005 + rng.f32().abs() * 0.05, rng.below(256) as i32).unwrap();
+    let inq = q(&mut rng);
+    let outq = [q(&mut rng), q(&mut rng)];
+    let x: Vec<f32> = (0..n * in_c * hw.0 * hw.1)
+        .map(|_| rng.f32() * 4.0)
+        .collect();
+    let residual = residual.then(|| (0..n * out_c * oh * ow).map(|_| rng.f32() * 2.0).collect());
+    Some(Case {
+        geom,
+        n,
+        h: hw.0,
+        w: hw.1,
+        packed,
+        scale,
+        bias,
+        inq,
+        outq,
+        x,
+        residual,
+        relu,
+    })
+}
+
+/// The format's layer: f32 out and both requantized outputs, NCHW.
+fn reference(c: &Case) -> (Vec<f32>, Vec<u8>, Vec<u8>) {
+    let layer = ShiftConv2d::new(
+        c.geom,
+        c.packed.clone(),
+        c.scale.clone(),
+        c.bias.clone(),
+        NumericPath::Int8 {
+            scale: c.inq.scale,
+            zero_point: c.inq.zero_point,
+        },
+        Isa::Scalar,
+    )
+    .unwrap();
+    let (oh, ow) = c.geom.out_hw(c.h, c.w).unwrap();
+    let len = c.n * c.geom.out_c * oh * ow;
+    let mut ws = Workspace::new();
+    let ep = || Epilogue {
+        residual: c.residual.as_deref(),
+        relu: c.relu,
+    };
+    let mut f = vec![0f32; len];
+    layer
+        .forward(&c.x, c.n, c.h, c.w, ep(), &mut f, &mut ws, 1)
+        .unwrap();
+    let mut u = [vec![0u8; len], vec![0u8; len]];
+    for (i, buf) in u.iter_mut().enumerate() {
+        layer
+            .forward_to(
+                Input::F32(&c.x),
+                c.n,
+                c.h,
+                c.w,
+                ep(),
+                Output::U8 {
+                    out: buf,
+                    quant: c.outq[i],
+                },
+                &mut ws,
+                1,
+            )
+            .unwrap();
+    }
+    let [u0, u1] = u;
+    (f, u0, u1)
+}
+
+fn run_kernel(
+    c: &Case,
+    kernel: ConvKernel,
+    extra_border: usize,
+    threads: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<u8>, Vec<u8>) {
+    let g = c.geom;
+    let layer = QConv2d::new(g, &c.packed, &c.scale, &c.bias, c.inq, kernel).unwrap();
+    let (oh, ow) = g.out_hw(c.h, c.w).unwrap();
+    let xl = U8Layout::new(c.h, c.w, g.in_c, g.pad.0.max(g.pad.1) + extra_border);
+    let mut xq = vec![c.inq.zero_point as u8; c.n * xl.sample_len()];
+    quantize_nchw_to_u8(&c.x, c.n, xl, c.inq, &mut xq).unwrap();
+    let fl = F32Layout::new(oh, ow, g.out_c);
+    let res_nhwc = c.residual.as_ref().map(|r| {
+        let mut v = vec![f32::NAN; c.n * fl.sample_len()];
+        nchw_to_nhwc(r, c.n, fl, &mut v).unwrap();
+        v
+    });
+    // Two u8 consumers with different borders and quantizations.
+    let ul = [
+        U8Layout::new(oh, ow, g.out_c, 1),
+        U8Layout::new(oh, ow, g.out_c, 0),
+    ];
+    let mut ub: Vec<Vec<u8>> = (0..2)
+        .map(|i| vec![c.outq[i].zero_point as u8; c.n * ul[i].sample_len()])
+        .collect();
+    let mut fnhwc = vec![f32::NAN; c.n * fl.sample_len()];
+    let mut fnchw = vec![f32::NAN; c.n * g.out_c * oh * ow];
+    {
+        let (b0, b1) = ub.split_at_mut(1);
+        let targets = [
+            U8Target::new(&mut b0[0], ul[0], c.outq[0]),
+            U8Target::new(&mut b1[0], ul[1], c.outq[1]),
+        ];
+        let workers = Workers::new(threads);
+        let mut scratch = QScratch::new();
+        layer
+            .forward(
+                &xq,
+                xl,
+                c.n,
+                res_nhwc.as_deref().map(|r| (r, fl)),
+                c.relu,
+                QOutputs {
+                    u8s: &targets,
+                    f32_nhwc: Some((&mut fnhwc, fl)),
+                    f32_nchw: Some(&mut fnchw),
+                },
+                &mut scratch,
+                &workers,
+            )
+            .unwrap();
+    }
+    let mut from_nhwc = vec![0f32; fnchw.len()];
+    nhwc_to_nchw(&fnhwc, c.n, fl, &mut from_nhwc).unwrap();
+    // u8 interiors back to NCHW; borders must still hold the zero point.
+    let mut u = Vec::new();
+    for i in 0..2 {
+        let l = ul[i];
+        let mut v = vec![0u8; c.n * g.out_c * oh * ow];
+        for b in 0..c.n {
+            for y in 0..oh {
+                for x in 0..ow {
+                    for ch in 0..g.out_c {
+                        v[((b * g.out_c + ch) * oh + y) * ow + x] = ub[i][l.offset(b, y, x) + ch];
+                    }
+                }
+            }
+            for yy in 0..oh + 2 * l.border {
+                for xx in 0..ow + 2 * l.border {
+                    let inside = yy >= l.border
+                        && yy < oh + l.border
+                        && xx >= l.border
+                        && xx < ow + l.border;
+                    if !inside {
+                        let o = b * l.sample_len() + yy * l.row_stride() + xx * l.cs;
+                        assert!(
+                            ub[i][o..o + l.cs]
+                                .iter()
+                                .all(|&q| q == c.outq[i].zero_point as u8),
+                            "border overwritten"
+                        );
+                    }
+                }
+            }
+        }
+        u.push(v);
+    }
+    let u1 = u.pop().unwrap();
+    let u0 = u.pop().unwrap();
+    (fnchw, from_nhwc, u0, u1)
+}
+
+fn bits_eq(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+fn check_all_kernels(
+    c: &Case,
+    extra_border: usize,
+    threads: usize,
+) -> Result<usize, TestCaseError> {
+    let (f, u0, u1) = reference(c);
+    let mut ran = 0;
+    for kernel in ConvKernel::supported() {
+        if !kernel.handles(c.packed.code(), c.packed.bits()) {
+            continue;
+        }
+        let (nchw, nhwc, q0, q1) = run_kernel(c, kernel, extra_border, threads);
+        prop_assert!(
+            bits_eq(&nchw, &f),
+            "{kernel}: f32 NCHW differs from the reference"
+        );
+        prop_assert!(
+            bits_eq(&nhwc, &f),
+            "{kernel}: f32 NHWC differs from the reference"
+        );
+        prop_assert_eq!(&q0, &u0, "{}: requantized output 0 differs", kernel);
+        prop_assert_eq!(&q1, &u1, "{}: requantized output 1 differs", kernel);
+        ran += 1;
+    }
+    Ok(ran)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_kernel_matches_the_format_layer(
+        code in code_strategy(),
+        in_c in prop_oneof![1usize..9, 9usize..70],
+        out_c in prop_oneof![1usize..17, 17usize..140],
+        kh in 1usize..4, kw in 1usize..4,
+        sh in 1usize..3, sw in 1usize..3,
+        ph in 0usize..3, pw in 0usize..3,
+        h in 1usize..14, w in 1usize..14,
+        n in 1usize..4,
+        residual in any::<bool>(),
+        relu in any::<bool>(),
+        extra_border in 0usize..2,
+        threads in 1usize..4,
+        seed in any::<u64>(),
+    ) {
+        let c = make_case(code, in_c, out_c, (kh, kw), (sh, sw), (ph, pw), (h, w), n, residual, relu, seed);
+        if let Some(c) = c {
+            let ran = check_all_kernels(&c, extra_border, threads)?;
+            prop_assert!(ran >= 1);
+        }
+    }
+}
+
+/// ResNet-shaped layers (64-multiple channels, many pixels: full tiles, several tasks).
+#[test]
+fn resnet_shapes_match_on_every_kernel() {
+    for (i, &(c, o, k, s, hw)) in [
+        (64, 64, 3, 1, 14),
+        (64, 128, 3, 2, 14),
+        (64, 128, 1, 2, 14),
+        (128, 128, 3, 1, 7),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let case = make_case(
+            (Code::ZeroFree, 3),
+            c,
+            o,
+            (k, k),
+            (s, s),
+            (k / 2, k / 2),
+            (hw, hw),
+            2,
+            i % 2 == 0,
+            true,
+            i as u64,
+        )
+        .unwrap();
+        for threads in [1, 2] {
+            let ran = check_all_kernels(&case, 0, threads).unwrap();
+            assert!(ran >= 2, "only {ran} kernels ran");
+        }
+    }
+}
+
+/// Values of y/scale exactly on and next to half-integers go through exact division.
+#[test]
+fn requantization_ties_round_like_division() {
+    let q = Quant::new(0.1, 7).unwrap();
+    let fq = kernels::qconv::FastQuant::new(q);
+    let mut rng = Rng::new(3);
+    for _ in 0..20000 {
+        let k = (rng.below(1200) as f32 - 600.0) + 0.5;
+        let base = k * 0.1;
+        let mut y = [0f32; 16];
+        for (i, v) in y.iter_mut().enumerate() {
+            let ulps = i as i32 - 8;
+            *v = f32::from_bits((base.to_bits() as i32 + ulps) as u32);
+        }
+        let mut got = [0u8; 16];
+        fq.quantize16(&y, &mut got);
+        for i in 0..16 {
+            assert_eq!(got[i], q.quantize(y[i]), "y = {:e}", y[i]);
+        }
+    }
+}
