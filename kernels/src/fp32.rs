@@ -1,9 +1,13 @@
 //! Full-precision layers (stem convolution, classifier) through the `gemm` crate.
 
+use crate::direct::{self, DirectWeights, DIRECT_MAX_K};
 use crate::error::{check_len, mul_dims, KernelError};
+use crate::isa::Isa;
 use crate::kern::SyncPtr;
 use crate::layers::{ConvGeom, Epilogue};
 use crate::ops::{self, ColGeom};
+use crate::qconv::F32Layout;
+use crate::workers::Workers;
 use crate::workspace::{sized, Workspace};
 
 /// Strided single-threaded `c = a*b (+ c)` via `gemm`.
@@ -156,12 +160,14 @@ pub fn gemm_f32(
     Ok(())
 }
 
-/// An fp32 convolution (weights `[out, in/groups, kh, kw]`), im2col + `gemm`.
+/// An fp32 convolution (weights `[out, in/groups, kh, kw]`): im2col + `gemm` (NCHW), and for
+/// short reductions also the direct kernel of `direct.rs` (NHWC output, the same bits).
 #[derive(Clone, Debug)]
 pub struct Conv2dF32 {
     geom: ConvGeom,
     weight: Vec<f32>,
     bias: Vec<f32>,
+    direct: Option<DirectWeights>,
 }
 
 impl Conv2dF32 {
@@ -173,10 +179,113 @@ impl Conv2dF32 {
             mul_dims(&[geom.out_c, geom.k()])?,
         )?;
         check_len("conv2d bias", bias.len(), geom.out_c)?;
-        Ok(Conv2dF32 { geom, weight, bias })
+        let direct = (geom.groups == 1 && geom.k() <= DIRECT_MAX_K)
+            .then(|| DirectWeights::new(&weight, geom.out_c, geom.k()));
+        Ok(Conv2dF32 {
+            geom,
+            weight,
+            bias,
+            direct,
+        })
+    }
+
+    /// Whether [`Conv2dF32::forward_nhwc`] can run this layer.
+    pub fn has_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// Whether the direct kernel gives exactly the bits of [`Conv2dF32::forward`] (im2col and
+    /// `gemm`, one thread) on an `h x w` input: checked on a pseudo-random input of that shape.
+    /// `gemm` keeps a plain fused multiply-add chain over `k` for most shapes with a short
+    /// reduction but switches to other orders for some small ones (e.g. `k = 2`), so the planner
+    /// asks before it replaces one by the other.
+    pub fn direct_matches_gemm(&self, h: usize, w: usize, isa: Isa) -> bool {
+        let Some(_) = &self.direct else { return false };
+        let g = self.geom;
+        let Ok((oh, ow)) = g.out_hw(h, w) else {
+            return false;
+        };
+        let mut s = 0x2545_F491_4F6C_DD1Du64;
+        let x: Vec<f32> = (0..g.in_c * h * w)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            })
+            .collect();
+        let mut want = vec![0f32; g.out_c * oh * ow];
+        let ep = Epilogue {
+            residual: None,
+            relu: false,
+        };
+        if self
+            .forward(&x, 1, h, w, ep, &mut want, &mut Workspace::new(), 1)
+            .is_err()
+        {
+            return false;
+        }
+        let ol = F32Layout::new(oh, ow, g.out_c);
+        let mut got = vec![0f32; ol.sample_len()];
+        let workers = Workers::single();
+        if self
+            .forward_nhwc(
+                &x,
+                1,
+                h,
+                w,
+                false,
+                &mut got,
+                ol,
+                &mut Vec::new(),
+                &workers,
+                isa,
+            )
+            .is_err()
+        {
+            return false;
+        }
+        (0..g.out_c).all(|c| {
+            (0..oh * ow).all(|p| got[p * ol.cs + c].to_bits() == want[c * oh * ow + p].to_bits())
+        })
+    }
+
+    /// The direct kernel: `x` NCHW, `out` NHWC `f32` in `ol` (no residual); bit-identical to
+    /// [`Conv2dF32::forward`]. `padded` is caller-owned scratch (a zero-padded input copy).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_nhwc(
+        &self,
+        x: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+        relu: bool,
+        out: &mut [f32],
+        ol: F32Layout,
+        padded: &mut Vec<f32>,
+        workers: &Workers,
+        isa: Isa,
+    ) -> Result<(usize, usize), KernelError> {
+        let dw = self
+            .direct
+            .as_ref()
+            .ok_or_else(|| KernelError::unsupported("this conv has no direct kernel"))?;
+        isa.check_supported()?;
+        direct::forward(
+            &self.geom, dw, &self.bias, relu, x, n, h, w, out, ol, padded, workers, isa,
+        )
     }
     pub fn geom(&self) -> &ConvGeom {
         &self.geom
+    }
+
+    /// How the layer computes (for reports).
+    pub fn implementation(&self) -> &'static str {
+        if self.direct.is_some() {
+            "fp32-direct"
+        } else {
+            "fp32-gemm"
+        }
     }
 
     /// NCHW in/out; returns the output `(height, width)`.

@@ -3,7 +3,6 @@
 use crate::error::KernelError;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::OnceLock;
 
 /// A kernel variant. Every variant computes bit-identical results; they differ in speed only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -124,15 +123,11 @@ pub fn isa_from_setting(value: Option<&str>) -> Result<Isa, KernelError> {
     }
 }
 
-/// The variant to use: `SHIFTSERVE_KERNEL` (scalar|avx2|avx512|neon) if set, else the best this
-/// CPU supports. Resolved once and cached for the life of the process.
+/// The shift-add variant for layers the older layer code runs: the best instruction set among
+/// the kernels `SHIFTSERVE_KERNEL` allows (see [`crate::KernelPolicy`]; unset = every kernel),
+/// resolved once for the life of the process. An unknown or unsupported setting is an error.
 pub fn selected_isa() -> Result<Isa, KernelError> {
-    static SEL: OnceLock<Result<Isa, KernelError>> = OnceLock::new();
-    SEL.get_or_init(|| {
-        let v = std::env::var("SHIFTSERVE_KERNEL").ok();
-        isa_from_setting(v.as_deref())
-    })
-    .clone()
+    crate::policy::KernelPolicy::from_env().map(|p| p.legacy_isa())
 }
 
 /// Whether the int8 dot-product baseline can use AVX-512 VNNI (`vpdpbusd`) on this CPU.

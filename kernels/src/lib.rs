@@ -18,6 +18,7 @@
 
 pub mod baseline;
 
+mod direct;
 mod error;
 pub mod float;
 mod fp32;
@@ -28,6 +29,7 @@ mod kern;
 mod layers;
 mod ops;
 mod packed;
+mod policy;
 mod pool;
 mod prepared;
 pub mod qconv;
@@ -42,7 +44,8 @@ pub use isa::{available_isas, best_isa, has_avx512_vnni, isa_from_setting, selec
 pub use layers::{ConvGeom, Epilogue, Input, NumericPath, ShiftConv2d, ShiftLinear};
 pub use ops::{quantize_u8, Output, Quant};
 pub use packed::{Code, PackedShift};
-pub use pool::{avg_pool2d, global_avg_pool, max_pool2d, Pool2d};
+pub use policy::{min_time, timed, KernelPolicy, TuneKey};
+pub use pool::{avg_pool2d, global_avg_pool, max_pool2d, max_pool2d_nhwc, Pool2d};
 pub use prepared::{
     shift_gemm_f32, shift_gemm_f32_blocked, shift_gemm_i32, shift_gemm_i32_blocked,
     BlockedActivations, PreparedShift,

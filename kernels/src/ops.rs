@@ -135,7 +135,10 @@ pub(crate) fn im2col_row<T: Copy>(x: &[T], g: ColGeom, pad: T, row: usize, dst: 
             .max(lo);
             d[..lo].fill(pad);
             d[hi..].fill(pad);
-            if g.sw == 1 {
+            if hi == lo {
+                // No output column of this tap reads inside the row (padding wider than the
+                // input): all padding.
+            } else if g.sw == 1 {
                 let s0 = lo + xk - g.pw;
                 d[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
             } else {

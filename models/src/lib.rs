@@ -21,6 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use error::{ErrorKind, ModelError, PreprocessError};
+pub use plan::{LayerKernel, PlanOptions};
 
 use format::ModelFile;
 use graph::{Op, PathSpec};
@@ -132,19 +133,31 @@ pub struct Model {
 }
 
 impl Model {
-    /// Memory-maps, validates and plans a model file.
+    /// Memory-maps, validates and plans a model file (kernels chosen for batch 1, one thread,
+    /// under `SHIFTSERVE_KERNEL`).
     pub fn open(path: &Path) -> Result<Model, ModelError> {
-        Self::from_file(ModelFile::open(path)?)
+        Self::from_file(ModelFile::open(path)?, &PlanOptions::from_env()?)
+    }
+
+    /// As [`Model::open`], with the kernel policy and the batch sizes and thread count the
+    /// per-layer kernel choice is measured for.
+    pub fn open_with(path: &Path, opts: &PlanOptions) -> Result<Model, ModelError> {
+        Self::from_file(ModelFile::open(path)?, opts)
     }
 
     /// Validates and plans an in-memory model file.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Model, ModelError> {
-        Self::from_file(ModelFile::from_bytes(bytes)?)
+        Self::from_file(ModelFile::from_bytes(bytes)?, &PlanOptions::from_env()?)
     }
 
-    fn from_file(file: ModelFile) -> Result<Model, ModelError> {
+    /// As [`Model::from_bytes`], with explicit plan options.
+    pub fn from_bytes_with(bytes: Vec<u8>, opts: &PlanOptions) -> Result<Model, ModelError> {
+        Self::from_file(ModelFile::from_bytes(bytes)?, opts)
+    }
+
+    fn from_file(file: ModelFile, opts: &PlanOptions) -> Result<Model, ModelError> {
         let layers = layer_infos(&file);
-        let plan = plan::Plan::build(&file)?;
+        let plan = plan::Plan::build_with(&file, opts)?;
         let parameters: u64 = layers.iter().map(|l| l.params).sum();
         let mut bits: Vec<u8> = layers.iter().filter_map(|l| l.bits).collect();
         bits.sort_unstable();
@@ -190,6 +203,22 @@ impl Model {
         &self.layers
     }
 
+    /// What runs each layer: the kernel chosen for every quantized convolution (and what it was
+    /// measured against), the implementation of every other layer.
+    pub fn layer_kernels(&self) -> &[plan::LayerKernel] {
+        self.plan.kernels()
+    }
+
+    /// Every execution step (graph nodes and layout conversions): (name, what runs it).
+    pub fn steps(&self) -> Vec<(String, String)> {
+        self.plan.steps_info()
+    }
+
+    /// The `SHIFTSERVE_KERNEL` policy the model was planned with.
+    pub fn kernel_policy(&self) -> &kernels::KernelPolicy {
+        self.plan.policy()
+    }
+
     /// The parsed preprocessing spec.
     pub fn preprocess_spec(&self) -> &preprocess::PreprocessSpec {
         &self.preprocess
@@ -228,6 +257,16 @@ impl Session {
     /// Threads this session computes with.
     pub fn threads(&self) -> usize {
         self.inner.threads()
+    }
+
+    /// As [`Session::run`], adding each step's wall time (seconds) to `times` (one entry per
+    /// [`Model::steps`] item).
+    pub fn run_timed(
+        &mut self,
+        batch: &[&[f32]],
+        times: &mut Vec<f64>,
+    ) -> Result<&[f32], ModelError> {
+        self.inner.run_timed(batch, times)
     }
 
     /// Runs a batch of preprocessed inputs; returns `[batch, classes]` logits.

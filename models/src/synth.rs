@@ -214,6 +214,11 @@ pub fn resnet18(cfg: &SynthConfig) -> Result<Model, ModelError> {
     Model::from_bytes(resnet18_bytes(cfg)?)
 }
 
+/// A synthetic ResNet-18 planned with explicit options.
+pub fn resnet18_with(cfg: &SynthConfig, opts: &crate::PlanOptions) -> Result<Model, ModelError> {
+    Model::from_bytes_with(resnet18_bytes(cfg)?, opts)
+}
+
 /// ResNet-18 224x224, W3 zero-free, int8 path, random low-variance weights.
 ///
 /// # Panics

@@ -215,6 +215,8 @@ pub struct BenchSpec {
     pub seconds: f64,
     pub min_iters: usize,
     pub warmup: usize,
+    /// Per-layer table for every configuration (else for the first only).
+    pub per_layer: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +229,8 @@ pub struct BenchRow {
     pub p99_ms: f64,
     /// Samples per second.
     pub throughput: f64,
+    /// Per step: (name, what runs it, mean ms per batch).
+    pub layers: Vec<(String, String, f64)>,
 }
 
 /// Deterministic pseudo-random input in [-1, 1).
@@ -244,45 +248,95 @@ fn bench_input(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Latency percentiles and throughput of `Session::run` per (threads, batch).
-pub fn bench(model: &Model, spec: &BenchSpec) -> Result<Vec<BenchRow>, String> {
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Latency percentiles and throughput of `Session::run` per (threads, batch), then a per-step
+/// time breakdown. `load(threads)` plans the model for a thread count.
+pub fn bench(
+    name: &str,
+    load: impl Fn(usize) -> Result<Model, String>,
+    spec: &BenchSpec,
+) -> Result<String, String> {
+    let load_before = loadavg();
+    let mut rows = Vec::new();
+    let mut policy = String::new();
+    for &threads in &spec.threads {
+        let model = load(threads)?;
+        policy = model.kernel_policy().setting().to_string();
+        rows.extend(bench_model(&model, threads, spec)?);
+    }
+    let mut out = bench_table(name, &policy, &rows);
+    out += &format!(
+        "load average (1 min) before {load_before}, after {}; other processes on the machine are not \
+         paused by this command\n",
+        loadavg()
+    );
+    for (i, r) in rows.iter().enumerate() {
+        if i == 0 || spec.per_layer {
+            out += &layer_table(r);
+        }
+    }
+    Ok(out)
+}
+
+fn bench_model(model: &Model, threads: usize, spec: &BenchSpec) -> Result<Vec<BenchRow>, String> {
     let len: usize = model.info().input_shape.iter().product();
     let max_batch = spec.batches.iter().copied().max().unwrap_or(1);
     let inputs: Vec<Vec<f32>> = (0..max_batch).map(|i| bench_input(len, i as u64)).collect();
+    let steps = model.steps();
     let mut rows = Vec::new();
-    for &threads in &spec.threads {
-        for &batch in &spec.batches {
-            let mut session = model.session(batch, threads);
-            let refs: Vec<&[f32]> = inputs[..batch].iter().map(|v| v.as_slice()).collect();
-            for _ in 0..spec.warmup {
-                session.run(&refs).map_err(|e| e.message)?;
-            }
-            let mut lat = Vec::new();
-            let start = Instant::now();
-            let budget = Duration::from_secs_f64(spec.seconds);
-            while lat.len() < spec.min_iters || start.elapsed() < budget {
-                let t = Instant::now();
-                session.run(&refs).map_err(|e| e.message)?;
-                lat.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-            let total: f64 = lat.iter().sum::<f64>() / 1e3;
-            lat.sort_by(|a, b| a.total_cmp(b));
-            rows.push(BenchRow {
-                threads,
-                batch,
-                iters: lat.len(),
-                p50_ms: percentile(&lat, 50.0).unwrap_or(0.0),
-                p90_ms: percentile(&lat, 90.0).unwrap_or(0.0),
-                p99_ms: percentile(&lat, 99.0).unwrap_or(0.0),
-                throughput: (batch * lat.len()) as f64 / total,
-            });
+    for &batch in &spec.batches {
+        let mut session = model.session(batch, threads);
+        let refs: Vec<&[f32]> = inputs[..batch].iter().map(|v| v.as_slice()).collect();
+        for _ in 0..spec.warmup {
+            session.run(&refs).map_err(|e| e.message)?;
         }
+        let mut lat = Vec::new();
+        let start = Instant::now();
+        let budget = Duration::from_secs_f64(spec.seconds);
+        while lat.len() < spec.min_iters || start.elapsed() < budget {
+            let t = Instant::now();
+            session.run(&refs).map_err(|e| e.message)?;
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let total: f64 = lat.iter().sum::<f64>() / 1e3;
+        // Per-step times over a few more runs (timed separately: reading the clock around every
+        // step is not free).
+        let mut times = Vec::new();
+        let reps = spec.min_iters.max(3);
+        for _ in 0..reps {
+            session
+                .run_timed(&refs, &mut times)
+                .map_err(|e| e.message)?;
+        }
+        let layers = steps
+            .iter()
+            .zip(&times)
+            .map(|((n, k), t)| (n.clone(), k.clone(), t * 1e3 / reps as f64))
+            .collect();
+        lat.sort_by(|a, b| a.total_cmp(b));
+        rows.push(BenchRow {
+            threads,
+            batch,
+            iters: lat.len(),
+            p50_ms: percentile(&lat, 50.0).unwrap_or(0.0),
+            p90_ms: percentile(&lat, 90.0).unwrap_or(0.0),
+            p99_ms: percentile(&lat, 99.0).unwrap_or(0.0),
+            throughput: (batch * lat.len()) as f64 / total,
+            layers,
+        });
     }
     Ok(rows)
 }
 
-pub fn bench_table(name: &str, rows: &[BenchRow]) -> String {
-    let mut out = format!("benchmark {name} (kernel {})\n", models::kernel_isa());
+pub fn bench_table(name: &str, policy: &str, rows: &[BenchRow]) -> String {
+    let mut out =
+        format!("benchmark {name} (SHIFTSERVE_KERNEL={policy}; per-layer kernels below)\n");
     out += &format!(
         "{:>7}  {:>5}  {:>6}  {:>10}  {:>10}  {:>10}  {:>12}  {:>10}\n",
         "threads", "batch", "iters", "p50 ms", "p90 ms", "p99 ms", "samples/s", "vs first"
@@ -299,6 +353,23 @@ pub fn bench_table(name: &str, rows: &[BenchRow]) -> String {
             r.p99_ms,
             r.throughput,
             r.throughput / base
+        );
+    }
+    out
+}
+
+fn layer_table(r: &BenchRow) -> String {
+    let total: f64 = r.layers.iter().map(|l| l.2).sum();
+    let wn = r.layers.iter().map(|l| l.0.len()).max().unwrap_or(4).max(4);
+    let mut out = format!(
+        "\nper layer, threads {} batch {} (mean ms per batch over timed runs; sum {:.3} ms)\n",
+        r.threads, r.batch, total
+    );
+    out += &format!("{:<wn$}  {:>9}  {:>6}  kernel\n", "step", "ms", "share");
+    for (n, k, t) in &r.layers {
+        out += &format!(
+            "{n:<wn$}  {t:>9.3}  {:>5.1}%  {k}\n",
+            100.0 * t / total.max(1e-12)
         );
     }
     out

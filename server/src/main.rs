@@ -68,6 +68,9 @@ enum Command {
         /// Seed of the synthetic weights.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Print the per-layer time table for every configuration (default: the first only).
+        #[arg(long)]
+        per_layer: bool,
     },
 }
 
@@ -121,20 +124,14 @@ fn main() -> ExitCode {
             min_iters,
             warmup,
             seed,
+            per_layer,
         }) => (|| {
             if batch.contains(&0) || threads.contains(&0) {
                 return Err("batch sizes and thread counts must be positive".to_string());
             }
-            let (name, m) = match (model, synthetic) {
-                (Some(p), _) => (
-                    p.display().to_string(),
-                    models::Model::open(&p)
-                        .map_err(|e| format!("{}: {}", p.display(), e.message))?,
-                ),
-                (None, Some(s)) => {
-                    eprintln!("building synthetic {s} (seed {seed})...");
-                    (s, models::synth::resnet18_w3(seed))
-                }
+            let name = match (&model, &synthetic) {
+                (Some(p), _) => p.display().to_string(),
+                (None, Some(s)) => s.clone(),
                 (None, None) => return Err("give a MODEL path or --synthetic resnet18-w3".into()),
             };
             let spec = cli::BenchSpec {
@@ -143,9 +140,34 @@ fn main() -> ExitCode {
                 seconds,
                 min_iters: min_iters.max(1),
                 warmup,
+                per_layer,
             };
-            let rows = cli::bench(&m, &spec)?;
-            print!("{}", cli::bench_table(&name, &rows));
+            // The per-layer kernel choice is measured for the benchmarked batch sizes, once per
+            // thread count.
+            let load = |threads: usize| -> Result<models::Model, String> {
+                let opts = models::PlanOptions {
+                    threads,
+                    batch_sizes: spec.batches.clone(),
+                    ..models::PlanOptions::from_env().map_err(|e| e.message)?
+                };
+                match (&model, &synthetic) {
+                    (Some(p), _) => models::Model::open_with(p, &opts)
+                        .map_err(|e| format!("{}: {}", p.display(), e.message)),
+                    (_, Some(s)) => {
+                        eprintln!("building synthetic {s} (seed {seed}, planned for {threads} thread(s))...");
+                        models::synth::resnet18_with(
+                            &models::synth::SynthConfig {
+                                seed,
+                                ..Default::default()
+                            },
+                            &opts,
+                        )
+                        .map_err(|e| e.message)
+                    }
+                    _ => unreachable!(),
+                }
+            };
+            print!("{}", cli::bench(&name, load, &spec)?);
             Ok(())
         })(),
     };

@@ -105,9 +105,11 @@ fn bench_prints_percentiles_and_throughput() {
             && out.contains("p99 ms")
             && out.contains("samples/s")
     );
+    // The summary table: the rows after the header, up to the load-average line.
     let rows: Vec<Vec<&str>> = out
         .lines()
         .skip(2)
+        .take_while(|l| !l.starts_with("load average"))
         .map(|l| l.split_whitespace().collect())
         .collect();
     assert_eq!(rows.len(), 4, "{out}");
@@ -122,6 +124,24 @@ fn bench_prints_percentiles_and_throughput() {
         assert!(r[6].parse::<f64>().unwrap() > 0.0);
     }
     assert_eq!(rows[0][7], "1.00x");
+    // The per-layer table names every layer's kernel and its time.
+    let layers = out
+        .split("per layer, threads 1 batch 1")
+        .nth(1)
+        .expect(&out);
+    for node in ["stem", "layer1.0.conv1", "fc"] {
+        let line = layers
+            .lines()
+            .find(|l| l.starts_with(node))
+            .unwrap_or_else(|| panic!("{node}: {out}"));
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert!(cols[1].parse::<f64>().unwrap() >= 0.0, "{line}");
+        assert!(cols.len() >= 4, "{line}");
+    }
+    assert!(
+        layers.contains("dot-") || layers.contains("shift-"),
+        "{out}"
+    );
     let (ok, _, err) = shiftserve(&["bench", "--batch", "0", f.to_str().unwrap()]);
     assert!(!ok && err.contains("positive"), "{err}");
 }

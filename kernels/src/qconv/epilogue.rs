@@ -182,9 +182,73 @@ pub(crate) unsafe fn apply_portable(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use super::EpiCtx;
     use std::arch::x86_64::*;
+
+    /// `Quant::quantize` of 16 lanes: reciprocal multiply, exact division for a group with any
+    /// lane near a half-integer, round half to even, NaN to the zero point, saturate to `u8`.
+    #[inline(always)]
+    pub(crate) unsafe fn quantize_v(y: __m512, q: &super::FastQuant) -> __m128i {
+        let mut d;
+        if q.fast {
+            d = _mm512_mul_ps(y, _mm512_set1_ps(q.inv));
+            let ad = _mm512_abs_ps(d);
+            let f = _mm512_sub_ps(
+                ad,
+                _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(ad),
+            );
+            let e = _mm512_abs_ps(_mm512_sub_ps(f, _mm512_set1_ps(0.5)));
+            let thr = _mm512_mul_ps(
+                _mm512_max_ps(ad, _mm512_set1_ps(1.0)),
+                _mm512_set1_ps(1.0 / 2_097_152.0),
+            );
+            let near = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(e, thr)
+                & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(ad, _mm512_set1_ps(4_194_304.0));
+            if near != 0 {
+                d = _mm512_div_ps(y, _mm512_set1_ps(q.quant.scale));
+            }
+        } else {
+            d = _mm512_div_ps(y, _mm512_set1_ps(q.quant.scale));
+        }
+        let rr = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(d);
+        let ord = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(rr, rr);
+        let c = _mm512_min_ps(
+            _mm512_max_ps(rr, _mm512_set1_ps(-512.0)),
+            _mm512_set1_ps(512.0),
+        );
+        let v = _mm512_maskz_cvtps_epi32(ord, c);
+        let v = _mm512_max_epi32(
+            _mm512_add_epi32(v, _mm512_set1_epi32(q.quant.zero_point)),
+            _mm512_setzero_si512(),
+        );
+        _mm512_cvtusepi32_epi8(v)
+    }
+
+    /// Quantizes `c` channels of NHWC `f32` at `src` into `dst`.
+    ///
+    /// # Safety
+    /// `src` readable and `dst` writable for `c` values; AVX-512 F/BW/VL/DQ.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")]
+    pub(crate) unsafe fn quantize_row(
+        src: *const f32,
+        dst: *mut u8,
+        c: usize,
+        q: &super::FastQuant,
+    ) {
+        let mut o = 0;
+        while o < c {
+            let valid = (c - o).min(16);
+            let m: __mmask16 = if valid == 16 {
+                0xffff
+            } else {
+                (1u32 << valid) as u16 - 1
+            };
+            let y = _mm512_maskz_loadu_ps(m, src.add(o));
+            _mm_mask_storeu_epi8(dst.add(o) as *mut i8, m, quantize_v(y, q));
+            o += 16;
+        }
+    }
 
     /// The epilogue on 16-lane registers; the same operations in the same order as the portable
     /// version (multiply, then add; residual; ReLU by `y < 0` mask so `-0.0` and NaN pass
@@ -205,13 +269,6 @@ mod x86 {
         let ohw = ctx.oh * ctx.ow;
         let oc_end = (oc0 + ocb).min(ctx.out_c);
         let zero = _mm512_setzero_ps();
-        let half = _mm512_set1_ps(0.5);
-        let one = _mm512_set1_ps(1.0);
-        let tol = _mm512_set1_ps(1.0 / 2_097_152.0);
-        let big = _mm512_set1_ps(4_194_304.0);
-        let lo = _mm512_set1_ps(-512.0);
-        let hi = _mm512_set1_ps(512.0);
-        let izero = _mm512_setzero_si512();
         let tp = tile.as_ptr();
         let mut b = p0 / ohw;
         let mut r = p0 % ohw;
@@ -253,38 +310,7 @@ mod x86 {
                     }
                 }
                 for t in ctx.u8s {
-                    let q = &t.q;
-                    let mut d;
-                    if q.fast {
-                        d = _mm512_mul_ps(y, _mm512_set1_ps(q.inv));
-                        let ad = _mm512_abs_ps(d);
-                        let f = _mm512_sub_ps(
-                            ad,
-                            _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(
-                                ad,
-                            ),
-                        );
-                        let e = _mm512_abs_ps(_mm512_sub_ps(f, half));
-                        let thr = _mm512_mul_ps(_mm512_max_ps(ad, one), tol);
-                        let near = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(e, thr)
-                            & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(ad, big);
-                        if near != 0 {
-                            d = _mm512_div_ps(y, _mm512_set1_ps(q.quant.scale));
-                        }
-                    } else {
-                        d = _mm512_div_ps(y, _mm512_set1_ps(q.quant.scale));
-                    }
-                    let rr = _mm512_roundscale_ps::<
-                        { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
-                    >(d);
-                    let ord = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(rr, rr);
-                    let c = _mm512_min_ps(_mm512_max_ps(rr, lo), hi);
-                    let v = _mm512_maskz_cvtps_epi32(ord, c);
-                    let v = _mm512_max_epi32(
-                        _mm512_add_epi32(v, _mm512_set1_epi32(q.quant.zero_point)),
-                        izero,
-                    );
-                    let bytes = _mm512_cvtusepi32_epi8(v);
+                    let bytes = quantize_v(y, &t.q);
                     let dst = t.ptr.get().add(t.layout.offset(b, oy, ox) + o);
                     _mm_mask_storeu_epi8(dst as *mut i8, m, bytes);
                 }

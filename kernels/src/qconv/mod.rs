@@ -921,6 +921,59 @@ pub fn quantize_nchw_to_u8(
     Ok(())
 }
 
+/// Quantizes `n` samples of NHWC `f32` (`xl`) into a padded NHWC `u8` layout.
+pub fn quantize_nhwc_to_u8(
+    x: &[f32],
+    n: usize,
+    xl: F32Layout,
+    layout: U8Layout,
+    quant: Quant,
+    out: &mut [u8],
+) -> Result<(), KernelError> {
+    if (xl.h, xl.w, xl.c) != (layout.h, layout.w, layout.c) {
+        return Err(KernelError::shape("quantize: layouts do not match"));
+    }
+    check_len("quantize input", x.len(), mul_dims(&[n, xl.sample_len()])?)?;
+    check_len(
+        "quantize output",
+        out.len(),
+        mul_dims(&[n, layout.sample_len()])?,
+    )?;
+    let fq = FastQuant::new(quant);
+    let mut y = [0f32; 16];
+    let mut q = [0u8; 16];
+    for b in 0..n {
+        for yy in 0..layout.h {
+            for xx in 0..layout.w {
+                let src = xl.offset(b, yy, xx);
+                let dst = layout.offset(b, yy, xx);
+                #[cfg(target_arch = "x86_64")]
+                if epilogue_avx512() {
+                    // SAFETY: both pixels hold at least `c` values (checked lengths above).
+                    unsafe {
+                        epilogue::x86::quantize_row(
+                            x[src..src + layout.c].as_ptr(),
+                            out[dst..dst + layout.c].as_mut_ptr(),
+                            layout.c,
+                            &fq,
+                        )
+                    };
+                    continue;
+                }
+                let mut c0 = 0;
+                while c0 < layout.c {
+                    let m = (layout.c - c0).min(16);
+                    y[..m].copy_from_slice(&x[src + c0..src + c0 + m]);
+                    fq.quantize16(&y, &mut q);
+                    out[dst + c0..dst + c0 + m].copy_from_slice(&q[..m]);
+                    c0 += 16;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// NCHW `f32` -> NHWC `f32` (channel padding untouched).
 pub fn nchw_to_nhwc(
     x: &[f32],
