@@ -109,7 +109,7 @@ pub fn max_pool2d(
 }
 
 /// Max pooling on NHWC `f32` (`xl` in, `ol` out): the same window order and NaN rule as
-/// [`max_pool2d`], vectorized over channels.
+/// [`max_pool2d`], vectorized over channels, output rows split over the workers.
 pub fn max_pool2d_nhwc(
     x: &[f32],
     n: usize,
@@ -117,6 +117,7 @@ pub fn max_pool2d_nhwc(
     p: Pool2d,
     out: &mut [f32],
     ol: crate::qconv::F32Layout,
+    workers: &crate::Workers,
 ) -> Result<(usize, usize), KernelError> {
     let (oh, ow) = p.out_hw(xl.h, xl.w)?;
     if (ol.h, ol.w, ol.c) != (oh, ow, xl.c) {
@@ -130,84 +131,129 @@ pub fn max_pool2d_nhwc(
         out.len(),
         mul_dims(&[n, ol.sample_len()])?,
     )?;
-    max_pool_nhwc_loop(x, n, xl, p, out, ol);
+    let rows = n * oh;
+    let per = rows.div_ceil(workers.threads() * 4).max(1);
+    let tasks = crate::TaskCounter::new(rows.div_ceil(per));
+    let optr = crate::kern::SyncPtr(out.as_mut_ptr());
+    #[cfg(target_arch = "x86_64")]
+    let avx512 =
+        crate::Isa::Avx512.is_supported() && std::arch::is_x86_feature_detected!("avx512dq");
+    workers.run(&|_| {
+        while let Some(t) = tasks.next() {
+            for row in t * per..((t + 1) * per).min(rows) {
+                let (b, oy) = (row / oh, row % oh);
+                // SAFETY: this task owns output row `row`; offsets are inside the checked
+                // buffers.
+                let dst = unsafe { optr.get().add(ol.offset(b, oy, 0)) };
+                #[cfg(target_arch = "x86_64")]
+                if avx512 {
+                    unsafe { x86::max_row(x, xl, b, oy, ow, p, dst, ol.cs) };
+                    continue;
+                }
+                max_row(x, xl, b, oy, ow, p, dst, ol.cs);
+            }
+        }
+    });
     Ok((oh, ow))
 }
 
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512vl", "x86_64+avx2+fma", "aarch64+neon"))]
-fn max_pool_nhwc_loop(
-    x: &[f32],
-    n: usize,
-    xl: crate::qconv::F32Layout,
+/// The rows and columns of the input a window covers.
+#[inline(always)]
+fn window(
     p: Pool2d,
-    out: &mut [f32],
-    ol: crate::qconv::F32Layout,
+    xl: crate::qconv::F32Layout,
+    oy: usize,
+    ox: usize,
+) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+    let y0 = (oy * p.stride.0) as isize - p.pad.0 as isize;
+    let x0 = (ox * p.stride.1) as isize - p.pad.1 as isize;
+    (
+        y0.max(0) as usize..((y0 + p.kernel.0 as isize).min(xl.h as isize)) as usize,
+        x0.max(0) as usize..((x0 + p.kernel.1 as isize).min(xl.w as isize)) as usize,
+    )
+}
+
+/// One output row, portable: per channel the maximum over the window in row-major tap order
+/// (the order of `max_pool2d`, so ties between `-0.0` and `+0.0` resolve the same way); any NaN
+/// gives NaN.
+#[allow(clippy::too_many_arguments)]
+fn max_row(
+    x: &[f32],
+    xl: crate::qconv::F32Layout,
+    b: usize,
+    oy: usize,
+    ow: usize,
+    p: Pool2d,
+    dst: *mut f32,
+    ocs: usize,
 ) {
-    for b in 0..n {
-        for oy in 0..ol.h {
-            // Rows and columns of the window inside the input.
-            let y0 = (oy * p.stride.0) as isize - p.pad.0 as isize;
-            let ys = y0.max(0) as usize..((y0 + p.kernel.0 as isize).min(xl.h as isize)) as usize;
-            for ox in 0..ol.w {
-                let x0 = (ox * p.stride.1) as isize - p.pad.1 as isize;
-                let xs =
-                    x0.max(0) as usize..((x0 + p.kernel.1 as isize).min(xl.w as isize)) as usize;
-                let dst = ol.offset(b, oy, ox);
-                max_window(x, xl, b, ys.clone(), xs, &mut out[dst..dst + xl.c]);
+    for ox in 0..ow {
+        let (ys, xs) = window(p, xl, oy, ox);
+        for c in 0..xl.c {
+            let mut acc = f32::NEG_INFINITY;
+            let mut nan = false;
+            for iy in ys.clone() {
+                for ix in xs.clone() {
+                    let v = x[xl.offset(b, iy, ix) + c];
+                    nan |= v.is_nan();
+                    if v > acc {
+                        acc = v;
+                    }
+                }
             }
+            // SAFETY: the caller owns this output row.
+            unsafe { *dst.add(ox * ocs + c) = if nan { f32::NAN } else { acc } };
         }
     }
 }
 
-/// The maximum over a window of NHWC pixels for every channel, taps in row-major order (the
-/// order of `max_pool2d`, so ties between `-0.0` and `+0.0` resolve the same way); any NaN
-/// gives NaN.
-#[inline(always)]
-fn max_window(
-    x: &[f32],
-    xl: crate::qconv::F32Layout,
-    b: usize,
-    ys: std::ops::Range<usize>,
-    xs: std::ops::Range<usize>,
-    out: &mut [f32],
-) {
-    let c = out.len();
-    let mut c0 = 0;
-    while c0 < c {
-        let m = (c - c0).min(16);
-        let mut acc = [f32::NEG_INFINITY; 16];
-        let mut nan = [false; 16];
-        for iy in ys.clone() {
-            for ix in xs.clone() {
-                let o = xl.offset(b, iy, ix) + c0;
-                let src: &[f32; 16] = match x.get(o..o + 16) {
-                    Some(v) => v.try_into().expect("16 values"),
-                    None => {
-                        // The last channels of the last pixel: a partial group.
-                        let mut t = [0f32; 16];
-                        t[..m].copy_from_slice(&x[o..o + m]);
-                        for (i, &v) in t[..m].iter().enumerate() {
-                            nan[i] |= v.is_nan();
-                            if v > acc[i] {
-                                acc[i] = v;
-                            }
-                        }
-                        continue;
-                    }
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{window, Pool2d};
+    use std::arch::x86_64::*;
+
+    /// [`super::max_row`] on 16 channels at a time.
+    ///
+    /// # Safety
+    /// AVX-512 F/BW/VL/DQ; the caller owns the output row; `x` holds the input.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")]
+    pub(super) unsafe fn max_row(
+        x: &[f32],
+        xl: crate::qconv::F32Layout,
+        b: usize,
+        oy: usize,
+        ow: usize,
+        p: Pool2d,
+        dst: *mut f32,
+        ocs: usize,
+    ) {
+        let xp = x.as_ptr();
+        let nan = _mm512_set1_ps(f32::NAN);
+        for ox in 0..ow {
+            let (ys, xs) = window(p, xl, oy, ox);
+            let mut c0 = 0;
+            while c0 < xl.c {
+                let valid = (xl.c - c0).min(16);
+                let m: __mmask16 = if valid == 16 {
+                    0xffff
+                } else {
+                    (1u32 << valid) as u16 - 1
                 };
-                for i in 0..16 {
-                    let v = src[i];
-                    nan[i] |= v.is_nan();
-                    if v > acc[i] {
-                        acc[i] = v;
+                let mut acc = _mm512_set1_ps(f32::NEG_INFINITY);
+                let mut any_nan: __mmask16 = 0;
+                for iy in ys.clone() {
+                    for ix in xs.clone() {
+                        let v = _mm512_maskz_loadu_ps(m, xp.add(xl.offset(b, iy, ix) + c0));
+                        any_nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                        acc = _mm512_mask_mov_ps(acc, _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, acc), v);
                     }
                 }
+                let r = _mm512_mask_mov_ps(acc, any_nan, nan);
+                _mm512_mask_storeu_ps(dst.add(ox * ocs + c0), m, r);
+                c0 += 16;
             }
         }
-        for i in 0..m {
-            out[c0 + i] = if nan[i] { f32::NAN } else { acc[i] };
-        }
-        c0 += 16;
     }
 }
 

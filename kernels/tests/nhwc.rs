@@ -121,7 +121,7 @@ proptest! {
         let mut xn = vec![0f32; n * xl.sample_len()];
         nchw_to_nhwc(&x, n, xl, &mut xn).unwrap();
         let mut got = vec![0f32; n * ol.sample_len()];
-        max_pool2d_nhwc(&xn, n, xl, pool, &mut got, ol).unwrap();
+        max_pool2d_nhwc(&xn, n, xl, pool, &mut got, ol, &Workers::new(1 + seed as usize % 3)).unwrap();
         let mut back = vec![0f32; want.len()];
         nhwc_to_nchw(&got, n, ol, &mut back).unwrap();
         prop_assert!(bits_eq(&back, &want));

@@ -337,7 +337,7 @@ fn requantization_ties_round_like_division() {
     let fq = kernels::qconv::FastQuant::new(q);
     let mut rng = Rng::new(3);
     for _ in 0..20000 {
-        let k = (rng.below(1200) as f32 - 600.0) + 0.5;
+        let k = (rng.below(2400) as f32 - 1200.0) + 0.5;
         let base = k * 0.1;
         let mut y = [0f32; 16];
         for (i, v) in y.iter_mut().enumerate() {

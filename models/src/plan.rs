@@ -1425,6 +1425,7 @@ impl Runner {
                         pool(attrs),
                         &mut o[..n * ol.sample_len()],
                         ol,
+                        &self.workers,
                     )
                     .map_err(e)?;
                 }

@@ -40,12 +40,10 @@ impl FastQuant {
                 d[i] = y[i] * self.inv;
             }
             for i in 0..16 {
-                let a = d[i].abs();
-                let f = a - a.floor();
-                // |d - d_exact| <= 1.5 * 2^-23 |d|; a half-integer within 2^-21 |d| (or any
-                // NaN, which the comparison leaves false... and is handled by `r.is_nan` below
-                // the same way for both quotients) forces the exact division.
-                near |= (f - 0.5).abs() <= a.max(1.0) * (1.0 / 2_097_152.0) && a < 4_194_304.0;
+                // Same rule as the AVX-512 version: a quotient within 2^-11 of a half-integer
+                // (for |d| <= 1024 the reciprocal's error is below 1.5 * 2^-13) is recomputed
+                // by exact division; beyond 1024 both saturate. NaN compares false.
+                near |= (d[i] - d[i].round_ties_even()).abs() >= 0.5 - 1.0 / 2048.0;
             }
         }
         if !self.fast || near {
@@ -186,32 +184,29 @@ pub(crate) mod x86 {
     use super::EpiCtx;
     use std::arch::x86_64::*;
 
-    /// `Quant::quantize` of 16 lanes: reciprocal multiply, exact division for a group with any
-    /// lane near a half-integer, round half to even, NaN to the zero point, saturate to `u8`.
+    /// `Quant::quantize` of 16 lanes: `y * (1/scale)` rounded half to even, except in a group
+    /// where some lane's quotient is within `2^-11` of a half-integer: there `y / scale` is
+    /// computed exactly. (For `|d| <= 1024` the reciprocal's error is below `1.5 * 2^-13`, so
+    /// outside that band both quotients round to the same integer; beyond 1024 both saturate.)
+    /// NaN goes to the zero point; the result saturates to `u8`.
     #[inline(always)]
     pub(crate) unsafe fn quantize_v(y: __m512, q: &super::FastQuant) -> __m128i {
+        let abs = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fff_ffff));
         let mut d;
+        let mut rr;
         if q.fast {
             d = _mm512_mul_ps(y, _mm512_set1_ps(q.inv));
-            let ad = _mm512_abs_ps(d);
-            let f = _mm512_sub_ps(
-                ad,
-                _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(ad),
-            );
-            let e = _mm512_abs_ps(_mm512_sub_ps(f, _mm512_set1_ps(0.5)));
-            let thr = _mm512_mul_ps(
-                _mm512_max_ps(ad, _mm512_set1_ps(1.0)),
-                _mm512_set1_ps(1.0 / 2_097_152.0),
-            );
-            let near = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(e, thr)
-                & _mm512_cmp_ps_mask::<_CMP_LT_OQ>(ad, _mm512_set1_ps(4_194_304.0));
+            rr = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(d);
+            let e = _mm512_and_ps(_mm512_sub_ps(d, rr), abs);
+            let near = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(e, _mm512_set1_ps(0.5 - 1.0 / 2048.0));
             if near != 0 {
                 d = _mm512_div_ps(y, _mm512_set1_ps(q.quant.scale));
+                rr = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(d);
             }
         } else {
             d = _mm512_div_ps(y, _mm512_set1_ps(q.quant.scale));
+            rr = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(d);
         }
-        let rr = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(d);
         let ord = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(rr, rr);
         let c = _mm512_min_ps(
             _mm512_max_ps(rr, _mm512_set1_ps(-512.0)),
