@@ -1450,7 +1450,7 @@ impl Runner {
                         }
                         Kind::Linear { layer, relu } => {
                             layer
-                                .forward(x, n, ep(None, *relu), o, &mut self.ws, threads)
+                                .forward_pool(x, n, ep(None, *relu), o, &self.workers)
                                 .map_err(e)?;
                         }
                         Kind::ShiftLinear { layer, relu } => {

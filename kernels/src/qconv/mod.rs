@@ -591,7 +591,7 @@ impl QConv2d {
         // Tasks: an output-channel block times a run of tiles. Enough tasks to balance the
         // workers, few enough that each reuses its block's weights over many pixels.
         let threads = workers.threads();
-        let want = (threads * 4).max(1);
+        let want = if threads > 1 { threads * 16 } else { 4 };
         let per_ob = want.div_ceil(nob).clamp(1, ntiles);
         let tiles_per_task = ntiles.div_ceil(per_ob);
         let chunks = ntiles.div_ceil(tiles_per_task);
