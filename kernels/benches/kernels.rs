@@ -3,11 +3,17 @@
 //! weights, and fp32 `gemm`, on ResNet-18 conv shapes (as GEMMs over im2col'd activations) and
 //! GEMV/LSTM-sized matrices. Ratios are against fp32 gemm (and int8) measured in the same run.
 //!
+//! A third table runs whole quantized convolution layers (`QConv2d`: padded NHWC `u8` in, fused
+//! requantizing epilogue out) with every kernel this CPU supports, multiplication-free and
+//! dot-product, on the ResNet-18 layer shapes, with the ratios of the shift-add kernels to the
+//! dot-product kernels of the same instruction set.
+//!
 //! Environment: `KERNELS_BENCH_QUICK=1` runs a reduced set; `KERNELS_BENCH_SECS` sets the time
 //! budget per measurement (default 0.25 s, at least 3 runs); `KERNELS_BENCH_FILTER=substring`
 //! keeps matching shapes, `KERNELS_BENCH_ISA=name` one shift variant.
 
 use kernels::baseline::Int8Weights;
+use kernels::qconv::{F32Layout, U8Layout};
 use kernels::*;
 use std::hint::black_box;
 use std::time::Instant;
@@ -274,5 +280,138 @@ fn main() {
         }
         line += &format!(" {:>9.2} | {:>10.2}x |", gf, best / gf);
         println!("{line}");
+    }
+    conv_table(budget, quick, filter.as_deref());
+}
+
+/// Whole quantized conv layers (ResNet-18 shapes) with every supported kernel.
+fn conv_table(budget: f64, quick: bool, filter: Option<&str>) {
+    if std::env::var("KERNELS_BENCH_ONLY_SHIFT").is_ok() {
+        return;
+    }
+    let kernels: Vec<ConvKernel> = ConvKernel::supported()
+        .into_iter()
+        .filter(|k| !matches!(k, ConvKernel::Shift(Isa::Scalar) | ConvKernel::DotScalar))
+        .collect();
+    println!(
+        "\nquantized conv layers (QConv2d: NHWC u8 in, fused epilogue, u8 + f32 out), 1 thread, \
+         GMAC/s; shift/dot = shift-add kernel / dot-product kernel of the same instruction set\n"
+    );
+    let mut hdr = format!("| {:<28} | {:>7} |", "layer (in->out k stride @hw)", "MMAC");
+    for k in &kernels {
+        hdr += &format!(" {:>14} |", k.name());
+    }
+    let pairs: Vec<(ConvKernel, ConvKernel)> = [
+        (ConvKernel::Shift(Isa::Avx2), ConvKernel::DotAvx2),
+        (ConvKernel::Shift(Isa::Avx512), ConvKernel::DotAvx512Vnni),
+        (ConvKernel::Shift(Isa::Neon), ConvKernel::DotNeonSdot),
+    ]
+    .into_iter()
+    .filter(|(a, b)| kernels.contains(a) && kernels.contains(b))
+    .collect();
+    for (a, b) in &pairs {
+        hdr += &format!(
+            " {:>11} |",
+            format!("{}/{}", a.isa().name(), b.name().trim_start_matches("dot-"))
+        );
+    }
+    print_header(&hdr);
+    let shapes: &[(usize, usize, usize, usize, usize)] = if quick {
+        &[(64, 64, 3, 1, 56), (512, 512, 3, 1, 7)]
+    } else {
+        &[
+            (64, 64, 3, 1, 56),
+            (64, 128, 3, 2, 56),
+            (64, 128, 1, 2, 56),
+            (128, 128, 3, 1, 28),
+            (128, 256, 3, 2, 28),
+            (256, 256, 3, 1, 14),
+            (256, 512, 3, 2, 14),
+            (512, 512, 3, 1, 7),
+        ]
+    };
+    let workers = Workers::new(1);
+    let mut rng = Rng(0x0bad_cafe_1234_5678);
+    for &n in &[1usize, 8] {
+        for &(c, o, k, st, hw) in shapes {
+            let name = format!("{c}->{o} {k}x{k}/{st} @{hw} b{n}");
+            if filter.is_some_and(|f| !name.contains(f)) {
+                continue;
+            }
+            let g = ConvGeom {
+                in_c: c,
+                out_c: o,
+                kh: k,
+                kw: k,
+                stride: (st, st),
+                pad: (k / 2, k / 2),
+                groups: 1,
+            };
+            let vals: Vec<i32> = (0..o * g.k())
+                .map(|_| {
+                    let r = rng.next();
+                    let m = (r >> 8) % 4;
+                    if r & 1 == 1 {
+                        -(1 << m)
+                    } else {
+                        1 << m
+                    }
+                })
+                .collect();
+            let w = PackedShift::from_values(Code::ZeroFree, 3, o, g.k(), &vals).unwrap();
+            let scale = vec![0.01f32; o];
+            let bias = vec![0.1f32; o];
+            let q = Quant::new(6.0 / 255.0, 0).unwrap();
+            let (oh, ow) = g.out_hw(hw, hw).unwrap();
+            let xl = U8Layout::new(hw, hw, c, k / 2);
+            let x: Vec<u8> = (0..n * xl.sample_len())
+                .map(|_| (rng.next() >> 24) as u8)
+                .collect();
+            let ol = U8Layout::new(oh, ow, o, 1);
+            let fl = F32Layout::new(oh, ow, o);
+            let macs = (n * oh * ow * o * g.k()) as f64;
+            let mut line = format!("| {:<28} | {:>7.1} |", name, macs / 1e6);
+            let mut got = Vec::new();
+            let mut reference: Option<Vec<u8>> = None;
+            for &kern in &kernels {
+                let layer = QConv2d::new(g, &w, &scale, &bias, q, kern).unwrap();
+                let mut scratch = QScratch::new();
+                let mut ob = vec![0u8; n * ol.sample_len()];
+                let mut fb = vec![0f32; n * fl.sample_len()];
+                let t = median_secs(budget, || {
+                    let targets = [U8Target::new(&mut ob, ol, q)];
+                    layer
+                        .forward(
+                            black_box(&x),
+                            xl,
+                            n,
+                            None,
+                            true,
+                            QOutputs {
+                                u8s: &targets,
+                                f32_nhwc: Some((&mut fb, fl)),
+                                f32_nchw: None,
+                            },
+                            &mut scratch,
+                            &workers,
+                        )
+                        .unwrap();
+                });
+                // Every kernel must write the same bytes (the property tests are the proof).
+                match &reference {
+                    None => reference = Some(ob.clone()),
+                    Some(r) => assert!(r == &ob, "{kern} disagrees"),
+                }
+                let gm = macs / t / 1e9;
+                got.push((kern, gm));
+                line += &format!(" {:>14.1} |", gm);
+            }
+            for (a, b) in &pairs {
+                let ga = got.iter().find(|(k, _)| k == a).map(|x| x.1).unwrap_or(0.0);
+                let gb = got.iter().find(|(k, _)| k == b).map(|x| x.1).unwrap_or(1.0);
+                line += &format!(" {:>10.2}x |", ga / gb);
+            }
+            println!("{line}");
+        }
     }
 }

@@ -51,7 +51,8 @@ unsafe fn gemm_raw(
     )
 }
 
-/// Threaded strided gemm: splits `n` (or `m` when `n` is small) over `threads` scoped threads.
+/// Threaded strided gemm: splits `n` (or `m` when `n` is small) into `threads` parts, run on the
+/// installed worker pool (`Workers::install`) or else on scoped threads.
 #[allow(clippy::too_many_arguments)]
 fn gemm_threads(
     m: usize,
@@ -67,30 +68,6 @@ fn gemm_threads(
     c_rs: usize,
     accumulate: bool,
     threads: usize,
-) {
-    gemm_parts(
-        m, n, k, a, a_rs, a_cs, b, b_rs, b_cs, c, c_rs, accumulate, threads, None,
-    )
-}
-
-/// [`gemm_threads`] with the parts run on `pool` when given (the same split into `threads`
-/// parts either way, so the same `gemm` sub-problems and the same bits).
-#[allow(clippy::too_many_arguments)]
-fn gemm_parts(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[f32],
-    a_rs: usize,
-    a_cs: usize,
-    b: &[f32],
-    b_rs: usize,
-    b_cs: usize,
-    c: &mut [f32],
-    c_rs: usize,
-    accumulate: bool,
-    threads: usize,
-    pool: Option<&Workers>,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -154,28 +131,11 @@ fn gemm_parts(
         return;
     }
     let per = dim.div_ceil(t);
-    if let Some(pool) = pool {
-        pool.run(&|i| {
-            // Worker i computes part i, i + pool size, ... of the same split.
-            let mut part = i;
-            while part < t {
-                let (lo, hi) = ((part * per).min(dim), ((part + 1) * per).min(dim));
-                if lo < hi {
-                    run(lo, hi);
-                }
-                part += pool.threads();
-            }
-        });
-        return;
-    }
-    std::thread::scope(|s| {
-        for i in 1..t {
-            let (lo, hi) = ((i * per).min(dim), ((i + 1) * per).min(dim));
-            if lo < hi {
-                s.spawn(move || run(lo, hi));
-            }
+    crate::workers::split_run(t, &|i| {
+        let (lo, hi) = ((i * per).min(dim), ((i + 1) * per).min(dim));
+        if lo < hi {
+            run(lo, hi);
         }
-        run(0, per.min(dim));
     });
 }
 
@@ -449,38 +409,13 @@ impl LinearF32 {
         _ws: &mut Workspace,
         threads: usize,
     ) -> Result<(), KernelError> {
-        self.forward_on(x, n, ep, out, threads, None)
-    }
-
-    /// As [`LinearF32::forward`] with `pool.threads()` parts run on the session's workers (the
-    /// same split, hence the same bits, as `forward` with that many threads).
-    pub fn forward_pool(
-        &self,
-        x: &[f32],
-        n: usize,
-        ep: Epilogue<'_>,
-        out: &mut [f32],
-        pool: &Workers,
-    ) -> Result<(), KernelError> {
-        self.forward_on(x, n, ep, out, pool.threads(), Some(pool))
-    }
-
-    fn forward_on(
-        &self,
-        x: &[f32],
-        n: usize,
-        ep: Epilogue<'_>,
-        out: &mut [f32],
-        threads: usize,
-        pool: Option<&Workers>,
-    ) -> Result<(), KernelError> {
         check_len("linear input", x.len(), mul_dims(&[n, self.in_f])?)?;
         check_len("linear output", out.len(), mul_dims(&[n, self.out_f])?)?;
         if let Some(r) = ep.residual {
             check_len("linear residual", r.len(), out.len())?;
         }
         // out[n, o] = x[n, k] * W^T[k, o]; W^T viewed with row stride 1, column stride in_f.
-        gemm_parts(
+        gemm_threads(
             n,
             self.out_f,
             self.in_f,
@@ -494,7 +429,6 @@ impl LinearF32 {
             self.out_f,
             false,
             threads,
-            pool,
         );
         for (b, row) in out.chunks_exact_mut(self.out_f).enumerate() {
             for (v, &bb) in row.iter_mut().zip(&self.bias) {

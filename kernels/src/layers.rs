@@ -512,26 +512,20 @@ where
         scratch.resize_with(t, Default::default);
     }
     let per = ng.div_ceil(t);
-    let flags: Vec<bool> = std::thread::scope(|s| {
-        let hs: Vec<_> = scratch[..t]
-            .iter_mut()
-            .enumerate()
-            .map(|(i, sc)| {
-                let f = &f;
-                s.spawn(move || {
-                    let mut flag = false;
-                    for gi in i * per..((i + 1) * per).min(ng) {
-                        flag = f(gi, 1, sc);
-                    }
-                    flag
-                })
-            })
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().expect("kernel thread panicked"))
-            .collect()
+    let first = std::sync::atomic::AtomicBool::new(false);
+    let sp = crate::kern::SyncPtr(scratch.as_mut_ptr());
+    crate::workers::split_run(t, &|i| {
+        // SAFETY: part i alone uses scratch i.
+        let sc = unsafe { &mut *sp.get().add(i) };
+        let mut flag = false;
+        for gi in i * per..((i + 1) * per).min(ng) {
+            flag = f(gi, 1, sc);
+        }
+        if i == 0 {
+            first.store(flag, std::sync::atomic::Ordering::Relaxed);
+        }
     });
-    flags[0]
+    first.into_inner()
 }
 
 /// A power-of-two weight fully connected layer: `x` is `[n, in]`, output `[n, out]`.

@@ -27,6 +27,8 @@ mod gemv512;
 mod isa;
 mod kern;
 mod layers;
+#[cfg(target_arch = "x86_64")]
+mod lutgemv;
 mod ops;
 mod packed;
 mod policy;

@@ -198,6 +198,10 @@ pub struct PreparedShift {
     /// AVX-512 GEMV layout (zero-free W2/W3): bit-plane masks `[rows][ceil(cols/32)][bits]`.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     gemv_masks: Vec<u32>,
+    /// AVX-512 table-lookup GEMV layout (widths up to 3 bits): one byte per weight pair
+    /// (`lutgemv.rs`), for a single activation vector.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    lut_pairs: Vec<u8>,
 }
 
 impl PreparedShift {
@@ -244,6 +248,12 @@ impl PreparedShift {
         let kc_f32 = (TABLE_BUDGET / (ncodes * l32 * 4)).max(1);
         #[allow(unused_mut)]
         let mut gemv_masks = Vec::new();
+        #[allow(unused_mut)]
+        let mut lut_pairs = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512 && w.bits() <= 3 {
+            lut_pairs = crate::lutgemv::build(&codes, rows, cols);
+        }
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Avx512 && w.code() == Code::ZeroFree && w.bits() <= 3 {
             gemv_masks = crate::gemv512::build_masks(&codes, rows, cols, w.bits() as usize);
@@ -262,6 +272,7 @@ impl PreparedShift {
             int_mode,
             kc_f32,
             gemv_masks,
+            lut_pairs,
         })
     }
 
@@ -343,6 +354,49 @@ impl PreparedShift {
         scratch: &mut Scratch,
     ) -> bool {
         let threads = threads.max(1);
+        #[cfg(target_arch = "x86_64")]
+        if np == 1 && !self.lut_pairs.is_empty() {
+            // One activation vector: the table-lookup GEMV (weights dominate the traffic).
+            let lay = self.lay(layout, self.block_lanes(false));
+            let pairs = self.cols.div_ceil(2);
+            let groups = self.rows.div_ceil(crate::lutgemv::GROUP);
+            let per_widen = crate::lutgemv::pairs_per_widen(self.max_abs);
+            let mut ops8 = [self.ops[0]; 8];
+            ops8[..self.ops.len()].copy_from_slice(&self.ops);
+            run_split(
+                groups,
+                1,
+                threads,
+                |g0, g1, buf: &mut [u8]| {
+                    let tables = cast_mut::<i16>(buf);
+                    // SAFETY: tables exist only for Avx512 weights, built after checking the
+                    // CPU; the table buffer holds table_bytes(cols); rows g0..g1 are this part's.
+                    unsafe {
+                        crate::lutgemv::build_tables(
+                            &ops8,
+                            self.cols,
+                            |kk| act[kk * lay.ks],
+                            tables,
+                        );
+                        crate::lutgemv::gemv(
+                            &self.lut_pairs,
+                            pairs,
+                            tables,
+                            per_widen,
+                            self.rows,
+                            g0,
+                            g1,
+                            acc,
+                            stride,
+                            0,
+                        );
+                    }
+                },
+                scratch,
+                crate::lutgemv::table_bytes(self.cols),
+            );
+            return true;
+        }
         #[cfg(target_arch = "x86_64")]
         if self.use_rowvec(np, false) && !self.gemv_masks.is_empty() {
             let lay = self.lay(layout, self.block_lanes(false));
@@ -558,17 +612,14 @@ where
         return;
     }
     let per = units.div_ceil(t);
-    std::thread::scope(|s| {
-        let mut it = bufs.iter_mut().enumerate();
-        let (_, first) = it.next().unwrap();
-        for (i, b) in it {
-            let (pb, pe) = ((i * per * align).min(n), ((i + 1) * per * align).min(n));
-            if pb < pe {
-                let f = &f;
-                s.spawn(move || f(pb, pe, &mut b[..bytes]));
-            }
+    let bp = SyncPtr(bufs.as_mut_ptr());
+    crate::workers::split_run(t, &|i| {
+        let (pb, pe) = ((i * per * align).min(n), ((i + 1) * per * align).min(n));
+        if pb < pe || i == 0 {
+            // SAFETY: part i alone uses buffer i.
+            let b = unsafe { &mut *bp.get().add(i) };
+            f(pb, pe.max(pb), &mut b[..bytes]);
         }
-        f(0, (per * align).min(n), &mut first[..bytes]);
     });
 }
 

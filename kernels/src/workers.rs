@@ -200,6 +200,58 @@ impl std::fmt::Debug for Workers {
     }
 }
 
+thread_local! {
+    /// The pool installed on this thread by [`Workers::install`].
+    static CURRENT: std::cell::Cell<*const Workers> = const { std::cell::Cell::new(std::ptr::null()) };
+}
+
+impl Workers {
+    /// Runs `f` with this pool installed on the calling thread: the layers that take a thread
+    /// count instead of a pool (float path, grouped convolutions, fp32 `gemm` layers) then run
+    /// their parts on these workers instead of spawning threads (see [`split_run`]).
+    pub fn install<R>(&self, f: impl FnOnce() -> R) -> R {
+        struct Restore(*const Workers);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                CURRENT.with(|c| c.set(self.0));
+            }
+        }
+        let _restore = Restore(CURRENT.with(|c| c.replace(self as *const Workers)));
+        f()
+    }
+}
+
+/// Runs `part(i)` for `i in 0..parts`: on the installed pool when there is one with at least
+/// `parts` workers (part `i` on worker `i`), else on scoped threads (part 0 on the caller). The
+/// split is the caller's either way, so results do not depend on where the parts ran.
+pub(crate) fn split_run(parts: usize, part: &(dyn Fn(usize) + Sync)) {
+    if parts <= 1 {
+        if parts == 1 {
+            part(0);
+        }
+        return;
+    }
+    let pool = CURRENT.with(|c| c.get());
+    // SAFETY: the pointer was set by `install` on this thread and is cleared before the pool
+    // it points to can go away (the install closure borrows it).
+    if let Some(pool) = unsafe { pool.as_ref() } {
+        if pool.threads() >= parts {
+            pool.run(&|i| {
+                if i < parts {
+                    part(i)
+                }
+            });
+            return;
+        }
+    }
+    std::thread::scope(|s| {
+        for i in 1..parts {
+            s.spawn(move || part(i));
+        }
+        part(0);
+    });
+}
+
 /// Hands out task indices `0..n` to whichever worker asks first.
 pub struct TaskCounter {
     next: AtomicUsize,

@@ -1307,7 +1307,9 @@ impl Runner {
             nhwc: &mut self.nhwc,
         };
         let mut out = Taken::take(&mut mem, step.output);
-        let result = (|| -> Result<(), ModelError> {
+        let workers = &self.workers;
+        // Layers that split work by a thread count run their parts on this session's workers.
+        let result = workers.install(|| -> Result<(), ModelError> {
             let in_len: usize = step.in_shape.iter().product();
             let slot = |b: Buf, len: usize| -> Result<&[f32], ModelError> {
                 match b {
@@ -1450,7 +1452,7 @@ impl Runner {
                         }
                         Kind::Linear { layer, relu } => {
                             layer
-                                .forward_pool(x, n, ep(None, *relu), o, &self.workers)
+                                .forward(x, n, ep(None, *relu), o, &mut self.ws, threads)
                                 .map_err(e)?;
                         }
                         Kind::ShiftLinear { layer, relu } => {
@@ -1492,7 +1494,7 @@ impl Runner {
                 _ => return Err(internal("plan: step and output buffer do not match")),
             }
             Ok(())
-        })();
+        });
         out.put_back(
             &mut Mem {
                 bufs: &mut self.bufs,

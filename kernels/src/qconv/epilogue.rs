@@ -85,6 +85,7 @@ pub(crate) struct EpiCtx<'a> {
     pub f32_nhwc: Option<(SyncPtr<f32>, F32Layout)>,
     pub f32_nchw: Option<SyncPtr<f32>>,
     /// Use the AVX-512 epilogue (the CPU has AVX-512 F/BW/VL/DQ).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub avx512: bool,
 }
 

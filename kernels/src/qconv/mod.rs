@@ -648,16 +648,21 @@ impl QConv2d {
         let l = prep.block_lanes(false);
         let chunk = SHIFT_CHUNK.max(l).div_ceil(l) * l;
         let nchunks = p_total.div_ceil(chunk);
-        let tasks = TaskCounter::new(nchunks);
+        // Chunks go to workers round-robin (not first come, first served): every run gives each
+        // worker the same chunks, so the buffers sized by the first run fit every later one and
+        // steady-state runs allocate nothing.
+        let nthreads = workers.threads();
         workers.run(&|wi| {
-            let mut ws = scratch.workers[wi].lock().unwrap();
+            let mut ws = scratch.workers[wi]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let WorkerScratch {
                 cols,
                 acc,
                 tile,
                 table,
             } = &mut *ws;
-            while let Some(c) = tasks.next() {
+            for c in (wi..nchunks).step_by(nthreads) {
                 let p0 = c * chunk;
                 let np = chunk.min(p_total - p0);
                 let nblk = np.div_ceil(l);
