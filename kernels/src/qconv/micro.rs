@@ -34,6 +34,9 @@ pub(crate) struct TileGeom {
     pub c4: usize,
     pub row_stride: usize,
     pub cs: usize,
+    /// Steps whose `vpmaddubsw` pair sums may be added in `i16` before widening (AVX2 kernel):
+    /// `32767 / (2 * 255 * max|w|)`, 8 for W3.
+    pub chunk: usize,
 }
 
 /// The generic tile: `out[p * NV*VW + v*VW + lane]` = exact `Σ w * a` over the receptive field.
@@ -190,36 +193,67 @@ pub(crate) mod x86 {
         }
     }
 
-    /// AVX2 without VNNI: `vpmaddubsw` (u8 x i8 pairs summed in `i16`) then `vpmaddwd` by ones
-    /// (pairs of pairs into `i32`). Exact while `2 * 255 * max|w| <= 32767`, i.e. `max|w| <= 64`
-    /// (checked when the layer is built).
-    pub(crate) struct Avx2Madd;
-    impl DotOps for Avx2Madd {
-        const VW: usize = 8;
-        const CENTRED: bool = false;
-        type Acc = __m256i;
-        type W = __m256i;
-        type A = __m256i;
-        #[inline(always)]
-        unsafe fn zero() -> __m256i {
-            _mm256_setzero_si256()
+    /// The AVX2 tile with two-level accumulation: `vpmaddubsw` pair sums are added in `i16`
+    /// (`vpaddw`) for `g.chunk` steps, then widened by `vpmaddwd` with ones into `i32`: two
+    /// instructions per 32 products instead of three. Exact because `g.chunk * 2 * 255 *
+    /// max|w| <= 32767`.
+    ///
+    /// # Safety
+    /// As `super::tile`; AVX2.
+    #[inline(always)]
+    pub(crate) unsafe fn tile_madd16<const NV: usize, const NP: usize>(
+        g: &super::TileGeom,
+        w: *const i8,
+        base: &[*const u8; NP],
+        out: *mut i32,
+    ) {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_si256(); NV]; NP];
+        let mut part = [[_mm256_setzero_si256(); NV]; NP];
+        let mut wp = w;
+        let mut left = g.chunk;
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let off = ky * g.row_stride + kx * g.cs;
+                let mut ap: [*const u8; NP] = [std::ptr::null(); NP];
+                for p in 0..NP {
+                    ap[p] = base[p].add(off);
+                }
+                for _ in 0..g.c4 {
+                    let mut wv = [_mm256_loadu_si256(wp as *const _); NV];
+                    for v in 1..NV {
+                        wv[v] = _mm256_loadu_si256(wp.add(v * 32) as *const _);
+                    }
+                    for p in 0..NP {
+                        let a = _mm256_set1_epi32(std::ptr::read_unaligned(ap[p] as *const i32));
+                        for v in 0..NV {
+                            part[p][v] =
+                                _mm256_add_epi16(part[p][v], _mm256_maddubs_epi16(a, wv[v]));
+                        }
+                        ap[p] = ap[p].add(4);
+                    }
+                    wp = wp.add(NV * 32);
+                    left -= 1;
+                    if left == 0 {
+                        for p in 0..NP {
+                            for v in 0..NV {
+                                acc[p][v] = _mm256_add_epi32(
+                                    acc[p][v],
+                                    _mm256_madd_epi16(part[p][v], ones),
+                                );
+                                part[p][v] = _mm256_setzero_si256();
+                            }
+                        }
+                        left = g.chunk;
+                    }
+                }
+            }
         }
-        #[inline(always)]
-        unsafe fn load_w(p: *const i8) -> __m256i {
-            _mm256_loadu_si256(p as *const _)
-        }
-        #[inline(always)]
-        unsafe fn bcast(p: *const u8) -> __m256i {
-            _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
-        }
-        #[inline(always)]
-        unsafe fn dot(acc: __m256i, a: __m256i, w: __m256i) -> __m256i {
-            let pairs = _mm256_maddubs_epi16(a, w);
-            _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
-        }
-        #[inline(always)]
-        unsafe fn store(acc: __m256i, p: *mut i32) {
-            _mm256_storeu_si256(p as *mut _, acc)
+        for p in 0..NP {
+            for v in 0..NV {
+                let a = _mm256_add_epi32(acc[p][v], _mm256_madd_epi16(part[p][v], ones));
+                _mm256_storeu_si256(out.add((p * NV + v) * 8) as *mut _, a);
+            }
         }
     }
 }

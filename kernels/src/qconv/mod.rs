@@ -246,6 +246,8 @@ pub struct QConv2d {
     corr_centred: Vec<i32>,
     mul: Vec<f32>,
     bias: Vec<f32>,
+    /// Reduction steps the AVX2 kernel may sum in `i16`: `32767 / (2 * 255 * max|w|)`.
+    madd_chunk: usize,
 }
 
 /// Where a [`QConv2d`] writes: any number of requantized `u8` consumers, and optionally the
@@ -411,6 +413,7 @@ impl QConv2d {
             }
         };
         Ok(QConv2d {
+            madd_chunk: (32767 / (2 * 255 * max_abs as usize).max(1)).max(1),
             geom,
             kernel,
             prep,
@@ -585,6 +588,7 @@ impl QConv2d {
             c4: self.in_cs / 4,
             row_stride: geo.xl.row_stride(),
             cs: geo.xl.cs,
+            chunk: self.madd_chunk,
         };
         let steps = g.kh * g.kw * tg.c4;
         let ntiles = p_total.div_ceil(shape.np);
@@ -862,7 +866,7 @@ unsafe fn tile_avx2<const NV: usize, const NP: usize>(
     base: &[*const u8; NP],
     out: *mut i32,
 ) {
-    micro::tile::<micro::x86::Avx2Madd, NV, NP>(g, w, base, out)
+    micro::x86::tile_madd16::<NV, NP>(g, w, base, out)
 }
 
 #[cfg(target_arch = "aarch64")]
