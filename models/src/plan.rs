@@ -456,7 +456,6 @@ impl Plan {
                 .entry(value.to_string())
                 .or_default()
                 .push((form, buf));
-            let conv_steps_start = steps.len();
             for n in list.iter().filter(|n| !n.rep.same(&form)) {
                 let to = bufs.take(n.rep, shape, n.border)?;
                 placed
@@ -481,7 +480,6 @@ impl Plan {
                     node: false,
                 });
             }
-            let _ = conv_steps_start;
             let last = own.map(|n| n.last).unwrap_or(at);
             if last != usize::MAX {
                 frees.push((last.max(at), buf));
@@ -783,35 +781,40 @@ fn build_qconv(
                 threads: workers.threads(),
                 kernel: k,
             };
+            let xl = U8Layout::new(h_eff, w, c, g.pad.0.max(g.pad.1));
+            let x: Vec<u8> = (0..n * xl.sample_len())
+                .map(|i| (i * 131 % 251) as u8)
+                .collect();
+            let ol = U8Layout::new(oh_eff, ow, g.out_c, 1);
+            let mut out = vec![0u8; n * ol.sample_len()];
+            let mut scratch = QScratch::new();
+            let mut run = || {
+                let targets = [U8Target::new(&mut out, ol, quant)];
+                layer.forward(
+                    &x,
+                    xl,
+                    n,
+                    None,
+                    true,
+                    QOutputs {
+                        u8s: &targets,
+                        f32_nhwc: None,
+                        f32_nchw: None,
+                    },
+                    &mut scratch,
+                    workers,
+                )
+            };
+            // A kernel that fails here is an error of the model, not a slow kernel.
+            run().map_err(kerr(name))?;
             total += kernels::timed(key, || {
-                let xl = U8Layout::new(h_eff, w, c, g.pad.0.max(g.pad.1));
-                let x: Vec<u8> = (0..n * xl.sample_len())
-                    .map(|i| (i * 131 % 251) as u8)
-                    .collect();
-                let ol = U8Layout::new(oh_eff, ow, g.out_c, 1);
-                let mut out = vec![0u8; n * ol.sample_len()];
-                let mut scratch = QScratch::new();
-                let mut run = || {
-                    let targets = [U8Target::new(&mut out, ol, quant)];
-                    let _ = layer.forward(
-                        &x,
-                        xl,
-                        n,
-                        None,
-                        true,
-                        QOutputs {
-                            u8s: &targets,
-                            f32_nhwc: None,
-                            f32_nchw: None,
-                        },
-                        &mut scratch,
-                        workers,
-                    );
+                let mut timed_run = || {
+                    let _ = run();
                 };
-                let t = kernels::min_time(3, &mut run);
+                let t = kernels::min_time(3, &mut timed_run);
                 // Short layers: more repetitions for a steadier minimum.
                 if t < 2e-4 {
-                    kernels::min_time(15, &mut run)
+                    kernels::min_time(15, &mut timed_run)
                 } else {
                     t
                 }

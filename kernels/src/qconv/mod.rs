@@ -548,9 +548,7 @@ impl QConv2d {
         };
         let xp = SyncPtr(x.as_ptr() as *mut u8);
         match &self.prep {
-            Prep::Dot { shape, w } => {
-                self.run_dot(*shape, w, xp, geo, p_total, &ctx, scratch, workers)
-            }
+            Prep::Dot { shape, w } => self.run_dot(*shape, w, xp, geo, p_total, &ctx, workers),
             Prep::Shift(p) => self.run_shift(p, xp, geo, p_total, &ctx, scratch, workers),
         }
         Ok((oh, ow))
@@ -576,7 +574,6 @@ impl QConv2d {
         geo: PixelGeom,
         p_total: usize,
         ctx: &epilogue::EpiCtx<'_>,
-        scratch: &QScratch,
         workers: &Workers,
     ) {
         let g = self.geom;
@@ -601,9 +598,8 @@ impl QConv2d {
         let chunks = ntiles.div_ceil(tiles_per_task);
         let tasks = TaskCounter::new(nob * chunks);
         let wp = SyncPtr(w.as_ptr() as *mut i8);
-        workers.run(&|wi| {
+        workers.run(&|_| {
             let mut tile = [0i32; 512];
-            let _ = &scratch.workers[wi];
             while let Some(t) = tasks.next() {
                 // Pixel-run major: consecutive tasks share the activations.
                 let (chunk, ob) = (t / nob, t % nob);
