@@ -1,5 +1,6 @@
 //! HTTP front end: routing, middleware (auth, request ids, JSON errors, tracing), shared state.
 
+pub mod decode;
 pub mod infer;
 pub mod openapi;
 pub mod v1;
