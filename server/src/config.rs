@@ -71,6 +71,13 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info` or `shiftserve=debug,tower_http=info` [default: info].
     #[arg(long, env = "SHIFTSERVE_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// `/v2/health/ready` is 200 only when every model that should be served has a ready
+    /// version (`--strict-readiness=false`: once started, whatever loaded) [default: true].
+    #[arg(long, env = "SHIFTSERVE_STRICT_READINESS", num_args = 0..=1, default_missing_value = "true")]
+    pub strict_readiness: Option<bool>,
+    /// Exit with a non-zero status when a model fails to load at start [default: false].
+    #[arg(long, env = "SHIFTSERVE_EXIT_ON_ERROR", num_args = 0..=1, default_missing_value = "true")]
+    pub exit_on_error: Option<bool>,
 }
 
 impl ServeArgs {
@@ -108,6 +115,8 @@ impl ServeArgs {
             max_timeout_ms: self.max_timeout_ms.or(f.max_timeout_ms),
             log_format: self.log_format.or(f.log_format),
             log_level: self.log_level.or(f.log_level),
+            strict_readiness: self.strict_readiness.or(f.strict_readiness),
+            exit_on_error: self.exit_on_error.or(f.exit_on_error),
         }
     }
 
@@ -164,6 +173,8 @@ impl ServeArgs {
                 max_audio_seconds: self.max_audio_seconds.unwrap_or(defaults.max_audio_seconds),
             },
             max_timeout_ms: self.max_timeout_ms.unwrap_or(600_000).max(1),
+            strict_readiness: self.strict_readiness.unwrap_or(true),
+            exit_on_error: self.exit_on_error.unwrap_or(false),
         })
     }
 }

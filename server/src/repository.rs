@@ -7,7 +7,7 @@ use crate::model_config::ModelConfig;
 use crate::stats::VersionStats;
 use models::Model;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -124,6 +124,10 @@ pub struct Repository {
     metrics: Arc<Metrics>,
     slots: RwLock<BTreeMap<String, Slot>>,
     load_lock: Mutex<()>,
+    /// Models that should be served: every model directory found by the last scan (none and
+    /// poll modes), or the models asked for at start and through the load API and not unloaded
+    /// since (explicit mode). Strict readiness needs every one of them ready.
+    expected: Mutex<BTreeSet<String>>,
 }
 
 /// A model name usable as a directory name and URL segment.
@@ -277,6 +281,7 @@ impl Repository {
             metrics,
             slots: RwLock::new(BTreeMap::new()),
             load_lock: Mutex::new(()),
+            expected: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -320,6 +325,10 @@ impl Repository {
                 "model \"{name}\" not found in the model repository"
             ));
         }
+        self.expected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string());
         let (current, failed) = {
             let mut slots = self.slots.write().unwrap();
             let slot = slots.entry(name.to_string()).or_insert_with(Slot::new);
@@ -470,6 +479,10 @@ impl Repository {
     }
 
     fn unload_locked(&self, name: &str, reason: &str) -> bool {
+        self.expected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
         let retired: Vec<Arc<LoadedVersion>> = {
             let mut slots = self.slots.write().unwrap();
             let Some(slot) = slots.get_mut(name) else {
@@ -493,23 +506,73 @@ impl Repository {
         known || (valid_model_name(name) && self.root.join(name).is_dir())
     }
 
-    /// Initial load according to the control mode.
-    pub fn load_initial(&self, explicit: &[String]) {
+    /// Initial load according to the control mode. Returns the models that failed to load
+    /// (fully), with why.
+    pub fn load_initial(&self, explicit: &[String]) -> Vec<(String, String)> {
         let names: Vec<String> = match self.mode {
             ControlMode::None | ControlMode::Poll => self.model_dirs(),
             ControlMode::Explicit if explicit.iter().any(|n| n == "*") => self.model_dirs(),
             ControlMode::Explicit => explicit.to_vec(),
         };
-        for name in names {
-            if let Err(e) = self.sync_model(&name, true) {
+        *self.expected.lock().unwrap_or_else(|p| p.into_inner()) = names.iter().cloned().collect();
+        let mut failed = Vec::new();
+        for name in &names {
+            if let Err(e) = self.sync_model(name, true) {
                 tracing::error!(model = %name, error = %e, "model not (fully) loaded");
+                failed.push((name.clone(), e));
             }
         }
+        // A requested model that is not in the repository still should be served.
+        self.expected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(names);
+        failed
+    }
+
+    /// Why the server is not ready to serve every model it should (empty when it is): the
+    /// repository cannot be read, it has no models (none and poll modes), or a model that
+    /// should be served has no ready version.
+    pub fn not_ready(&self) -> Vec<String> {
+        if let Err(e) = std::fs::read_dir(&self.root) {
+            return vec![format!(
+                "the model repository {} cannot be read: {e}",
+                self.root.display()
+            )];
+        }
+        let expected: Vec<String> = self
+            .expected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        if expected.is_empty() && self.mode != ControlMode::Explicit {
+            return vec![format!(
+                "the model repository {} has no models",
+                self.root.display()
+            )];
+        }
+        let slots = self.slots.read().unwrap();
+        expected
+            .into_iter()
+            .filter_map(|name| match slots.get(&name) {
+                Some(slot) if !slot.versions.is_empty() => None,
+                Some(slot) if slot.state == SlotState::Loading => {
+                    Some(format!("model \"{name}\" is loading"))
+                }
+                Some(slot) if !slot.reason.is_empty() => {
+                    Some(format!("model \"{name}\" is not available: {}", slot.reason))
+                }
+                _ => Some(format!("model \"{name}\" is not loaded")),
+            })
+            .collect()
     }
 
     /// One poll pass: new and changed models load, removed ones unload.
     pub fn poll_once(&self) {
         let dirs = self.model_dirs();
+        *self.expected.lock().unwrap_or_else(|p| p.into_inner()) = dirs.iter().cloned().collect();
         for name in &dirs {
             if let Err(e) = self.sync_model(name, false) {
                 tracing::debug!(model = %name, error = %e, "poll: model not fully in sync");

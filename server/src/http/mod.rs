@@ -41,6 +41,10 @@ pub struct ServeOptions {
     pub limits: InputLimits,
     /// Upper bound on a per-request `timeout_ms`.
     pub max_timeout_ms: u64,
+    /// Ready only when every model that should be served is ready.
+    pub strict_readiness: bool,
+    /// Exit non-zero when a model fails to load at start.
+    pub exit_on_error: bool,
 }
 
 pub struct AppState {
@@ -106,8 +110,26 @@ impl AppState {
         }
     }
 
+    /// Why the server is not ready (draining, starting, or with strict readiness a model that
+    /// should be served and is not); `None` when ready.
+    pub fn not_ready(&self) -> Option<String> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Some("server is shutting down".into());
+        }
+        if !self.started.load(Ordering::SeqCst) {
+            return Some("server is starting: models are loading".into());
+        }
+        if self.opts.strict_readiness {
+            let why = self.repo.not_ready();
+            if !why.is_empty() {
+                return Some(format!("not every model is ready: {}", why.join("; ")));
+            }
+        }
+        None
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.started.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
+        self.not_ready().is_none()
     }
 }
 
@@ -218,16 +240,19 @@ pub async fn live() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "live": true }))
 }
 
-/// `GET /v2/health/ready`: 200 once the initial models are loaded, 503 while starting or draining.
+/// `GET /v2/health/ready`: 200 once every model that should be served is ready (with
+/// `--strict-readiness=false`: once the initial load finished); 503 while starting or draining,
+/// and while a model that should be served has no ready version or the repository is unreadable.
 #[utoipa::path(get, path = "/v2/health/ready", tag = "health",
-    responses((status = 200, description = "Ready"), (status = 503, description = "Starting or shutting down", body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "Ready"), (status = 503, description = "Starting, shutting down, or a model that should be served is not ready (the reason is in `error`)", body = crate::error::ErrorBody)))]
 pub async fn ready(State(st): State<SharedState>) -> Response {
-    if st.draining.load(Ordering::SeqCst) {
-        ApiError::unavailable("server is shutting down").into_response()
-    } else if !st.started.load(Ordering::SeqCst) {
-        ApiError::unavailable("server is starting: models are loading").into_response()
-    } else {
-        Json(serde_json::json!({ "ready": true })).into_response()
+    let state = st.clone();
+    let why = tokio::task::spawn_blocking(move || state.not_ready())
+        .await
+        .unwrap_or_else(|_| Some("readiness check failed".into()));
+    match why {
+        Some(why) => ApiError::unavailable(why).into_response(),
+        None => Json(serde_json::json!({ "ready": true })).into_response(),
     }
 }
 
