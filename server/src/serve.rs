@@ -64,6 +64,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
         control_mode = opts.control_mode.as_str(),
         kernel_isa = %isa,
         auth = opts.api_key.is_some(),
+        max_connections = opts.conn.max_connections,
         "shiftserve listening"
     );
     println!("shiftserve listening on http://{local}");
@@ -135,7 +136,25 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
             }
         }
     };
-    let server = axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown);
+    if state.opts.log_summary_secs > 0 {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let secs = state.opts.log_summary_secs;
+            let mut tick = tokio::time::interval(Duration::from_secs(secs));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                state.summary.log_and_reset(secs);
+            }
+        });
+    }
+    let server = crate::http::conn::serve(
+        listener,
+        router(state.clone()),
+        state.metrics.clone(),
+        state.opts.conn,
+        shutdown,
+    );
     let hard_stop = {
         let drain_started = drain_started.clone();
         let secs = opts.exit_timeout_secs;
@@ -156,7 +175,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
         }
     };
     tokio::select! {
-        r = server => r.map_err(|e| format!("server error: {e}"))?,
+        _ = server => {}
         why = hard_stop => tracing::warn!(cause = why, "stopping with requests or connections still open"),
         msg = fatal => {
             tracing::error!(error = %msg, "stopping");
