@@ -615,9 +615,7 @@ mod tests {
         // One instance executes; the other waits until a preferred size (2) is queued.
         let (a, rx_a) = Job::new(vec![2.0], far());
         b.submit(vec![a]).unwrap();
-        assert!(started
-            .recv_timeout(Duration::from_millis(200))
-            .is_err());
+        assert!(started.recv_timeout(Duration::from_millis(200)).is_err());
         let (c, rx_c) = Job::new(vec![3.0], far());
         b.submit(vec![c]).unwrap();
         assert_eq!(started.recv().unwrap(), 2);

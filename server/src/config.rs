@@ -137,9 +137,7 @@ impl ServeArgs {
             log_level: self.log_level.or(f.log_level),
             strict_readiness: self.strict_readiness.or(f.strict_readiness),
             exit_on_error: self.exit_on_error.or(f.exit_on_error),
-            http_header_timeout_secs: self
-                .http_header_timeout_secs
-                .or(f.http_header_timeout_secs),
+            http_header_timeout_secs: self.http_header_timeout_secs.or(f.http_header_timeout_secs),
             http_body_timeout_secs: self.http_body_timeout_secs.or(f.http_body_timeout_secs),
             http_idle_timeout_secs: self.http_idle_timeout_secs.or(f.http_idle_timeout_secs),
             max_connections: self.max_connections.or(f.max_connections),
@@ -188,7 +186,11 @@ impl ServeArgs {
             }
         };
         let conn = ConnLimits {
-            header_timeout: secs(self.http_header_timeout_secs, 15, "http-header-timeout-secs")?,
+            header_timeout: secs(
+                self.http_header_timeout_secs,
+                15,
+                "http-header-timeout-secs",
+            )?,
             body_timeout: secs(self.http_body_timeout_secs, 60, "http-body-timeout-secs")?,
             idle_timeout: secs(self.http_idle_timeout_secs, 75, "http-idle-timeout-secs")?,
             max_connections: match self.max_connections {

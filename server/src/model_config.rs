@@ -328,11 +328,10 @@ iterations = 2
             assert!(e.contains(needle), "{text}: {e}");
         }
         let long = format!("description = \"{}\"", "x".repeat(5000));
-        assert!(ModelConfig::parse(&long).unwrap_err().contains("description"));
-        let many = format!(
-            "preferred_batch_sizes = [{}]",
-            vec!["1"; 65].join(", ")
-        );
+        assert!(ModelConfig::parse(&long)
+            .unwrap_err()
+            .contains("description"));
+        let many = format!("preferred_batch_sizes = [{}]", vec!["1"; 65].join(", "));
         assert!(ModelConfig::parse(&many).is_err());
         // The largest accepted values are accepted.
         assert!(ModelConfig::parse("queue_capacity = 1000000\ntimeout_ms = 3600000").is_ok());

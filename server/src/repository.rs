@@ -371,7 +371,10 @@ impl Repository {
                     }
                 }
             }
-            Err(e) => self.skip_once(&self.root, &format!("cannot read the model repository: {e}")),
+            Err(e) => self.skip_once(
+                &self.root,
+                &format!("cannot read the model repository: {e}"),
+            ),
         }
         names.sort();
         names
@@ -695,9 +698,10 @@ impl Repository {
                 Some(slot) if slot.state == SlotState::Loading => {
                     Some(format!("model \"{name}\" is loading"))
                 }
-                Some(slot) if !slot.reason.is_empty() => {
-                    Some(format!("model \"{name}\" is not available: {}", slot.reason))
-                }
+                Some(slot) if !slot.reason.is_empty() => Some(format!(
+                    "model \"{name}\" is not available: {}",
+                    slot.reason
+                )),
                 _ => Some(format!("model \"{name}\" is not loaded")),
             })
             .collect()
@@ -974,13 +978,12 @@ mod tests {
         let repo = Repository::new(t.path().to_path_buf(), ControlMode::Poll, metrics.clone());
         repo.load_initial(&[]);
         assert!(repo.not_ready().is_empty());
-        let failures = || {
-            metrics
-                .model_load_failures
-                .with_label_values(&["m"])
-                .get()
-        };
-        std::fs::write(t.path().join("m/config.toml"), "queue_capacity = 1000000000000000000\n").unwrap();
+        let failures = || metrics.model_load_failures.with_label_values(&["m"]).get();
+        std::fs::write(
+            t.path().join("m/config.toml"),
+            "queue_capacity = 1000000000000000000\n",
+        )
+        .unwrap();
         let log = logged(|| {
             repo.poll_once();
             repo.poll_once();
@@ -1035,7 +1038,9 @@ mod tests {
         );
         let series = ready_series(&metrics);
         assert_eq!(series.len(), 3, "{series:?}");
-        assert!(series.iter().any(|l| l.contains("version=\"3\"") && l.ends_with(" 0")));
+        assert!(series
+            .iter()
+            .any(|l| l.contains("version=\"3\"") && l.ends_with(" 0")));
         std::fs::remove_dir_all(t.path().join("m/2")).unwrap();
         std::fs::remove_dir_all(t.path().join("m/3")).unwrap();
         repo.poll_once();
@@ -1067,7 +1072,13 @@ mod tests {
             repo.poll_once();
             repo.poll_once();
         });
-        for what in ["README.txt", "bad name", "latest", "2/model.safetensors", "m/3"] {
+        for what in [
+            "README.txt",
+            "bad name",
+            "latest",
+            "2/model.safetensors",
+            "m/3",
+        ] {
             assert_eq!(
                 log.lines()
                     .filter(|l| l.contains("entry skipped") && l.contains(what))
@@ -1079,5 +1090,4 @@ mod tests {
         assert_eq!(repo.index(true).len(), 1);
         repo.shutdown();
     }
-
 }

@@ -172,7 +172,10 @@ fn trickled_body_gets_408() {
     let t0 = Instant::now();
     let (text, closed) = read_until_close(&mut s);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
-    assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
     assert!(closed);
     assert!(t0.elapsed() < Duration::from_secs(10));
 }
@@ -228,7 +231,10 @@ fn answers_while_draining_close_the_connection() {
         .unwrap();
     let (text, closed) = read_until_close(&mut s);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
     assert!(closed);
 }
 
@@ -259,9 +265,9 @@ fn request_ids_are_bounded_and_sanitised() {
 
 fn uuid_like(s: &str) -> bool {
     s.len() == 36
-        && s.chars()
-            .enumerate()
-            .all(|(i, c)| matches!(i, 8 | 13 | 18 | 23) == (c == '-') && (c == '-' || c.is_ascii_hexdigit()))
+        && s.chars().enumerate().all(|(i, c)| {
+            matches!(i, 8 | 13 | 18 | 23) == (c == '-') && (c == '-' || c.is_ascii_hexdigit())
+        })
 }
 
 #[test]
@@ -288,10 +294,7 @@ fn auth_scheme_is_case_insensitive() {
 #[test]
 fn requests_are_logged_at_debug_with_a_summary_at_info_and_no_colour() {
     let repo = tiny_repo();
-    let p = start(
-        &repo,
-        &["--log-level", "info", "--log-summary-secs", "1"],
-    );
+    let p = start(&repo, &["--log-level", "info", "--log-summary-secs", "1"]);
     let c = reqwest::blocking::Client::new();
     for _ in 0..5 {
         let r = c
@@ -304,13 +307,23 @@ fn requests_are_logged_at_debug_with_a_summary_at_info_and_no_colour() {
     }
     let t0 = Instant::now();
     while !p.log_text().contains("requests answered") {
-        assert!(t0.elapsed() < Duration::from_secs(10), "no summary line:\n{}", p.log_text());
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no summary line:\n{}",
+            p.log_text()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let text = p.log_text();
-    assert!(!text.contains('\u{1b}'), "colour codes in a log file:\n{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a log file:\n{text}"
+    );
     assert!(!text.contains("finished processing request"), "{text}");
-    let summary = text.lines().find(|l| l.contains("requests answered")).unwrap();
+    let summary = text
+        .lines()
+        .find(|l| l.contains("requests answered"))
+        .unwrap();
     // 5 predictions plus readiness probes.
     assert!(summary.contains("status_2xx="), "{summary}");
     drop(p);
@@ -318,7 +331,12 @@ fn requests_are_logged_at_debug_with_a_summary_at_info_and_no_colour() {
     // At DEBUG every request has its line, in JSON with --log-format json.
     let p = start(
         &repo,
-        &["--log-level", "info,tower_http=debug", "--log-format", "json"],
+        &[
+            "--log-level",
+            "info,tower_http=debug",
+            "--log-format",
+            "json",
+        ],
     );
     let r = c
         .get(format!("{}/v2/health/live", p.base))
@@ -330,8 +348,12 @@ fn requests_are_logged_at_debug_with_a_summary_at_info_and_no_colour() {
     let text = p.log_text();
     let line = text
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
-        .find(|v| v["span"]["request_id"] == "find-me-7" && v["message"] == "finished processing request")
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|_| panic!("not JSON: {l}"))
+        })
+        .find(|v| {
+            v["span"]["request_id"] == "find-me-7" && v["message"] == "finished processing request"
+        })
         .unwrap_or_else(|| panic!("no request line in {text}"));
     assert_eq!(line["level"], "DEBUG");
 }

@@ -524,8 +524,9 @@ fn json_logs_carry_request_ids() {
             "0",
             "--log-format",
             "json",
+            // One line per request is DEBUG (INFO gets a periodic summary).
             "--log-level",
-            "info",
+            "info,tower_http=debug",
         ])
         .args(["--model-repository", repo.path().to_str().unwrap()])
         .args(["--model-control-mode", "explicit", "--load-model", "tiny"])

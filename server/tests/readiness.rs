@@ -62,7 +62,10 @@ fn not_ready_when_one_model_failed_unless_not_strict() {
     let s = Server::spawn(&["--model-repository", path], &[]);
     let (status, msg) = settled_readiness(&s);
     assert_eq!(status, 503, "{msg}");
-    assert!(msg.contains("\"bad\"") && !msg.contains("\"tiny\""), "{msg}");
+    assert!(
+        msg.contains("\"bad\"") && !msg.contains("\"tiny\""),
+        "{msg}"
+    );
     // The good model serves all the same.
     let r = s
         .client
@@ -106,7 +109,12 @@ fn explicit_mode_needs_the_requested_models() {
     let path = repo.path().to_str().unwrap();
     // Nothing requested: ready.
     let s = Server::spawn(
-        &["--model-repository", path, "--model-control-mode", "explicit"],
+        &[
+            "--model-repository",
+            path,
+            "--model-control-mode",
+            "explicit",
+        ],
         &[],
     );
     assert_eq!(settled_readiness(&s).0, 200);
@@ -199,7 +207,10 @@ fn exit_on_error_stops_at_a_failed_model() {
         &[],
     );
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("--exit-on-error") && err.contains("bad"), "{err}");
+    assert!(
+        err.contains("--exit-on-error") && err.contains("bad"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -213,7 +224,10 @@ fn invalid_kernel_policy_refuses_to_start() {
             &[("SHIFTSERVE_KERNEL", "foo")],
         );
         assert_eq!(code, Some(1), "{err}");
-        assert!(err.contains("SHIFTSERVE_KERNEL") && err.contains("foo"), "{err}");
+        assert!(
+            err.contains("SHIFTSERVE_KERNEL") && err.contains("foo"),
+            "{err}"
+        );
         assert!(!out.contains("listening"), "{out}");
     }
 }

@@ -64,7 +64,8 @@ impl ConnState {
     }
 
     fn set(&self, phase: u64) {
-        self.word.store((self.now_ms() << 2) | phase, Ordering::SeqCst);
+        self.word
+            .store((self.now_ms() << 2) | phase, Ordering::SeqCst);
         self.changed.notify_one();
     }
 
@@ -281,13 +282,21 @@ pub async fn serve(
         if counters.open.load(Ordering::SeqCst) >= limits.max_connections {
             metrics.connections_refused.inc();
             tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                let mut stream = stream;
+                let stream = stream;
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    let _ = stream.write_all(REFUSED).await;
-                    let _ = stream.shutdown().await;
+                    let mut rest = REFUSED;
+                    while !rest.is_empty() && stream.writable().await.is_ok() {
+                        match stream.try_write(rest) {
+                            Ok(n) => rest = &rest[n..],
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(_) => break,
+                        }
+                    }
                 })
                 .await;
+                if let Ok(s) = stream.into_std() {
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                }
             });
             continue;
         }

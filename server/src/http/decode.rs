@@ -103,7 +103,10 @@ pub enum TensorData {
     Empty,
     Numbers(Vec<f32>),
     /// Strings concatenated; `ends[i]` is where string `i` ends in `text`.
-    Strings { text: String, ends: Vec<usize> },
+    Strings {
+        text: String,
+        ends: Vec<usize>,
+    },
 }
 
 impl TensorData {
@@ -193,7 +196,6 @@ impl<'de> Visitor<'de> for Flatten<'_> {
         }
         Ok(())
     }
-
 }
 
 impl<'de> Deserialize<'de> for TensorData {
@@ -900,7 +902,10 @@ pub mod fuzzing {
         }
         let r = RT.with(|rt| rt.block_on(decode_task(ct, Bytes::copy_from_slice(body))));
         if let Ok(t) = r {
-            assert!(t.data.len() <= body.len(), "decoded file larger than the body");
+            assert!(
+                t.data.len() <= body.len(),
+                "decoded file larger than the body"
+            );
         }
     }
 }
@@ -915,7 +920,12 @@ mod tests {
     };
 
     fn v2(body: &str) -> Result<V2Request, ApiError> {
-        decode_v2(Bytes::from(body.to_string()), None, "application/json", &SHAPE)
+        decode_v2(
+            Bytes::from(body.to_string()),
+            None,
+            "application/json",
+            &SHAPE,
+        )
     }
 
     #[test]
@@ -955,8 +965,10 @@ mod tests {
 
     #[test]
     fn nested_data_is_flattened_into_samples() {
-        let r = v2(r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[2,1,2,2],
-            "data":[[[[1,2],[3,4]]],[[[5,6],[7,8.5]]]]}]}"#)
+        let r = v2(
+            r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[2,1,2,2],
+            "data":[[[[1,2],[3,4]]],[[[5,6],[7,8.5]]]]}]}"#,
+        )
         .unwrap();
         assert_eq!(r.samples.len(), 2);
         match &r.samples[1] {
@@ -970,22 +982,58 @@ mod tests {
     fn sizes_are_checked_before_allocation() {
         for (body, needle) in [
             // batch over the model's limit (the issue's 10^7 case)
-            (r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[10000000,1,2,2],"data":[1,2,3,4]}]}"#, "max_batch_size"),
+            (
+                r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[10000000,1,2,2],"data":[1,2,3,4]}]}"#,
+                "max_batch_size",
+            ),
             // product overflows
-            (r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[9223372036854775807,9223372036854775807,1,2,2],"data":[1]}]}"#, "overflows"),
-            (r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[0,1,2,2],"data":[]}]}"#, "max_batch_size"),
-            (r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[-1,1,2,2],"data":[1,2,3,4]}]}"#, "negative"),
-            (r#"{"inputs":[{"name":"raw","datatype":"BYTES","shape":[1000000000],"data":["AAAA"]}]}"#, "max_batch_size"),
-            (r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1],"data":[1]}]}"#, "dimensions"),
-            (r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[2,1,2,2],"data":[1,2,3,4]}]}"#, "needs 8"),
-            (r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[1,2,2],"data":[1,"a",3,4]}]}"#, "mixes"),
-            (r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[1,2,2],"data":[true,1,3,4]}]}"#, "numbers"),
-            (r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[1,2,2],"data":[1,2,3,4]}],
-                "outputs":[{"name":"logits"},{"name":"logits"}]}"#, "twice"),
-            (r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[1,2,2],"data":[1,2,3,4]}],
-                "outputs":[{"name":"logits"},{"name":"probabilities"},{"name":"logits"}]}"#, "more than 2"),
-            (r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[1,2,2],"data":[1,2,3,4]}],
-                "outputs":[{"name":"logits","parameters":{"classification":0}}]}"#, "positive"),
+            (
+                r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[9223372036854775807,9223372036854775807,1,2,2],"data":[1]}]}"#,
+                "overflows",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[0,1,2,2],"data":[]}]}"#,
+                "max_batch_size",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[-1,1,2,2],"data":[1,2,3,4]}]}"#,
+                "negative",
+            ),
+            (
+                r#"{"inputs":[{"name":"raw","datatype":"BYTES","shape":[1000000000],"data":["AAAA"]}]}"#,
+                "max_batch_size",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1],"data":[1]}]}"#,
+                "dimensions",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[2,1,2,2],"data":[1,2,3,4]}]}"#,
+                "needs 8",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[1,2,2],"data":[1,"a",3,4]}]}"#,
+                "mixes",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[1,2,2],"data":[true,1,3,4]}]}"#,
+                "numbers",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[1,2,2],"data":[1,2,3,4]}],
+                "outputs":[{"name":"logits"},{"name":"logits"}]}"#,
+                "twice",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[1,2,2],"data":[1,2,3,4]}],
+                "outputs":[{"name":"logits"},{"name":"probabilities"},{"name":"logits"}]}"#,
+                "more than 2",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","datatype":"FP32","shape":[1,2,2],"data":[1,2,3,4]}],
+                "outputs":[{"name":"logits","parameters":{"classification":0}}]}"#,
+                "positive",
+            ),
         ] {
             let e = v2(body).err().unwrap_or_else(|| panic!("accepted: {body}"));
             assert_eq!(e.status, 400, "{body}");
@@ -1015,9 +1063,14 @@ mod tests {
                 .status,
             400
         );
-        let e = decode_v2(Bytes::from(body), Some(b"99999999999999999999999"), "", &SHAPE)
-            .err()
-            .unwrap();
+        let e = decode_v2(
+            Bytes::from(body),
+            Some(b"99999999999999999999999"),
+            "",
+            &SHAPE,
+        )
+        .err()
+        .unwrap();
         assert!(e.message.contains("Inference-Header-Content-Length"));
         // BYTES elements beyond the declared count are refused while splitting.
         let header = r#"{"inputs":[{"name":"raw","datatype":"BYTES","shape":[1],"parameters":{"binary_data_size":16}}]}"#;

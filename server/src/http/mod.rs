@@ -94,6 +94,7 @@ impl RequestSummary {
             "requests answered"
         );
     }
+}
 
 pub struct AppState {
     pub repo: Arc<Repository>,
@@ -343,8 +344,7 @@ pub const MAX_REQUEST_ID_LEN: usize = 128;
 /// (UUIDs, W3C trace ids, most tracing systems' ids); otherwise the server makes one.
 pub fn acceptable_request_id(v: &[u8]) -> bool {
     (1..=MAX_REQUEST_ID_LEN).contains(&v.len())
-        && v
-            .iter()
+        && v.iter()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(b))
 }
 

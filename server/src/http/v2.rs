@@ -1,7 +1,7 @@
 //! Open Inference Protocol v2 (KServe / Triton REST), with Triton's binary tensor, classification,
 //! statistics and model repository extensions.
 
-use super::infer::{self, read_body, timing_headers, top_k, Sample, Tracker};
+use super::infer::{self, read_body, timing_headers, top_k, Tracker};
 use super::{lookup_error, parse_version, request_id, SharedState};
 use crate::error::{ApiError, ErrorBody, InferenceErrors, ModelReadErrors};
 use crate::repository::{ControlMode, IndexEntry, LoadedVersion, LookupError};
@@ -11,19 +11,16 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine;
 use bytes::Bytes;
-use models::MediaHint;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use super::decode::{
-    InferInput, InferRequest, RequestedOutput, INPUT_RAW, INPUT_TENSOR, OUTPUT_LOGITS,
-    OUTPUT_PROBS,
-};
 use super::decode::{decode_v2, ModelShape};
+pub use super::decode::{
+    InferInput, InferRequest, RequestedOutput, INPUT_RAW, INPUT_TENSOR, OUTPUT_LOGITS, OUTPUT_PROBS,
+};
 pub const HEADER_LEN: &str = "inference-header-content-length";
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -363,7 +360,12 @@ async fn infer_common(
             input_shape: &info.input_shape,
             max_batch_size: lv.config.max_batch_size,
         };
-        let decoded = decode_v2(body, headers.get(HEADER_LEN).map(|h| h.as_bytes()), ct, &shape)?;
+        let decoded = decode_v2(
+            body,
+            headers.get(HEADER_LEN).map(|h| h.as_bytes()),
+            ct,
+            &shape,
+        )?;
         let (id, specs, samples) = (decoded.id, decoded.outputs, decoded.samples);
         let target = infer::Target {
             model: &m,
