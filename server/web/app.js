@@ -213,7 +213,21 @@ function clearInput() {
   img.hidden = true;
   $('image-drop').classList.remove('has-image');
   $('clip').hidden = true;
+  rec.last = null;
+  drawWave(null);
   updateRunButton();
+}
+
+/** Draws an uploaded audio file's waveform (the browser's decoder; the server decodes it again). */
+async function drawFile(blob) {
+  try {
+    const ctx = new OfflineAudioContext(1, 1, 16000);
+    const audio = await ctx.decodeAudioData(await blob.arrayBuffer());
+    rec.last = audio.getChannelData(0);
+  } catch {
+    rec.last = null;
+  }
+  drawWave(rec.last);
 }
 
 function updateRunButton() {
@@ -243,6 +257,7 @@ function setInput(blob, name, { auto = true } = {}) {
     $('clip-download').href = audio.src;
     $('clip-download').download = name.endsWith('.wav') ? name : 'recording.wav';
     $('clip').hidden = false;
+    if (blob !== rec.blob) drawFile(blob);
   }
   updateRunButton();
   if (auto) classify();
@@ -282,7 +297,7 @@ function setupPaste() {
 
 // ---------- recorder ----------
 
-const rec = { ctx: null, stream: null, node: null, chunks: [], started: 0, timer: 0, stopping: null };
+const rec = { ctx: null, stream: null, node: null, chunks: [], started: 0, timer: 0, stopping: null, last: null, blob: null };
 
 function drawWave(samples) {
   const c = $('wave');
@@ -322,13 +337,22 @@ async function startRecording() {
     showError(null, 'Microphone unavailable: ' + (e.message || e.name));
     return;
   }
-  const ctx = new AudioContext();
-  await ctx.audioWorklet.addModule('/ui/recorder-worklet.js');
-  const src = ctx.createMediaStreamSource(stream);
-  const node = new AudioWorkletNode(ctx, 'pcm-recorder', { numberOfInputs: 1, numberOfOutputs: 1, outputChannelCount: [1] });
-  const mute = ctx.createGain();
-  mute.gain.value = 0;
-  src.connect(node).connect(mute).connect(ctx.destination);
+  let ctx, node;
+  try {
+    ctx = new AudioContext();
+    await ctx.audioWorklet.addModule('/ui/recorder-worklet.js');
+    const src = ctx.createMediaStreamSource(stream);
+    node = new AudioWorkletNode(ctx, 'pcm-recorder', { numberOfInputs: 1, numberOfOutputs: 1, outputChannelCount: [1] });
+    // Keep the node pulled by the graph without playing the microphone back.
+    const mute = ctx.createGain();
+    mute.gain.value = 0;
+    src.connect(node).connect(mute).connect(ctx.destination);
+  } catch (e) {
+    stream.getTracks().forEach((t) => t.stop());
+    if (ctx) ctx.close();
+    showError(null, 'Cannot start the recorder: ' + (e.message || e.name));
+    return;
+  }
   Object.assign(rec, { ctx, stream, node, chunks: [], started: performance.now() });
   let resolveDone;
   rec.stopping = new Promise((r) => { resolveDone = r; });
@@ -366,6 +390,7 @@ async function stopRecording() {
   $('rec-level').style.width = '0';
   const samples = concat(rec.chunks);
   rec.chunks = [];
+  rec.last = samples;
   drawWave(samples);
   const secs = samples.length / rate;
   $('rec-time').textContent = secs.toFixed(1) + ' s';
@@ -375,13 +400,14 @@ async function stopRecording() {
     return;
   }
   const blob = new Blob([encodeWav(samples, rate)], { type: 'audio/wav' });
+  rec.blob = blob;
   setInput(blob, 'recording.wav');
 }
 
 function setupRecorder() {
   $('rec-max').textContent = String(MAX_RECORD_S);
   $('record-btn').addEventListener('click', () => (rec.node ? stopRecording() : startRecording()));
-  window.addEventListener('resize', () => { if (!rec.node) drawWave(null); });
+  window.addEventListener('resize', () => { if (!rec.node) drawWave(rec.last); });
 }
 
 // ---------- classify ----------

@@ -7,7 +7,8 @@
   const note = document.getElementById('key-note');
   if (stored()) note.textContent = 'using the API key from the playground';
 
-  const ui = SwaggerUIBundle({
+  let ui = null;
+  ui = SwaggerUIBundle({
     url: '/api-doc/openapi.json',
     dom_id: '#swagger-ui',
     deepLinking: true,
@@ -20,7 +21,9 @@
     presets: [SwaggerUIBundle.presets.apis],
     plugins: [SwaggerUIBundle.plugins.DownloadUrl],
     requestInterceptor: (req) => {
-      const key = stored();
+      // The key given to "Authorize", else the playground's.
+      const given = ui && ui.authSelectors.authorized().getIn(['api_key', 'value']);
+      const key = given || stored();
       const h = req.headers || (req.headers = {});
       if (key && !h.Authorization && !h.authorization) h.Authorization = 'Bearer ' + key;
       return req;

@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 /// Scripts, styles and connections from this origin only; `blob:` for the recorded WAV and the
 /// chosen image's preview, `data:` for the renderer's inline icons.
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
-img-src 'self' data: blob:; media-src 'self' blob:; connect-src 'self'; font-src 'self' data:; \
+img-src 'self' data: blob:; media-src 'self' blob:; connect-src 'self' blob:; font-src 'self' data:; \
 object-src 'none'; base-uri 'none'; frame-ancestors 'self'; form-action 'self'";
 
 struct Asset {
