@@ -27,6 +27,7 @@ import base64
 import io
 import json
 import os
+import signal
 import struct
 import sys
 import tempfile
@@ -96,7 +97,7 @@ class Ui:
         self.shots = []
         profile = tempfile.mkdtemp(prefix="chromium-profile-", dir=args.work)
         fake_audio = os.path.join(args.work, "fake-mic.wav")
-        padded_wav(args.wav, fake_audio, 0.5, 1.5)
+        padded_wav(args.wav, fake_audio, 0.8, 1.5)
         opts = webdriver.ChromeOptions()
         opts.binary_location = CHROMIUM
         for a in [
@@ -252,7 +253,7 @@ class Ui:
         expect(self.q("#audio-input").get_attribute("hidden") is None, "no audio input for an audio model")
         self.q("#record-btn").click()
         self.wait(lambda: self.q("#record-btn").get_attribute("aria-pressed") == "true", "recording to start")
-        time.sleep(3.2)
+        time.sleep(3.4)
         state = self.result_cycle(lambda: self.q("#record-btn").click())
         expect(state == "done", f"page shows {state}: {self.text('#result')!r}")
         # The clip the page recorded and sent, read back from its download link.
@@ -390,6 +391,8 @@ def main():
         setattr(args, a, os.path.abspath(getattr(args, a)))
     os.makedirs(args.artifacts, exist_ok=True)
 
+    # `timeout` sends SIGTERM: leave through `finally` so that Chromium and the driver are closed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
     t0 = time.monotonic()
     ui = Ui(args)
     passed, failed = 0, 0

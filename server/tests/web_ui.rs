@@ -38,7 +38,10 @@ fn pages_assets_negotiation_and_caching() {
     assert_eq!(h["vary"], "accept");
     let html = page.text().unwrap();
     assert!(html.contains("/ui/app.js") && html.contains("/ui/style.css"));
-    assert!(!html.contains("http://") && !html.contains("https://"), "the page names another origin");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the page names another origin"
+    );
 
     // Anything else asking for `/` (curl, scripts) still gets the JSON summary.
     for accept in [None, Some("application/json"), Some("*/*")] {
@@ -52,10 +55,12 @@ fn pages_assets_negotiation_and_caching() {
             .to_str()
             .unwrap()
             .starts_with("application/json"));
+        let r_vary = r.headers()["vary"].to_str().unwrap().to_string();
         let v: Value = r.json().unwrap();
         assert_eq!(v["name"], "shiftserve");
         assert_eq!(v["docs"], "/docs");
         assert_eq!(v["ui"], "/");
+        assert_eq!(r_vary, "accept");
     }
 
     // /docs: Swagger UI on the server's own document; the renderer is served from here.
@@ -64,17 +69,30 @@ fn pages_assets_negotiation_and_caching() {
     assert!(docs.headers().contains_key("content-security-policy"));
     let docs = docs.text().unwrap();
     assert!(docs.contains("/docs/swagger-ui-bundle.js") && docs.contains("/docs/docs.js"));
-    let init = c.get(s.url("/docs/docs.js")).send().unwrap().text().unwrap();
+    let init = c
+        .get(s.url("/docs/docs.js"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     assert!(init.contains("/api-doc/openapi.json") && init.contains("validatorUrl: null"));
 
     // Every file the pages reference, with its type; none needs the key.
     for (path, ty, min_len) in [
         ("/ui/app.js", "text/javascript; charset=utf-8", 1000),
         ("/ui/wav.js", "text/javascript; charset=utf-8", 500),
-        ("/ui/recorder-worklet.js", "text/javascript; charset=utf-8", 500),
+        (
+            "/ui/recorder-worklet.js",
+            "text/javascript; charset=utf-8",
+            500,
+        ),
         ("/ui/style.css", "text/css; charset=utf-8", 1000),
         ("/ui/favicon.svg", "image/svg+xml", 100),
-        ("/docs/swagger-ui-bundle.js", "text/javascript; charset=utf-8", 1_000_000),
+        (
+            "/docs/swagger-ui-bundle.js",
+            "text/javascript; charset=utf-8",
+            1_000_000,
+        ),
         ("/docs/swagger-ui.css", "text/css; charset=utf-8", 100_000),
         ("/docs/LICENSE", "text/plain; charset=utf-8", 10_000),
     ] {
@@ -83,7 +101,10 @@ fn pages_assets_negotiation_and_caching() {
         assert_eq!(r.headers()["content-type"], ty, "{path}");
         assert_eq!(r.headers()["cache-control"], "no-cache", "{path}");
         let etag = r.headers()["etag"].to_str().unwrap().to_string();
-        assert!(etag.starts_with('"') && etag.ends_with('"'), "{path}: {etag}");
+        assert!(
+            etag.starts_with('"') && etag.ends_with('"'),
+            "{path}: {etag}"
+        );
         assert!(r.bytes().unwrap().len() >= min_len, "{path}");
 
         // Revalidation: the same tag is 304 with no body, another tag the full file.

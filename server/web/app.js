@@ -175,8 +175,9 @@ function selectModel(name) {
   const facts = $('model-facts');
   facts.replaceChildren();
   const pp = m.input.preprocess || {};
-  const inputDesc = m.input.kind === 'audio'
-    ? `WAV → ${pp.sample_rate ? pp.sample_rate / 1000 + ' kHz ' : ''}log-mel [${m.input.shape.join(', ')}]`
+  const audio = m.input.kind === 'audio';
+  const inputDesc = audio
+    ? `WAV → ${pp.seconds ? pp.seconds + ' s at ' : ''}${pp.sample_rate ? pp.sample_rate / 1000 + ' kHz → ' : ''}log-mel [${m.input.shape.join(', ')}]`
     : `image → [${m.input.shape.join(', ')}]`;
   const rows = [
     ['task', m.task],
@@ -191,8 +192,10 @@ function selectModel(name) {
   ];
   for (const [k, v] of rows) facts.append(el('dt', { text: k }), el('dd', { text: v, 'data-fact': k }));
 
-  const audio = m.input.kind === 'audio';
   $('image-input').hidden = audio;
+  if (audio && !rec.node) {
+    $('rec-hint').textContent = `Speak after pressing Record${pp.seconds ? `; the model hears the first ${pp.seconds} s` : ''}. Stops by itself after ${MAX_RECORD_S} s.`;
+  }
   $('audio-input').hidden = !audio;
   const topk = $('top-k');
   topk.max = String(m.num_classes);
@@ -405,7 +408,6 @@ async function stopRecording() {
 }
 
 function setupRecorder() {
-  $('rec-max').textContent = String(MAX_RECORD_S);
   $('record-btn').addEventListener('click', () => (rec.node ? stopRecording() : startRecording()));
   window.addEventListener('resize', () => { if (!rec.node) drawWave(rec.last); });
 }

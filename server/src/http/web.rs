@@ -96,8 +96,8 @@ pub fn routes() -> Router<SharedState> {
     let mut r = Router::new()
         .route("/", get(index))
         .route("/docs", get(|h: HeaderMap| async move { page(&h, DOCS) }));
-    for i in DOCS + 1..FILES.len() {
-        r = r.route(FILES[i].path, get(move |h: HeaderMap| async move { asset(&h, i) }));
+    for (i, f) in FILES.iter().enumerate().skip(DOCS + 1) {
+        r = r.route(f.path, get(move |h: HeaderMap| async move { asset(&h, i) }));
     }
     r
 }
@@ -113,15 +113,18 @@ async fn index(headers: HeaderMap) -> Response {
     if wants_html {
         page(&headers, INDEX)
     } else {
-        Json(serde_json::json!({
-            "name": "shiftserve",
-            "version": env!("CARGO_PKG_VERSION"),
-            "ui": "/",
-            "docs": "/docs",
-            "openapi": "/api-doc/openapi.json",
-            "models": "/v1/models",
-        }))
-        .into_response()
+        (
+            [(header::VARY, HeaderValue::from_static("accept"))],
+            Json(serde_json::json!({
+                "name": "shiftserve",
+                "version": env!("CARGO_PKG_VERSION"),
+                "ui": "/",
+                "docs": "/docs",
+                "openapi": "/api-doc/openapi.json",
+                "models": "/v1/models",
+            })),
+        )
+            .into_response()
     }
 }
 
@@ -172,7 +175,10 @@ fn cached(headers: &HeaderMap, file: usize) -> Response {
     } else {
         (
             common,
-            [(header::CONTENT_TYPE, HeaderValue::from_static(a.content_type))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(a.content_type),
+            )],
             a.body,
         )
             .into_response()
