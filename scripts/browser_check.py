@@ -225,7 +225,15 @@ class Ui:
         top = self.text("#predictions li:first-child .label")
         expect(top.startswith(api["predictions"][0]["label"]), f"top-1 reads {top!r}")
         kernel = self.q('#answer-meta dd[data-meta="kernel"]').text
-        expect(kernel == self.models["fashion"]["kernel_isa"], f"kernel shown {kernel!r}")
+        info = self.models["fashion"]
+        expect(kernel.split(" · ")[0] == info["kernel_isa"], f"kernel shown {kernel!r}, ISA {info['kernel_isa']!r}")
+        for layer in info.get("layers", []):
+            expect(layer["kernel"] in kernel, f"kernel shown {kernel!r} lacks {layer['kernel']!r}")
+        if info.get("layers"):
+            rows = [tuple(td.get_attribute("textContent") for td in tr.find_elements(By.TAG_NAME, "td"))
+                    for tr in self.qs("#layer-kernels-body tr")]
+            want = [(l["node"], l["kernel"]) for l in info["layers"]]
+            expect(rows == want, f"layer kernels shown {rows}, /v1/models has {want}")
         for k in ("queue", "preprocess", "inference", "server total", "round trip"):
             v = self.q(f'#timing div[data-timing="{k}"] dd').text
             expect(v.endswith(" ms"), f"timing {k} shows {v!r}")

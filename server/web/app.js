@@ -187,10 +187,16 @@ function selectModel(name) {
     ['weights', `${m.weight_bits.map((b) => b + '-bit').join(', ') || 'fp32'} · ${m.numeric_path}`],
     ['size', `${fmtBytes(m.file_bytes)} (${m.compression_ratio.toFixed(1)}× smaller than fp32)`],
     ['parameters', fmtInt(m.parameters)],
-    ['kernel', m.kernel_isa],
+    ['kernel ISA', m.kernel_isa],
+    ['layer kernels', kernelSummary(m) || '–'],
     ['batching', `max ${m.max_batch_size} · ${m.instances} instance${m.instances === 1 ? '' : 's'} × ${m.threads} thread${m.threads === 1 ? '' : 's'}`],
   ];
   for (const [k, v] of rows) facts.append(el('dt', { text: k }), el('dd', { text: v, 'data-fact': k }));
+  const layers = $('layer-kernels');
+  layers.hidden = !(m.layers && m.layers.length);
+  const tbody = $('layer-kernels-body');
+  tbody.replaceChildren();
+  for (const l of m.layers || []) tbody.append(el('tr', {}, el('td', { text: l.node }), el('td', { text: l.kernel })));
 
   $('image-input').hidden = audio;
   if (audio && !rec.node) {
@@ -203,6 +209,13 @@ function selectModel(name) {
   if (changedKind) clearInput();
   updateRunButton();
   if (state.input && !changedKind) classify();
+}
+
+/** "dot-avx512vnni ×6, linear-fp32 ×1": what runs the model's layers, most used first. */
+function kernelSummary(m) {
+  const counts = new Map();
+  for (const l of m.layers || []) counts.set(l.kernel, (counts.get(l.kernel) || 0) + 1);
+  return [...counts].sort((a, b) => b[1] - a[1]).map(([k, n]) => `${k} ×${n}`).join(', ');
 }
 
 // ---------- input ----------
@@ -503,7 +516,7 @@ function showAnswer(body, headers, roundTripMs, model) {
   meta.replaceChildren();
   const rows = [
     ['model', `${body.model} v${body.version}`],
-    ['kernel', model.kernel_isa],
+    ['kernel', [model.kernel_isa, kernelSummary(model)].filter(Boolean).join(' · ')],
     ['batch size', headers.get('x-batch-size') || '–'],
     ['request id', headers.get('x-request-id') || '–'],
   ];
