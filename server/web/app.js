@@ -218,6 +218,16 @@ function kernelSummary(m) {
   return [...counts].sort((a, b) => b[1] - a[1]).map(([k, n]) => `${k} ×${n}`).join(', ');
 }
 
+/** "dot-avx512vnni (6 of 9 layers)": the kernel that runs most of the model's layers. */
+function mainKernel(m) {
+  const layers = m.layers || [];
+  if (layers.length === 0) return '';
+  const counts = new Map();
+  for (const l of layers) counts.set(l.kernel, (counts.get(l.kernel) || 0) + 1);
+  const [k, n] = [...counts].sort((a, b) => b[1] - a[1])[0];
+  return `${k} (${n} of ${layers.length} layers)`;
+}
+
 // ---------- input ----------
 
 function clearInput() {
@@ -516,7 +526,7 @@ function showAnswer(body, headers, roundTripMs, model) {
   meta.replaceChildren();
   const rows = [
     ['model', `${body.model} v${body.version}`],
-    ['kernel', [model.kernel_isa, kernelSummary(model)].filter(Boolean).join(' · ')],
+    ['kernel', [model.kernel_isa, mainKernel(model)].filter(Boolean).join(' · ')],
     ['batch size', headers.get('x-batch-size') || '–'],
     ['request id', headers.get('x-request-id') || '–'],
   ];
