@@ -250,8 +250,12 @@ async function drawFile(blob) {
     const ctx = new OfflineAudioContext(1, 1, 16000);
     const audio = await ctx.decodeAudioData(await blob.arrayBuffer());
     rec.last = audio.getChannelData(0);
+    $('rec-time').textContent = audio.duration.toFixed(1) + ' s';
+    $('rec-hint').textContent = 'From a file; press Record to speak instead.';
   } catch {
     rec.last = null;
+    $('rec-time').textContent = '–';
+    $('rec-hint').textContent = 'This browser cannot decode the file; the server will say what it makes of it.';
   }
   drawWave(rec.last);
 }
