@@ -6,6 +6,7 @@ pub mod infer;
 pub mod openapi;
 pub mod v1;
 pub mod v2;
+pub mod web;
 
 use crate::error::{error_body, ApiError};
 use crate::metrics::Metrics;
@@ -327,16 +328,6 @@ pub async fn metrics(State(st): State<SharedState>) -> Response {
         .into_response()
 }
 
-async fn root() -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "name": "shiftserve",
-        "version": env!("CARGO_PKG_VERSION"),
-        "docs": "/docs",
-        "openapi": "/api-doc/openapi.json",
-        "models": "/v1/models",
-    }))
-}
-
 /// Longest request id kept from a client; longer or unsafe ones are replaced.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
@@ -453,12 +444,11 @@ pub fn router(state: SharedState) -> Router {
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let public = Router::new()
-        .route("/", get(root))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/api-doc/openapi.json", get(openapi::openapi_json))
-        .route("/docs", get(openapi::docs_page));
+        .merge(web::routes());
     let body_limit = state.opts.max_body_bytes;
     public
         .merge(protected)
