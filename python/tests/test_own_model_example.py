@@ -64,7 +64,8 @@ class Server:
         cmd = [str(BIN), "serve", "--http-address", "127.0.0.1", "--http-port", str(self.port),
                "--model-repository", str(repository), *args]
         self.proc = subprocess.Popen(cmd, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, SHIFTSERVE_LOG_LEVEL="info"))
+                                     # a free gRPC port too, where the server has gRPC
+                                     env=dict(os.environ, SHIFTSERVE_LOG_LEVEL="info", SHIFTSERVE_GRPC_PORT="0"))
         deadline = time.time() + 120
         while _get(f"{self.url}/v2/health/ready")[0] != 200:
             if self.proc.poll() is not None or time.time() > deadline:
