@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.environ.get("SHIFTSERVE_DATA", "/work/data")
+DATA = os.environ.get("SHIFTSERVE_DATA", os.path.join(os.path.dirname(REPO), "data"))  # default: ../data beside the checkout
 RESULTS = os.path.join(REPO, "training", "results")
 REPOSITORY = os.path.join(REPO, "models", "repository")
 

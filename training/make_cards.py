@@ -191,7 +191,7 @@ Target: test >= 93 % and within 1 point of the FP twin: {status(s["test_acc_file
 
 Training time: FP twin {minutes(f["train_seconds"])}, W3 {minutes(s["train_seconds"])} (trained in
 parallel, one thread each, niced, on the shared machine); whole command {minutes(r["wall_seconds_total"])}.
-Reproduce: `nice -n 10 /opt/venv/bin/python training/train.py fashion`.
+Reproduce: `nice -n 10 python training/train.py fashion`.
 """
 
 
@@ -285,8 +285,8 @@ Held-out accuracy per voice:
 
 Training time: FP twin {minutes(f["train_seconds"])}, W3 {minutes(s["train_seconds"])} (in parallel,
 one thread each); whole command {minutes(r["wall_seconds_total"])} (data generation, ~4-9 min on the
-loaded machine, not included). Reproduce: `nice -n 10 /opt/venv/bin/python training/data/make_intents.py`
-then `nice -n 10 /opt/venv/bin/python training/train.py intent --epochs {r["epochs"]} --qat-steps {r.get("qat_steps", 150)}`
+loaded machine, not included). Reproduce: `nice -n 10 python training/data/make_intents.py`
+then `nice -n 10 python training/train.py intent --epochs {r["epochs"]} --qat-steps {r.get("qat_steps", 150)}`
 (the driver generates missing data itself).
 """
 
@@ -386,7 +386,7 @@ File {kib(r["file_bytes"])} (all fp32: TT cores, bias, classifier).
 
 Training time: dense {minutes(dn["train_seconds"])}, TT {minutes(tt["train_seconds"])} (in parallel, one
 thread each); whole command {minutes(r["wall_seconds_total"])}.
-Reproduce: `nice -n 10 /opt/venv/bin/python training/train.py intent-lstm`.
+Reproduce: `nice -n 10 python training/train.py intent-lstm`.
 """
 
 
@@ -422,7 +422,7 @@ Target >= 90 % on george and lucas: {status(s["test_acc_file"] >= 0.90)}.
 
 Training time: FP twin {minutes(f["train_seconds"])}, W3 {minutes(s["train_seconds"])} (in parallel,
 one thread each); whole command {minutes(r["wall_seconds_total"])}.
-Reproduce: `nice -n 10 /opt/venv/bin/python training/data/make_digits.py && nice -n 10 /opt/venv/bin/python training/train.py digits`.
+Reproduce: `nice -n 10 python training/data/make_digits.py && nice -n 10 python training/train.py digits`.
 """
 
 

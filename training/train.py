@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Train, export and evaluate one bundled model (and its full-precision twin).
 
-    nice -n 10 /opt/venv/bin/python training/train.py digits
-    nice -n 10 /opt/venv/bin/python training/train.py intent
-    nice -n 10 /opt/venv/bin/python training/train.py intent-lstm
-    nice -n 10 /opt/venv/bin/python training/train.py fashion
+    nice -n 10 python training/train.py digits
+    nice -n 10 python training/train.py intent
+    nice -n 10 python training/train.py intent-lstm
+    nice -n 10 python training/train.py fashion
 
 Each command: checks the data (generating it with training/data/*.py when missing), trains the
 shift model (DenseShift W3 / MPS-TT) and its full-precision twin with the same recipe, calibrates
@@ -13,7 +13,7 @@ accuracy *from the exported file* with ``shiftserve_train.reference``, writes
 ``models/repository/<name>/{config.toml,1/model.safetensors}`` and
 ``training/results/<name>.json`` (the figures of docs/models.md).
 
-Data lives under $SHIFTSERVE_DATA (default /work/data), never in the repository.
+Data lives under $SHIFTSERVE_DATA (default: data/ beside the repository checkout), never in the repository.
 """
 
 from __future__ import annotations
