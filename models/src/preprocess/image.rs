@@ -689,6 +689,113 @@ mod tests {
         assert!(out.iter().all(|v| v.is_finite() && *v >= 0.0 && *v <= 1.0));
     }
 
+    fn opaque(n: usize) -> Vec<f32> {
+        vec![1.0; n]
+    }
+
+    #[test]
+    fn light_background_is_inverted_and_levelled() {
+        let (h, w) = (6, 7);
+        let mut img = vec![235f32; h * w];
+        for y in 2..4 {
+            for x in 2..5 {
+                img[y * w + x] = 35.0; // dark object on off-white
+            }
+        }
+        let z = normalize_background(&img, &opaque(h * w), h, w);
+        assert_eq!((z[0], z[w + 3]), (0.0, 0.0));
+        // 255 - 35 = 220 on a background of 20: (220 - 20) * 255 / 235
+        assert!((z[2 * w + 2] - 200.0 * 255.0 / 235.0).abs() < 1e-4);
+        let inverted: Vec<f32> = img.iter().map(|v| 255.0 - v).collect();
+        assert_eq!(normalize_background(&inverted, &opaque(h * w), h, w), z);
+    }
+
+    #[test]
+    fn lower_median_of_the_ring_decides_the_polarity() {
+        let mut img = vec![0f32; 25];
+        img[..5].fill(255.0); // 5 of 16 ring pixels light: still a dark background
+        assert_eq!(normalize_background(&img, &opaque(25), 5, 5), img);
+        for y in 0..5 {
+            img[y * 5] = 255.0;
+            img[y * 5 + 4] = 255.0;
+        } // 13 of 16: light background, inverted
+        let z = normalize_background(&img, &opaque(25), 5, 5);
+        assert_eq!(z[..5].iter().sum::<f32>(), 0.0);
+        assert_eq!(z[12], 255.0);
+    }
+
+    #[test]
+    fn alpha_is_composited_over_the_pictures_own_background() {
+        let mut luma = vec![240f32; 36];
+        let mut alpha = vec![1f32; 36];
+        for i in [14, 15, 20, 21] {
+            luma[i] = 40.0;
+            alpha[i] = 0.5; // 40 / 2 + 240 / 2 = 140 on an off-white border
+        }
+        let z = normalize_background(&luma, &alpha, 6, 6);
+        assert!((z[14] - (255.0 - 140.0 - 15.0) * 255.0 / 240.0).abs() < 1e-4);
+        assert_eq!(z[0], 0.0);
+        // a cut-out on a transparent border: a dark object goes over white, a light one over black
+        let mut cut_l = vec![0f32; 36];
+        let mut cut_a = vec![0f32; 36];
+        for i in [14, 15, 20, 21] {
+            cut_l[i] = 30.0;
+            cut_a[i] = 1.0;
+        }
+        let z = normalize_background(&cut_l, &cut_a, 6, 6);
+        assert_eq!((z[0], z[14]), (0.0, 225.0));
+        for i in [14, 15, 20, 21] {
+            cut_l[i] = 220.0;
+        }
+        let z = normalize_background(&cut_l, &cut_a, 6, 6);
+        assert_eq!((z[0], z[14]), (0.0, 220.0));
+    }
+
+    #[test]
+    fn object_box_ignores_strays_and_fit_size_rounds_half_up() {
+        let (h, w) = (300, 200);
+        let mut z = vec![0f32; h * w];
+        for y in 50..150 {
+            for x in 20..60 {
+                z[y * w + x] = 100.0;
+            }
+        }
+        z[h * w - 1] = 255.0; // a stray pixel: fewer than ceil(200 / 100) = 2 in its row
+        assert_eq!(object_box(&z, h, w, 24.0), (50, 20, 100, 40));
+        assert_eq!(object_box(&[0.0; 16], 4, 4, 24.0), (0, 0, 4, 4));
+        assert_eq!(fit_size(100, 40, 28), (28, 11));
+        assert_eq!(fit_size(40, 100, 28), (11, 28));
+        assert_eq!(fit_size(8, 3, 28), (28, 11)); // 10.5 rounds up
+        assert_eq!(fit_size(1000, 1, 28), (28, 1));
+    }
+
+    #[test]
+    fn frame_centres_the_box_on_the_canvas() {
+        let (h, w) = (40, 60);
+        let mut z = vec![0f32; h * w];
+        for y in 10..30 {
+            for x in 5..15 {
+                z[y * w + x] = 200.0; // a 20 x 10 box
+            }
+        }
+        let frame = Frame {
+            fit: 10,
+            threshold: 24.0,
+        };
+        let out = frame_object(&z, h, w, &frame, (12, 14));
+        // 10 x 5 at ((12 - 10) / 2, (14 - 5) / 2)
+        for y in 0..12 {
+            for x in 0..14 {
+                let inside = (1..11).contains(&y) && (4..9).contains(&x);
+                let v = out[y * 14 + x];
+                assert!(
+                    if inside { (v - 200.0).abs() < 1e-3 } else { v == 0.0 },
+                    "({y}, {x}) = {v}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn crop_offsets_follow_the_python_reference() {
         let p = planar(5, 5, |y, x| (y * 5 + x) as f32);

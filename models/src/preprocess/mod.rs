@@ -504,4 +504,43 @@ mod tests {
         .is_err());
         assert!(PreprocessSpec::parse(r#"{"kind":"video"}"#).is_err());
     }
+
+    #[test]
+    fn parses_and_checks_object_specs() {
+        let base = r#""kind": "image", "channels": 1, "crop": [28, 28], "mean": [0.3], "std": [0.3]"#;
+        let parse = |extra: &str| PreprocessSpec::parse(&format!("{{{base}{extra}}}"));
+        let PreprocessSpec::Image(s) =
+            parse(r#", "background": "auto", "frame": {"fit": 20, "threshold": 24}"#).unwrap()
+        else {
+            panic!("not an image spec")
+        };
+        assert!(s.auto_background);
+        assert_eq!(
+            s.frame,
+            Some(Frame {
+                fit: 20,
+                threshold: 24.0
+            })
+        );
+        let PreprocessSpec::Image(s) = parse("").unwrap() else {
+            panic!("not an image spec")
+        };
+        assert!(!s.auto_background && s.frame.is_none());
+        for bad in [
+            r#", "background": "white""#,
+            r#", "background": "auto", "invert": true"#,
+            r#", "frame": {"fit": 20, "threshold": 24}"#,
+            r#", "background": "auto", "resize": 32, "frame": {"fit": 20, "threshold": 24}"#,
+            r#", "background": "auto", "frame": {"fit": 29, "threshold": 24}"#,
+            r#", "background": "auto", "frame": {"fit": 0, "threshold": 24}"#,
+            r#", "background": "auto", "frame": {"fit": 20, "threshold": 255}"#,
+            r#", "background": "auto", "frame": {"fit": 20}"#,
+            r#", "background": "auto", "frame": 28"#,
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.to_string().contains("preprocess"), "{bad}: {e}");
+        }
+        let rgb = r#"{"kind": "image", "channels": 3, "crop": [8, 8], "mean": [0, 0, 0], "std": [1, 1, 1], "background": "auto"}"#;
+        assert!(PreprocessSpec::parse(rgb).is_err());
+    }
 }
