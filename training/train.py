@@ -292,6 +292,7 @@ def run_parallel(args):
         cmd = [PY, os.path.abspath(__file__), args.model, "--variant", k, "--threads", "1",
                "--qat-steps", str(args.qat_steps), "--width", str(args.width),
                "--tt-rank", str(args.tt_rank), "--first-stride", str(args.first_stride)]
+        cmd += ["--finetune-epochs", str(args.finetune_epochs), "--finetune-lr", str(args.finetune_lr)]
         for opt in ("epochs", "lr", "max_steps"):
             if getattr(args, opt) is not None:
                 cmd += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
@@ -700,11 +701,11 @@ def run_fashion(args):
     ytr = ytr[:55000]
     bs = 128
 
-    def batches(ep, augment=True):
+    def batches(ep, augment=True, p_aug=0.5):
         rng = np.random.default_rng(ep)
         perm = rng.permutation(len(Xtr_u8))
         # (qat asks for epochs 1000+: it reuses epoch 0)
-        X = fashion_epoch(ep % 1000 if augment else 999, Xtr_u8, spec, p_aug=0.5 if augment else 0.0)
+        X = fashion_epoch(ep % 1000 if augment else 999, Xtr_u8, spec, p_aug=p_aug if augment else 0.0)
         for i in range(0, len(perm) - bs + 1, bs):
             idx = perm[i:i + bs]
             yield torch.from_numpy(X[idx].astype(np.float32)), torch.from_numpy(ytr[idx])
@@ -713,6 +714,7 @@ def run_fashion(args):
     if args.max_steps:
         steps = min(steps, args.max_steps)
     res = {"name": "fashion", "spec": spec, "epochs": args.epochs or 12, "width": args.width,
+           "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr,
            "first_stride": args.first_stride, "augmentation": "half of each epoch: fashion_photo "
            "(flip, resolution 1-4x, scale 0.85-1.1, aspect 0.9-1.1, rotation +-10 deg, margins 0-30 %, "
            "contrast 0.7-1.15, background level 0-45, noise, either polarity, blur, JPEG q30-95); "
@@ -724,6 +726,13 @@ def run_fashion(args):
         t = common.train_loop(model, batches, res["epochs"], lr=args.lr or 3e-3, steps_per_epoch=steps,
                               eval_fn=lambda: common.acc(common.predict(model, Xva), yva),
                               desc=f"fashion-{kind}", ckpt=os.path.join(ck, f"fashion{TAG}.{kind}.pt"))
+        if args.finetune_epochs:
+            # epochs 100+ are new augmented epochs (their own cache files)
+            t += common.train_loop(model, lambda ep: batches(100 + ep, p_aug=0.3), args.finetune_epochs,
+                                   lr=args.finetune_lr, steps_per_epoch=steps,
+                                   eval_fn=lambda: common.acc(common.predict(model, Xva), yva),
+                                   desc=f"fashion-{kind}-finetune",
+                                   ckpt=os.path.join(ck, f"fashion{TAG}.{kind}.finetune.pt"))
         if kind == "shift":
             common.qat(model, [x for x, _ in itertools.islice(batches(998, augment=False), 8)], batches,
                        steps=args.qat_steps, lr=3e-4, desc="fashion")
@@ -754,6 +763,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", choices=["digits", "intent", "intent-lstm", "fashion"])
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--finetune-epochs", type=int, default=0,
+                    help="fashion: after the main schedule, this many more epochs at --finetune-lr "
+                         "(a second one-cycle cosine schedule, fresh augmented epochs, 30 %% synthetic "
+                         "pictures; checkpointed like the main run)")
+    ap.add_argument("--finetune-lr", type=float, default=6e-4)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--qat-steps", type=int, default=150)
     ap.add_argument("--threads", type=int, default=2)

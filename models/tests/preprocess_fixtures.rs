@@ -179,8 +179,14 @@ fn garment_pictures_reach_the_network_like_the_dataset_image() {
         r#"{"kind": "image", "channels": 1, "resize": 28, "crop": [28, 28], "invert": true, "mean": [0.2860], "std": [0.3530]}"#,
     )
     .unwrap();
-    for file in ["tshirt_offwhite235.png", "tshirt_transparent.png", "tshirt_dataset.png"] {
-        let got = plain.run(&frame_picture(file), MediaHint::Image, &limits).unwrap();
+    for file in [
+        "tshirt_offwhite235.png",
+        "tshirt_transparent.png",
+        "tshirt_dataset.png",
+    ] {
+        let got = plain
+            .run(&frame_picture(file), MediaHint::Image, &limits)
+            .unwrap();
         let r = correlation(&got, &base);
         assert!(r < 0.8, "{file}: the plain front end gives correlation {r}");
     }
@@ -195,7 +201,12 @@ fn exif_orientation_is_applied() {
     let jpeg = frame_picture("tshirt_exif6.jpg");
     let img = decode(&jpeg, Media::Jpeg, 1 << 20).unwrap();
     assert_eq!((img.width(), img.height()), (160, 200));
-    let upright = decode(&frame_picture("tshirt_exif6_upright.png"), Media::Png, 1 << 20).unwrap();
+    let upright = decode(
+        &frame_picture("tshirt_exif6_upright.png"),
+        Media::Png,
+        1 << 20,
+    )
+    .unwrap();
     let (a, b) = (img.to_luma8(), upright.to_luma8());
     let mean = a
         .pixels()
@@ -203,7 +214,10 @@ fn exif_orientation_is_applied() {
         .map(|(p, q)| (p.0[0] as f64 - q.0[0] as f64).abs())
         .sum::<f64>()
         / (160.0 * 200.0);
-    assert!(mean < 3.0, "mean |diff| {mean} levels against the upright PNG");
+    assert!(
+        mean < 3.0,
+        "mean |diff| {mean} levels against the upright PNG"
+    );
     // the pixel limit still applies to the stored (unrotated) size
     let e = decode(&jpeg, Media::Jpeg, 200 * 160 - 1).unwrap_err();
     assert_eq!(e.kind, models::ErrorKind::TooLarge, "{e}");

@@ -461,7 +461,13 @@ pub fn fit_size(h: usize, w: usize, fit: usize) -> (usize, usize) {
 /// `frame`: the object's box of `z` resized (antialiased bilinear, aspect kept) so that its
 /// longer side is `frame.fit`, centred on a `crop` canvas of background (0) at offset
 /// `((ch - h) / 2, (cw - w) / 2)`.
-pub fn frame_object(z: &[f32], h: usize, w: usize, frame: &Frame, crop: (usize, usize)) -> Vec<f32> {
+pub fn frame_object(
+    z: &[f32],
+    h: usize,
+    w: usize,
+    frame: &Frame,
+    crop: (usize, usize),
+) -> Vec<f32> {
     let (top, left, bh, bw) = object_box(z, h, w, frame.threshold);
     let mut data = Vec::with_capacity(bh * bw);
     for y in top..top + bh {
@@ -789,7 +795,11 @@ mod tests {
                 let inside = (1..11).contains(&y) && (4..9).contains(&x);
                 let v = out[y * 14 + x];
                 assert!(
-                    if inside { (v - 200.0).abs() < 1e-3 } else { v == 0.0 },
+                    if inside {
+                        (v - 200.0).abs() < 1e-3
+                    } else {
+                        v == 0.0
+                    },
                     "({y}, {x}) = {v}"
                 );
             }

@@ -165,37 +165,36 @@ impl PreprocessSpec {
                         "preprocess: background \"auto\" needs channels 1 and no invert (it decides the polarity)",
                     ));
                 }
-                let frame = match o.get("frame") {
-                    None | Some(Value::Null) => None,
-                    Some(Value::Object(fo)) => {
-                        let ff = Fields(fo);
-                        let fit = ff.uint("fit", 1, crop.0.min(crop.1)).map_err(|_| {
-                            invalid("preprocess: frame.fit must be an integer in 1..=min(crop)")
-                        })?;
-                        let threshold = ff.float("threshold").map_err(|_| {
-                            invalid("preprocess: frame.threshold must be a number in [0, 255)")
-                        })?;
-                        if !(0.0..255.0).contains(&threshold) {
-                            return Err(invalid(
-                                "preprocess: frame.threshold must be a number in [0, 255)",
-                            ));
-                        }
-                        if !auto_background || resize.is_some() {
-                            return Err(invalid(
+                let frame =
+                    match o.get("frame") {
+                        None | Some(Value::Null) => None,
+                        Some(Value::Object(fo)) => {
+                            let ff = Fields(fo);
+                            let fit = ff.uint("fit", 1, crop.0.min(crop.1)).map_err(|_| {
+                                invalid("preprocess: frame.fit must be an integer in 1..=min(crop)")
+                            })?;
+                            let threshold = ff.float("threshold").map_err(|_| {
+                                invalid("preprocess: frame.threshold must be a number in [0, 255)")
+                            })?;
+                            if !(0.0..255.0).contains(&threshold) {
+                                return Err(invalid(
+                                    "preprocess: frame.threshold must be a number in [0, 255)",
+                                ));
+                            }
+                            if !auto_background || resize.is_some() {
+                                return Err(invalid(
                                 "preprocess: frame needs background \"auto\" and replaces resize",
                             ));
+                            }
+                            Some(Frame {
+                                fit,
+                                threshold: threshold as f32,
+                            })
                         }
-                        Some(Frame {
-                            fit,
-                            threshold: threshold as f32,
-                        })
-                    }
-                    Some(_) => {
-                        return Err(invalid(
+                        Some(_) => return Err(invalid(
                             "preprocess: frame must be an object {\"fit\": n, \"threshold\": t}",
-                        ))
-                    }
-                };
+                        )),
+                    };
                 Ok(PreprocessSpec::Image(ImageSpec {
                     channels,
                     resize,
@@ -507,7 +506,8 @@ mod tests {
 
     #[test]
     fn parses_and_checks_object_specs() {
-        let base = r#""kind": "image", "channels": 1, "crop": [28, 28], "mean": [0.3], "std": [0.3]"#;
+        let base =
+            r#""kind": "image", "channels": 1, "crop": [28, 28], "mean": [0.3], "std": [0.3]"#;
         let parse = |extra: &str| PreprocessSpec::parse(&format!("{{{base}{extra}}}"));
         let PreprocessSpec::Image(s) =
             parse(r#", "background": "auto", "frame": {"fit": 20, "threshold": 24}"#).unwrap()
