@@ -211,9 +211,9 @@ normalise, {r["augmentation"]}.
 **Recipe.** ResNet-8 with CIFAR stem (fp32 3x3 conv + BN at 28x28), three stages of one
 BasicBlock each, widths {r.get("width", 16)}/{2 * r.get("width", 16)}/{4 * r.get("width", 16)}, {fashion_strides(r)}, all body convolutions DenseShift W3 (weights
 ±{{1,2,4,8}} times a per-channel float scale from the folded BN), fp32 classifier. AdamW, one-cycle
-cosine schedule (peak lr 3e-3), label smoothing 0.1, batch 128, {r["epochs"]} epochs; then
+cosine schedule (peak lr 3e-3), label smoothing 0.1, batch 128, {r["epochs"]} epochs;{fashion_finetune_text(r)} then
 activation calibration (99.99th percentile ranges, 8 batches) and 150 steps of fake-quant
-fine-tuning (lr 3e-4). The FP twin is the same network with fp32 convs, same recipe.
+fine-tuning (lr 3e-4). The FP twin is the same network with fp32 convs, same recipe{" without the extra epochs" if r.get("finetune_epochs") else ""}.
 
 | split | FP twin (PyTorch) | W3 (PyTorch, fake-quant) | W3 exported file |
 |---|---|---|---|
@@ -228,11 +228,24 @@ twin: {status(gap <= 0.01)}, gap {100 * gap:+.2f} points).{fashion_gap_text(r)}
 
 Training time: FP twin {minutes(f["train_seconds"])}, W3 {minutes(s["train_seconds"])} (trained in
 parallel, one thread each, niced, on the shared machine, with the other sessions' builds);
-whole command {minutes(r["wall_seconds_total"])}. The run is resumable: each variant checkpoints
+whole command {minutes(r["wall_seconds_total"])}{" (" + r["wall_note"] + ")" if r.get("wall_note") else ""}. The run is resumable: each variant checkpoints
 after every epoch under `$SHIFTSERVE_DATA/fashion/ckpt` and a rerun continues from there.
-Reproduce: `nice -n 19 python training/train.py fashion --epochs {r["epochs"]}`, then
+Reproduce: `nice -n 19 python training/train.py fashion --epochs {r["epochs"]}{fashion_finetune_cmd(r)}`, then
 `nice -n 19 python training/eval_fashion_http.py --shiftserve target/release/shiftserve --record`.
 """
+
+
+def fashion_finetune_cmd(r):
+    n = r.get("finetune_epochs")
+    return f" --finetune-epochs {n}" if n else ""
+
+
+def fashion_finetune_text(r):
+    n = r.get("finetune_epochs")
+    if not n:
+        return ""
+    return (f" then, for the W3 model only, {n} more epochs (a second one-cycle cosine schedule, peak "
+            f"lr {r['finetune_lr']:g}, fresh augmented epochs with 30 % synthetic pictures);")
 
 
 def fashion_gap_text(r):
