@@ -21,6 +21,8 @@ struct Cli {
     serve: ServeArgs,
 }
 
+// Parsed once at start-up: the size difference between the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve the model repository over HTTP (the default).
