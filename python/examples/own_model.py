@@ -11,7 +11,7 @@ Downloads nothing: the data comes from Debian's `dataset-fashion-mnist` package
 
 Steps (each prints what it checked):
   1. data      the IDX files of the Debian package (60k train / 10k test, 28x28, u8)
-  2. train     `--steps` AdamW steps (default 300, about a minute on two cores) of a ResNet-8 with
+  2. train     `--steps` AdamW steps (default 300, under a minute on one core) of a ResNet-8 with
                DenseShift W3 weights (+-{1,2,4,8}) in its body, fp32 stem and classifier
   3. export    int8 activations calibrated on training batches; the file's `preprocess` block
                reproduces the training input from a real photo (checked, see PREPROCESS)
@@ -37,7 +37,6 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -118,16 +117,17 @@ def train_and_export(data, out_file: Path, name: str, steps: int, batch: int, se
     if n_train > 55000:
         raise SystemExit(f"--steps {steps} x batch {batch} exceeds the 55000 training images kept apart "
                          "from validation: use fewer steps (this example trains one epoch)")
-    train = TensorDataset(normalise(data["train_x"][:n_train]), torch.from_numpy(data["train_y"][:n_train].astype(np.int64)))
-    val = TensorDataset(normalise(data["train_x"][55000:56000]), torch.from_numpy(data["train_y"][55000:56000].astype(np.int64)))
+    labels = torch.from_numpy(data["train_y"].astype(np.int64))
+    train = TensorDataset(normalise(data["train_x"][:n_train]), labels[:n_train])
+    val = TensorDataset(normalise(data["train_x"][55000:56000]), labels[55000:56000])
     train_loader = DataLoader(train, batch_size=batch, shuffle=True, drop_last=True,
                               generator=torch.Generator().manual_seed(seed))
     val_loader = DataLoader(val, batch_size=256)
 
     # ResNet-8: fp32 3x3 stem, three BasicBlocks with DenseShift W3 convolutions, fp32 classifier.
     model = resnet_cifar(depth=8, width=8, in_ch=1, num_classes=10, bits=3, strides=(2, 2, 2))
-    log("train", f"ResNet-8 W3, {sum(p.numel() for p in model.parameters())} parameters, "
-                 f"{len(train_loader)} steps of {batch} images")
+    log("train", f"ResNet-8 W3 ({sum(p.numel() for p in model.parameters())} trainable values: each W3 "
+                 f"weight trains as a sign and 3 exponent latents), {len(train_loader)} steps of {batch} images")
     t0 = time.time()
     fit(model, train_loader, val_loader, epochs=1, lr=3e-3, progress=False,
         log=lambda s: log("train", s))
@@ -185,7 +185,8 @@ def check_with_cli(shiftserve: Path, out_file: Path, data, work: Path, n: int = 
         png = work / f"sample-{i}-{LABELS[data['test_y'][i]].replace('/', '-').replace(' ', '-')}.png"
         png.write_bytes(as_photo_png(v))
         samples.append(png)
-    expected = reference.forward(out_file, np.stack([image_features(p.read_bytes(), PREPROCESS) for p in samples])).argmax(1)
+    served_inputs = np.stack([image_features(p.read_bytes(), PREPROCESS) for p in samples])
+    expected = reference.forward(out_file, served_inputs).argmax(1)
     first = None
     for png, want in zip(samples, expected):
         res = subprocess.run([str(shiftserve), "run", str(out_file), str(png), "--json", "--top-k", "3"],
@@ -225,12 +226,19 @@ def http(method, url, body=None, headers=None, timeout=10):
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+    except OSError as e:  # connection refused, timeout: no answer
+        return None, str(e).encode()
 
 
 def wait_until_served(server: str, name: str, version: int, timeout: float, api_key: str | None = None) -> str:
     """Explicit mode: load through the API. Poll mode: wait for the next repository scan.
     Returns "explicit" or "poll"."""
     auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    deadline = time.time() + timeout
+    while (live := http("GET", f"{server}/v2/health/live"))[0] != 200:  # a server just started
+        if time.time() > deadline:
+            raise SystemExit(f"no shiftserve answers at {server}: {live[1][:200]!r}")
+        time.sleep(0.5)
     status, body = http("POST", f"{server}/v2/repository/models/{name}/load", b"", auth, timeout=timeout)
     if status == 200:
         mode = "explicit"
@@ -238,7 +246,6 @@ def wait_until_served(server: str, name: str, version: int, timeout: float, api_
         mode = "poll"
     else:
         raise SystemExit(f"POST /v2/repository/models/{name}/load answered {status}: {body[:300]!r}")
-    deadline = time.time() + timeout
     url = f"{server}/v2/models/{name}/versions/{version}/ready"
     while True:
         status, _ = http("GET", url, headers=auth)
@@ -273,7 +280,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=300, help="training steps (one pass over steps x batch images)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--test-images", type=int, default=1000, help="test images the exported file is scored on")
-    ap.add_argument("--threads", type=int, default=2, help="PyTorch threads")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="PyTorch threads (default 1: this small network gains little from more)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shiftserve", help="the shiftserve binary (default: $SHIFTSERVE_BIN, PATH, target/release)")
     ap.add_argument("--server", help="a running server to hand the model to, e.g. http://127.0.0.1:8080")
@@ -300,8 +308,9 @@ def main(argv=None):
         server = args.server.rstrip("/")
         summary["mode"] = wait_until_served(server, args.name, version, args.timeout, args.api_key)
         answer = predict(server, args.name, samples[0], args.api_key)
-        cli = json.loads(subprocess.run([str(shiftserve), "run", str(out_file), str(samples[0]), "--json", "--top-k", "3"],
-                                        capture_output=True, text=True, check=True).stdout)
+        cli = json.loads(subprocess.run(
+            [str(shiftserve), "run", str(out_file), str(samples[0]), "--json", "--top-k", "3"],
+            capture_output=True, text=True, check=True).stdout)
         if [p["index"] for p in answer["predictions"]] != [p["index"] for p in cli["predictions"]]:
             raise SystemExit(f"the server ranks {samples[0].name} differently from shiftserve run: "
                              f"{answer['predictions']} vs {cli['predictions']}")

@@ -34,8 +34,10 @@ def _require(ok: bool, what: str):
 
 @pytest.fixture(scope="module")
 def prerequisites():
-    _require(BIN.is_file() and os.access(BIN, os.X_OK), f"no shiftserve binary at {BIN}: cargo build --release -p server")
-    _require((DATA / "train-images-idx3-ubyte.gz").is_file(), f"no Fashion-MNIST in {DATA}: apt-get install dataset-fashion-mnist")
+    _require(BIN.is_file() and os.access(BIN, os.X_OK),
+             f"no shiftserve binary at {BIN}: cargo build --release -p server")
+    _require((DATA / "train-images-idx3-ubyte.gz").is_file(),
+             f"no Fashion-MNIST in {DATA}: apt-get install dataset-fashion-mnist")
 
 
 def _free_port():
