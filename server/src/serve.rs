@@ -33,6 +33,14 @@ async fn wait_for_signal() -> &'static str {
 
 /// Runs the server until a termination signal, then drains and returns.
 pub async fn serve(opts: ServeOptions) -> Result<(), String> {
+    // An invalid kernel policy would fail every model: refuse to start instead.
+    models::PlanOptions::from_env().map_err(|e| {
+        format!(
+            "invalid SHIFTSERVE_KERNEL={:?}: {}",
+            std::env::var("SHIFTSERVE_KERNEL").unwrap_or_default(),
+            e.message
+        )
+    })?;
     let isa = models::kernel_isa();
     let metrics = Arc::new(Metrics::new(&isa));
     let repo = Arc::new(Repository::new(
@@ -56,18 +64,32 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
         control_mode = opts.control_mode.as_str(),
         kernel_isa = %isa,
         auth = opts.api_key.is_some(),
+        max_connections = opts.conn.max_connections,
         "shiftserve listening"
     );
     println!("shiftserve listening on http://{local}");
 
     // Initial load in the background: liveness answers at once, readiness after warmup.
+    // With --exit-on-error a failed model stops the server.
+    let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<String>();
     {
         let repo = repo.clone();
         let state = state.clone();
         let explicit = opts.load_models.clone();
         tokio::spawn(async move {
             let r = repo.clone();
-            let _ = tokio::task::spawn_blocking(move || r.load_initial(&explicit)).await;
+            let failed = tokio::task::spawn_blocking(move || r.load_initial(&explicit))
+                .await
+                .unwrap_or_else(|_| vec![("*".into(), "initial load panicked".into())]);
+            if state.opts.exit_on_error && !failed.is_empty() {
+                let list: Vec<String> = failed.iter().map(|(m, e)| format!("{m}: {e}")).collect();
+                let _ = fatal_tx.send(format!(
+                    "--exit-on-error: {} model(s) failed to load: {}",
+                    failed.len(),
+                    list.join("; ")
+                ));
+                return;
+            }
             state.started.store(true, Ordering::SeqCst);
             let ready: Vec<String> = repo
                 .all_loaded()
@@ -114,7 +136,25 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
             }
         }
     };
-    let server = axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown);
+    if state.opts.log_summary_secs > 0 {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let secs = state.opts.log_summary_secs;
+            let mut tick = tokio::time::interval(Duration::from_secs(secs));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                state.summary.log_and_reset(secs);
+            }
+        });
+    }
+    let server = crate::http::conn::serve(
+        listener,
+        router(state.clone()),
+        state.metrics.clone(),
+        state.opts.conn,
+        shutdown,
+    );
     let hard_stop = {
         let drain_started = drain_started.clone();
         let secs = opts.exit_timeout_secs;
@@ -128,9 +168,21 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
             }
         }
     };
+    let fatal = async {
+        match fatal_rx.await {
+            Ok(msg) => msg,
+            Err(_) => std::future::pending().await,
+        }
+    };
     tokio::select! {
-        r = server => r.map_err(|e| format!("server error: {e}"))?,
+        _ = server => {}
         why = hard_stop => tracing::warn!(cause = why, "stopping with requests or connections still open"),
+        msg = fatal => {
+            tracing::error!(error = %msg, "stopping");
+            let r = repo.clone();
+            let _ = tokio::task::spawn_blocking(move || r.shutdown()).await;
+            return Err(msg);
+        }
     }
     let r = repo.clone();
     let _ = tokio::task::spawn_blocking(move || r.shutdown()).await;
