@@ -13,8 +13,9 @@ Steps (each prints what it checked):
   1. data      the IDX files of the Debian package (60k train / 10k test, 28x28, u8)
   2. train     `--steps` AdamW steps (default 300, under a minute on one core) of a ResNet-8 with
                DenseShift W3 weights (+-{1,2,4,8}) in its body, fp32 stem and classifier
-  3. export    int8 activations calibrated on training batches; the file's `preprocess` block
-               reproduces the training input from a real photo (checked, see PREPROCESS)
+  3. export    int8 activations calibrated on training batches; the file's `preprocess` block is
+               the front end the network was trained through, so an uploaded picture reaches it
+               exactly as the training images did (checked, see PREPROCESS)
   4. evaluate  accuracy of the exported file on held-out test images, read by the reference
                forward pass (only the file, no PyTorch model)
   5. CLI       `shiftserve inspect FILE` and `shiftserve run FILE sample.png --json`: the server's
@@ -49,7 +50,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from shiftserve_train import reference
 from shiftserve_train.export import export
-from shiftserve_train.features import image_features
+from shiftserve_train.features import image_features, image_features_rgba
 from shiftserve_train.models import resnet_cifar
 from shiftserve_train.train import evaluate, fit
 
@@ -58,14 +59,16 @@ LABELS = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shir
           "ankle boot"]
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel mean / std (pixels / 255)
 
-# What the server does to an uploaded image before the network sees it. Fashion-MNIST items are
-# light on a black background; photos (and the PNGs a user uploads) are dark on a light one, so
-# the server inverts (1 - pixel/255) and then normalises with the training mean/std. The network
-# is therefore trained on v/255 normalised, v being the dataset's own pixels: the same numbers
-# the server makes of the light-background photo 255 - v. Without "invert" a photo would reach
-# the network as its negative.
-PREPROCESS = {"kind": "image", "channels": 1, "resize": 28, "crop": [28, 28], "invert": True,
-              "mean": [MEAN], "std": [STD]}
+# What the server does to an uploaded picture before the network sees it: the front end for
+# pictures of one object (docs/format.md), the one training/train.py trains the bundled fashion
+# model through (FASHION_SPEC). Fashion-MNIST garments are light on black, product photos dark on
+# white or grey, cut-outs sit on a transparent background. "background": "auto" takes polarity and
+# background level from the picture's border (object light on 0, as in the data set) and "frame"
+# resizes the object's bounding box to 28 pixels and centres it, as the data set frames its
+# garments. The network is trained on exactly these features of the data set's images
+# (served_inputs), so training and serving see the same numbers.
+PREPROCESS = {"kind": "image", "channels": 1, "crop": [28, 28], "mean": [MEAN], "std": [STD],
+              "background": "auto", "frame": {"fit": 28, "threshold": 24}}
 
 
 def log(step, msg):
@@ -97,16 +100,25 @@ def load_fashion_mnist(root: Path = DEBIAN_DATA):
     return {k: read_idx(root / n) for k, n in names.items()}
 
 
-def normalise(v: np.ndarray) -> torch.Tensor:
-    """u8 images [N, 28, 28] (dataset polarity) -> the network input [N, 1, 28, 28]."""
-    return torch.from_numpy(((v.astype(np.float32) / 255.0 - MEAN) / STD)[:, None])
+def served_inputs(v: np.ndarray) -> torch.Tensor:
+    """u8 images [N, 28, 28] as the data set stores them -> the network input [N, 1, 28, 28]: the
+    server's front end (PREPROCESS) applied to each, by the reference implementation."""
+    out = np.empty((len(v), 1, 28, 28), dtype=np.float32)
+    for i, img in enumerate(v):
+        g = img.astype(np.float64)
+        out[i] = image_features_rgba(np.stack([g, g, g, np.full_like(g, 255.0)], axis=-1), PREPROCESS)
+    return torch.from_numpy(out)
+
+
+def as_png(v: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(v, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def as_photo_png(v: np.ndarray) -> bytes:
-    """A dataset image as a user would upload it: PNG, dark item on a light background."""
-    buf = io.BytesIO()
-    Image.fromarray(255 - v, mode="L").save(buf, format="PNG")
-    return buf.getvalue()
+    """A data-set image as a product photo would show it: PNG, dark garment on white."""
+    return as_png(255 - v)
 
 
 # 2.-4. train, export, evaluate ------------------------------------------------------------------
@@ -118,8 +130,8 @@ def train_and_export(data, out_file: Path, name: str, steps: int, batch: int, se
         raise SystemExit(f"--steps {steps} x batch {batch} exceeds the 55000 training images kept apart "
                          "from validation: use fewer steps (this example trains one epoch)")
     labels = torch.from_numpy(data["train_y"].astype(np.int64))
-    train = TensorDataset(normalise(data["train_x"][:n_train]), labels[:n_train])
-    val = TensorDataset(normalise(data["train_x"][55000:56000]), labels[55000:56000])
+    train = TensorDataset(served_inputs(data["train_x"][:n_train]), labels[:n_train])
+    val = TensorDataset(served_inputs(data["train_x"][55000:56000]), labels[55000:56000])
     train_loader = DataLoader(train, batch_size=batch, shuffle=True, drop_last=True,
                               generator=torch.Generator().manual_seed(seed))
     val_loader = DataLoader(val, batch_size=256)
@@ -144,19 +156,21 @@ def train_and_export(data, out_file: Path, name: str, steps: int, batch: int, se
 
 
 def check_preprocess(data, n: int = 16) -> None:
-    """The file's preprocessing turns a light-background PNG into exactly the training input."""
+    """The file's preprocessing turns a photo-like PNG (dark garment on white) and the data set's
+    own picture (light on black) into exactly the input the network was trained on."""
     worst = 0.0
     for v in data["test_x"][:n]:
-        served = image_features(as_photo_png(v), PREPROCESS)
-        worst = max(worst, float(np.abs(served - normalise(v[None])[0].numpy()).max()))
-    if worst > 1e-5:
+        trained_on = served_inputs(v[None])[0].numpy()
+        for png in (as_photo_png(v), as_png(v)):
+            worst = max(worst, float(np.abs(image_features(png, PREPROCESS) - trained_on).max()))
+    if worst > 1e-6:
         raise SystemExit(f"preprocess mismatch: served input differs from the training input by {worst}")
-    log("export", f"preprocess {json.dumps(PREPROCESS)}: a PNG photo -> the training input "
-                  f"(max difference {worst:.1e} over {n} images)")
+    log("export", f"preprocess {json.dumps(PREPROCESS)}: photo-like and data-set PNGs -> the training "
+                  f"input (max difference {worst:.1e} over {n} images each)")
 
 
 def evaluate_file(out_file: Path, data, n: int) -> float:
-    x = normalise(data["test_x"][:n]).numpy()
+    x = served_inputs(data["test_x"][:n]).numpy()
     logits = reference.forward(out_file, x)
     acc = float((logits.argmax(1) == data["test_y"][:n]).mean())
     log("evaluate", f"exported file (reference forward pass): {100 * acc:.1f}% on {n} test images")

@@ -123,7 +123,7 @@ def test_example_trains_exports_and_a_polling_server_serves_it(trained):
     # reference forward pass from the file alone.
     assert s["test_images"] == 1000 and s["test_accuracy_file"] >= 0.70, s
     # The CLI checks ran: inspect printed the file's header, run agreed with the reference.
-    assert "weight bits  W3" in out and "numeric path int8" in out and '"invert":true' in out
+    assert "weight bits  W3" in out and "numeric path int8" in out and '"background":"auto"' in out
     assert "ranks first the class the reference does, on all 10 sample PNGs" in out
     # Published as version 1 next to the bundled model, picked up by the poll, answered over HTTP
     # with the same ranking as `shiftserve run`.
