@@ -11,10 +11,11 @@ Downloads nothing: the data comes from Debian's `dataset-fashion-mnist` package
 
 Steps (each prints what it checked):
   1. data      the IDX files of the Debian package (60k train / 10k test, 28x28, u8)
-  2. train     `--steps` AdamW steps (default 300, about a minute on two cores) of a ResNet-8 with
+  2. train     `--steps` AdamW steps (default 300, under a minute on one core) of a ResNet-8 with
                DenseShift W3 weights (+-{1,2,4,8}) in its body, fp32 stem and classifier
-  3. export    int8 activations calibrated on training batches; the file's `preprocess` block
-               reproduces the training input from a real photo (checked, see PREPROCESS)
+  3. export    int8 activations calibrated on training batches; the file's `preprocess` block is
+               the front end the network was trained through, so an uploaded picture reaches it
+               exactly as the training images did (checked, see PREPROCESS)
   4. evaluate  accuracy of the exported file on held-out test images, read by the reference
                forward pass (only the file, no PyTorch model)
   5. CLI       `shiftserve inspect FILE` and `shiftserve run FILE sample.png --json`: the server's
@@ -37,7 +38,6 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from shiftserve_train import reference
 from shiftserve_train.export import export
-from shiftserve_train.features import image_features
+from shiftserve_train.features import image_features, image_features_rgba
 from shiftserve_train.models import resnet_cifar
 from shiftserve_train.train import evaluate, fit
 
@@ -59,14 +59,16 @@ LABELS = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shir
           "ankle boot"]
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel mean / std (pixels / 255)
 
-# What the server does to an uploaded image before the network sees it. Fashion-MNIST items are
-# light on a black background; photos (and the PNGs a user uploads) are dark on a light one, so
-# the server inverts (1 - pixel/255) and then normalises with the training mean/std. The network
-# is therefore trained on v/255 normalised, v being the dataset's own pixels: the same numbers
-# the server makes of the light-background photo 255 - v. Without "invert" a photo would reach
-# the network as its negative.
-PREPROCESS = {"kind": "image", "channels": 1, "resize": 28, "crop": [28, 28], "invert": True,
-              "mean": [MEAN], "std": [STD]}
+# What the server does to an uploaded picture before the network sees it: the front end for
+# pictures of one object (docs/format.md), the one training/train.py trains the bundled fashion
+# model through (FASHION_SPEC). Fashion-MNIST garments are light on black, product photos dark on
+# white or grey, cut-outs sit on a transparent background. "background": "auto" takes polarity and
+# background level from the picture's border (object light on 0, as in the data set) and "frame"
+# resizes the object's bounding box to 28 pixels and centres it, as the data set frames its
+# garments. The network is trained on exactly these features of the data set's images
+# (served_inputs), so training and serving see the same numbers.
+PREPROCESS = {"kind": "image", "channels": 1, "crop": [28, 28], "mean": [MEAN], "std": [STD],
+              "background": "auto", "frame": {"fit": 28, "threshold": 24}}
 
 
 def log(step, msg):
@@ -98,16 +100,25 @@ def load_fashion_mnist(root: Path = DEBIAN_DATA):
     return {k: read_idx(root / n) for k, n in names.items()}
 
 
-def normalise(v: np.ndarray) -> torch.Tensor:
-    """u8 images [N, 28, 28] (dataset polarity) -> the network input [N, 1, 28, 28]."""
-    return torch.from_numpy(((v.astype(np.float32) / 255.0 - MEAN) / STD)[:, None])
+def served_inputs(v: np.ndarray) -> torch.Tensor:
+    """u8 images [N, 28, 28] as the data set stores them -> the network input [N, 1, 28, 28]: the
+    server's front end (PREPROCESS) applied to each, by the reference implementation."""
+    out = np.empty((len(v), 1, 28, 28), dtype=np.float32)
+    for i, img in enumerate(v):
+        g = img.astype(np.float64)
+        out[i] = image_features_rgba(np.stack([g, g, g, np.full_like(g, 255.0)], axis=-1), PREPROCESS)
+    return torch.from_numpy(out)
+
+
+def as_png(v: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(v, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def as_photo_png(v: np.ndarray) -> bytes:
-    """A dataset image as a user would upload it: PNG, dark item on a light background."""
-    buf = io.BytesIO()
-    Image.fromarray(255 - v, mode="L").save(buf, format="PNG")
-    return buf.getvalue()
+    """A data-set image as a product photo would show it: PNG, dark garment on white."""
+    return as_png(255 - v)
 
 
 # 2.-4. train, export, evaluate ------------------------------------------------------------------
@@ -118,16 +129,17 @@ def train_and_export(data, out_file: Path, name: str, steps: int, batch: int, se
     if n_train > 55000:
         raise SystemExit(f"--steps {steps} x batch {batch} exceeds the 55000 training images kept apart "
                          "from validation: use fewer steps (this example trains one epoch)")
-    train = TensorDataset(normalise(data["train_x"][:n_train]), torch.from_numpy(data["train_y"][:n_train].astype(np.int64)))
-    val = TensorDataset(normalise(data["train_x"][55000:56000]), torch.from_numpy(data["train_y"][55000:56000].astype(np.int64)))
+    labels = torch.from_numpy(data["train_y"].astype(np.int64))
+    train = TensorDataset(served_inputs(data["train_x"][:n_train]), labels[:n_train])
+    val = TensorDataset(served_inputs(data["train_x"][55000:56000]), labels[55000:56000])
     train_loader = DataLoader(train, batch_size=batch, shuffle=True, drop_last=True,
                               generator=torch.Generator().manual_seed(seed))
     val_loader = DataLoader(val, batch_size=256)
 
     # ResNet-8: fp32 3x3 stem, three BasicBlocks with DenseShift W3 convolutions, fp32 classifier.
     model = resnet_cifar(depth=8, width=8, in_ch=1, num_classes=10, bits=3, strides=(2, 2, 2))
-    log("train", f"ResNet-8 W3, {sum(p.numel() for p in model.parameters())} parameters, "
-                 f"{len(train_loader)} steps of {batch} images")
+    log("train", f"ResNet-8 W3 ({sum(p.numel() for p in model.parameters())} trainable values: each W3 "
+                 f"weight trains as a sign and 3 exponent latents), {len(train_loader)} steps of {batch} images")
     t0 = time.time()
     fit(model, train_loader, val_loader, epochs=1, lr=3e-3, progress=False,
         log=lambda s: log("train", s))
@@ -144,19 +156,21 @@ def train_and_export(data, out_file: Path, name: str, steps: int, batch: int, se
 
 
 def check_preprocess(data, n: int = 16) -> None:
-    """The file's preprocessing turns a light-background PNG into exactly the training input."""
+    """The file's preprocessing turns a photo-like PNG (dark garment on white) and the data set's
+    own picture (light on black) into exactly the input the network was trained on."""
     worst = 0.0
     for v in data["test_x"][:n]:
-        served = image_features(as_photo_png(v), PREPROCESS)
-        worst = max(worst, float(np.abs(served - normalise(v[None])[0].numpy()).max()))
-    if worst > 1e-5:
+        trained_on = served_inputs(v[None])[0].numpy()
+        for png in (as_photo_png(v), as_png(v)):
+            worst = max(worst, float(np.abs(image_features(png, PREPROCESS) - trained_on).max()))
+    if worst > 1e-6:
         raise SystemExit(f"preprocess mismatch: served input differs from the training input by {worst}")
-    log("export", f"preprocess {json.dumps(PREPROCESS)}: a PNG photo -> the training input "
-                  f"(max difference {worst:.1e} over {n} images)")
+    log("export", f"preprocess {json.dumps(PREPROCESS)}: photo-like and data-set PNGs -> the training "
+                  f"input (max difference {worst:.1e} over {n} images each)")
 
 
 def evaluate_file(out_file: Path, data, n: int) -> float:
-    x = normalise(data["test_x"][:n]).numpy()
+    x = served_inputs(data["test_x"][:n]).numpy()
     logits = reference.forward(out_file, x)
     acc = float((logits.argmax(1) == data["test_y"][:n]).mean())
     log("evaluate", f"exported file (reference forward pass): {100 * acc:.1f}% on {n} test images")
@@ -185,7 +199,8 @@ def check_with_cli(shiftserve: Path, out_file: Path, data, work: Path, n: int = 
         png = work / f"sample-{i}-{LABELS[data['test_y'][i]].replace('/', '-').replace(' ', '-')}.png"
         png.write_bytes(as_photo_png(v))
         samples.append(png)
-    expected = reference.forward(out_file, np.stack([image_features(p.read_bytes(), PREPROCESS) for p in samples])).argmax(1)
+    served_inputs = np.stack([image_features(p.read_bytes(), PREPROCESS) for p in samples])
+    expected = reference.forward(out_file, served_inputs).argmax(1)
     first = None
     for png, want in zip(samples, expected):
         res = subprocess.run([str(shiftserve), "run", str(out_file), str(png), "--json", "--top-k", "3"],
@@ -225,12 +240,19 @@ def http(method, url, body=None, headers=None, timeout=10):
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+    except OSError as e:  # connection refused, timeout: no answer
+        return None, str(e).encode()
 
 
 def wait_until_served(server: str, name: str, version: int, timeout: float, api_key: str | None = None) -> str:
     """Explicit mode: load through the API. Poll mode: wait for the next repository scan.
     Returns "explicit" or "poll"."""
     auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    deadline = time.time() + timeout
+    while (live := http("GET", f"{server}/v2/health/live"))[0] != 200:  # a server just started
+        if time.time() > deadline:
+            raise SystemExit(f"no shiftserve answers at {server}: {live[1][:200]!r}")
+        time.sleep(0.5)
     status, body = http("POST", f"{server}/v2/repository/models/{name}/load", b"", auth, timeout=timeout)
     if status == 200:
         mode = "explicit"
@@ -238,7 +260,6 @@ def wait_until_served(server: str, name: str, version: int, timeout: float, api_
         mode = "poll"
     else:
         raise SystemExit(f"POST /v2/repository/models/{name}/load answered {status}: {body[:300]!r}")
-    deadline = time.time() + timeout
     url = f"{server}/v2/models/{name}/versions/{version}/ready"
     while True:
         status, _ = http("GET", url, headers=auth)
@@ -273,7 +294,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=300, help="training steps (one pass over steps x batch images)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--test-images", type=int, default=1000, help="test images the exported file is scored on")
-    ap.add_argument("--threads", type=int, default=2, help="PyTorch threads")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="PyTorch threads (default 1: this small network gains little from more)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shiftserve", help="the shiftserve binary (default: $SHIFTSERVE_BIN, PATH, target/release)")
     ap.add_argument("--server", help="a running server to hand the model to, e.g. http://127.0.0.1:8080")
@@ -300,8 +322,9 @@ def main(argv=None):
         server = args.server.rstrip("/")
         summary["mode"] = wait_until_served(server, args.name, version, args.timeout, args.api_key)
         answer = predict(server, args.name, samples[0], args.api_key)
-        cli = json.loads(subprocess.run([str(shiftserve), "run", str(out_file), str(samples[0]), "--json", "--top-k", "3"],
-                                        capture_output=True, text=True, check=True).stdout)
+        cli = json.loads(subprocess.run(
+            [str(shiftserve), "run", str(out_file), str(samples[0]), "--json", "--top-k", "3"],
+            capture_output=True, text=True, check=True).stdout)
         if [p["index"] for p in answer["predictions"]] != [p["index"] for p in cli["predictions"]]:
             raise SystemExit(f"the server ranks {samples[0].name} differently from shiftserve run: "
                              f"{answer['predictions']} vs {cli['predictions']}")

@@ -34,8 +34,10 @@ def _require(ok: bool, what: str):
 
 @pytest.fixture(scope="module")
 def prerequisites():
-    _require(BIN.is_file() and os.access(BIN, os.X_OK), f"no shiftserve binary at {BIN}: cargo build --release -p server")
-    _require((DATA / "train-images-idx3-ubyte.gz").is_file(), f"no Fashion-MNIST in {DATA}: apt-get install dataset-fashion-mnist")
+    _require(BIN.is_file() and os.access(BIN, os.X_OK),
+             f"no shiftserve binary at {BIN}: cargo build --release -p server")
+    _require((DATA / "train-images-idx3-ubyte.gz").is_file(),
+             f"no Fashion-MNIST in {DATA}: apt-get install dataset-fashion-mnist")
 
 
 def _free_port():
@@ -121,7 +123,7 @@ def test_example_trains_exports_and_a_polling_server_serves_it(trained):
     # reference forward pass from the file alone.
     assert s["test_images"] == 1000 and s["test_accuracy_file"] >= 0.70, s
     # The CLI checks ran: inspect printed the file's header, run agreed with the reference.
-    assert "weight bits  W3" in out and "numeric path int8" in out and '"invert":true' in out
+    assert "weight bits  W3" in out and "numeric path int8" in out and '"background":"auto"' in out
     assert "ranks first the class the reference does, on all 10 sample PNGs" in out
     # Published as version 1 next to the bundled model, picked up by the poll, answered over HTTP
     # with the same ranking as `shiftserve run`.

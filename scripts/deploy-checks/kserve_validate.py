@@ -168,7 +168,8 @@ def cross_check(docs, root):
     runtimes = {d["metadata"]["name"]: d for d in docs if d["kind"].endswith("ServingRuntime")}
     services = [d for d in docs if d["kind"] == "InferenceService"]
     if not runtimes or not services:
-        problems.append("deploy/kserve needs at least one ServingRuntime/ClusterServingRuntime and one InferenceService")
+        problems.append("deploy/kserve needs at least one ServingRuntime/ClusterServingRuntime and one "
+                        "InferenceService")
     deployment = yaml.safe_load(open(root / "deploy/k8s/deployment.yaml"))
     (k8s_c,) = deployment["spec"]["template"]["spec"]["containers"]
     dockerfile = (root / "deploy/Dockerfile").read_text()
@@ -180,18 +181,21 @@ def cross_check(docs, root):
         containers = rt["spec"]["containers"]
         main = [c for c in containers if c["name"] == "kserve-container"]
         if len(main) != 1:
-            problems.append(f"{where}: needs exactly one container named kserve-container (KServe merges the predictor into it)")
+            problems.append(f"{where}: needs exactly one container named kserve-container "
+                            "(KServe merges the predictor into it)")
             continue
         (c,) = main
         args = c.get("args", [])
         if c.get("image") != k8s_c.get("image"):
-            problems.append(f"{where}: image {c.get('image')} differs from deploy/k8s/deployment.yaml ({k8s_c.get('image')})")
+            problems.append(f"{where}: image {c.get('image')} differs from deploy/k8s/deployment.yaml "
+                            f"({k8s_c.get('image')})")
         if arg_value(args, "--model-repository") is not None:
             problems.append(f"{where}: --model-repository in args (an InferenceService could not override it: "
                             "KServe appends args); use SHIFTSERVE_MODEL_REPOSITORY")
         env = {e["name"]: e.get("value") for e in c.get("env", [])}
         if env.get("SHIFTSERVE_MODEL_REPOSITORY") != "/mnt/models":
-            problems.append(f"{where}: SHIFTSERVE_MODEL_REPOSITORY should default to /mnt/models (the storage initializer's target)")
+            problems.append(f"{where}: SHIFTSERVE_MODEL_REPOSITORY should default to /mnt/models "
+                            "(the storage initializer's target)")
         ports = c.get("ports", [])
         by_name = {p.get("name"): p["containerPort"] for p in ports}
         http = arg_value(args, "--http-port")
@@ -232,7 +236,8 @@ def cross_check(docs, root):
                    for f in rt["spec"].get("supportedModelFormats", [])):
             problems.append(f"{where}: model format {fmt} not supported by runtime {model['runtime']}")
         if model.get("protocolVersion", "v1") not in rt["spec"].get("protocolVersions", []):
-            problems.append(f"{where}: protocolVersion {model.get('protocolVersion')} not in the runtime's protocolVersions")
+            problems.append(f"{where}: protocolVersion {model.get('protocolVersion')} not in the runtime's "
+                            "protocolVersions")
         (c,) = [c for c in rt["spec"]["containers"] if c["name"] == "kserve-container"]
         env = {e["name"]: e.get("value") for e in merge_env(c.get("env", []), model.get("env", []))}
         repo = env.get("SHIFTSERVE_MODEL_REPOSITORY")
@@ -250,7 +255,8 @@ def cross_check(docs, root):
             "uid": sc.get("runAsUser", 0), "gid": sc.get("runAsGroup", 0),
             "repository": repo,
             "http_port": arg_value(c.get("args", []), "--http-port"),
-            "probe_paths": [c[p]["httpGet"]["path"] for p in ("startupProbe", "livenessProbe", "readinessProbe") if p in c],
+            "probe_paths": [c[p]["httpGet"]["path"]
+                            for p in ("startupProbe", "livenessProbe", "readinessProbe") if p in c],
             "exit_timeout": int(arg_value(c.get("args", []), "--exit-timeout-secs") or 30),
         })
     return problems, cases
