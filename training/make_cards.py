@@ -92,7 +92,14 @@ All figures on this page are generated from `training/results/*.json` by
     # summary
     rows = ["| model | task | architecture | weights | file | vs fp32 | headline | target | status |",
             "|---|---|---|---|---|---|---|---|---|"]
-    if fa:
+    if fa and not object_front_end(fa):
+        t = fa["shift"]["test_acc_file"]
+        gap = fa["fp32"]["test_acc_pytorch"] - t
+        rows.append(f"| `fashion` | image classification | DenseShift ResNet (CIFAR stem) | W3, int8 act. | "
+                    f"{kib(fa['file_bytes'])} | {fa['compression_vs_fp32']:.1f}x | test {pct(t)} (FP twin "
+                    f"{pct(fa['fp32']['test_acc_pytorch'])}) | >= 93 % and within 1 pt of FP | "
+                    f"{status(t >= 0.93 and gap <= 0.01)} |")
+    elif fa:
         t, ti = fashion_headline(fa)
         gap = fa["fp32"]["test_acc_pytorch"] - min(t, ti)
         rows.append(f"| `fashion` | image classification | DenseShift ResNet (CIFAR stem) | W3, int8 act. | "
@@ -138,6 +145,10 @@ All figures on this page are generated from `training/results/*.json` by
           "`data/eval/intents`) and FSDD at `../shared/data/fsdd`.", "",
           "| model | subset | samples | accuracy |", "|---|---|---|---|"]
     if fa:
+        if not object_front_end(fa):
+            cc.append(f"| `fashion` | first 500 official test images, PNG, light background (255 - pixel) | "
+                      f"{fa['card_check']['n']} | {100 * fa['card_check']['acc']:.2f} % |")
+    if fa and object_front_end(fa):
         cc.append(f"| `fashion` | first 500 official test images, PNG as they are (light garment on black) | "
                   f"{fa['card_check']['n']} | {100 * fa['card_check']['acc']:.2f} % |")
         cc.append(f"| `fashion` (inverted) | the same 500, inverted (255 - pixel) | "
@@ -166,7 +177,13 @@ def fashion_headline(r):
     return r["shift"]["test_acc_file"], r["shift"].get("test_acc_file_inverted", r["shift"]["test_acc_file"])
 
 
+def object_front_end(r):
+    return r["spec"].get("background") == "auto"
+
+
 def fashion_card(r):
+    if not object_front_end(r):
+        return fashion_card_fixed_inversion(r)
     f, s = r["fp32"], r["shift"]
     t, ti = fashion_headline(r)
     h = r.get("http")
@@ -257,6 +274,57 @@ def fashion_gap_text(r):
             f"weights: the full-precision twin of the same ResNet-8 stops at {pct(f['test_acc_pytorch'])} "
             f"after {r['epochs']} epochs (the session's compute on two cores shared with four other "
             f"sessions).")
+
+
+def fashion_card_fixed_inversion(r):
+    """Card of a model with the session-2 front end (resize + fixed inversion)."""
+    f, s = r["fp32"], r["shift"]
+    return f"""## `fashion` — DenseShift W3 ResNet on Fashion-MNIST
+
+**Data.** Fashion-MNIST from Debian's `dataset-fashion-mnist` (MIT): the official 60,000 training
+images (last 5,000 held out as validation, 55,000 trained on) and the official 10,000 test images.
+Augmentation: random crop (2-pixel zero padding) and horizontal flip.
+
+**What to POST.** A photo of one garment on a **light** background (a product photo). The file's
+preprocessing is {spec_block(r["spec"])}
+i.e. luma, shorter side resized to 28, center crop 28x28, then **inverted** (`1 - x`) so that a
+light background becomes the dataset's black background, then normalised with the dataset
+mean/std. The network is therefore trained on the official images unchanged (for a dataset image
+`v` the served pipeline sees the light-background photo `255 - v` and inverts it back). Images in
+the dataset's own polarity (light garment on black) must be inverted by the client before posting.
+
+**Recipe.** ResNet-8 with CIFAR stem (fp32 3x3 conv + BN at 28x28), three stages of one
+BasicBlock each, widths {r.get("width", 16)}/{2 * r.get("width", 16)}/{4 * r.get("width", 16)}, {fashion_strides(r)}, all body convolutions DenseShift W3 (weights
+±{{1,2,4,8}} times a per-channel float scale from the folded BN), fp32 classifier. AdamW, one-cycle
+cosine schedule (peak lr 3e-3), label smoothing 0.1, batch 128, {r["epochs"]} epochs; then
+activation calibration (99.99th percentile ranges, 8 batches) and 150 steps of fake-quant
+fine-tuning (lr 3e-4). The FP twin is the same network with fp32 convs, same recipe.
+
+| split | FP twin (PyTorch) | W3 (PyTorch, fake-quant) | W3 exported file |
+|---|---|---|---|
+| validation (5,000) | {pct(f["valid_acc_pytorch"])} | {pct(s["valid_acc_pytorch"])} | not run |
+| official test (10,000) | {pct(f["test_acc_pytorch"])} | {pct(s["test_acc_pytorch"])} | {pct(s["test_acc_file"])} |
+
+Target: test >= 93 % and within 1 point of the FP twin: {status(s["test_acc_file"] >= 0.93 and f["test_acc_pytorch"] - s["test_acc_file"] <= 0.01)}
+(93 %: {status(s["test_acc_file"] >= 0.93)}; within 1 point of the twin: {status(f["test_acc_pytorch"] - s["test_acc_file"] <= 0.01)}, gap
+{100 * (f["test_acc_pytorch"] - s["test_acc_file"]):+.2f} points).{fashion_gap_text_fixed_inversion(r)}
+
+{size_line(r)}
+
+Training time: FP twin {minutes(f["train_seconds"])}, W3 {minutes(s["train_seconds"])} (trained in
+parallel, one thread each, niced, on the shared machine); whole command {minutes(r["wall_seconds_total"])}.
+Reproduce: `nice -n 10 python training/train.py fashion`.
+"""
+
+
+def fashion_gap_text_fixed_inversion(r):
+    f, s = r["fp32"], r["shift"]
+    if s["test_acc_file"] >= 0.93:
+        return ""
+    return (f" The 93 % miss is the size of the network and of the training budget, not the shift "
+            f"weights: the full-precision twin of the same ResNet-8 stops at {pct(f['test_acc_pytorch'])} "
+            f"after {r['epochs']} epochs. A width-24 variant (1.8x the CPU time per training step, measured) was "
+            f"started but stopped after 4 of 24 epochs because it did not fit the session's compute.")
 
 
 def fashion_strides(r):
