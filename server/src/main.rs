@@ -21,6 +21,8 @@ struct Cli {
     serve: ServeArgs,
 }
 
+// Parsed once at start: the size of the `Serve` variant (every serve option) does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve the model repository over HTTP (the default).
