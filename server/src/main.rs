@@ -21,7 +21,7 @@ struct Cli {
     serve: ServeArgs,
 }
 
-// Parsed once at start-up: the size difference between the variants costs nothing.
+// Parsed once at start: the size of the `Serve` variant (every serve option) does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
