@@ -60,9 +60,10 @@ LABELS = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shir
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel mean / std (pixels / 255)
 
 # What the server does to an uploaded picture before the network sees it: the front end for
-# pictures of one object (docs/format.md), the one training/train.py trains the bundled fashion
-# model through (FASHION_SPEC). Fashion-MNIST garments are light on black, product photos dark on
-# white or grey, cut-outs sit on a transparent background. "background": "auto" takes polarity and
+# pictures of one object (docs/format.md; training/train.py's FASHION_SPEC). (The bundled fashion
+# model declares the older fixed inversion, "invert": true, which suits dark-on-light photos only.)
+# Fashion-MNIST garments are light on black, product photos dark on white or grey, cut-outs sit on
+# a transparent background. "background": "auto" takes polarity and
 # background level from the picture's border (object light on 0, as in the data set) and "frame"
 # resizes the object's bounding box to 28 pixels and centres it, as the data set frames its
 # garments. The network is trained on exactly these features of the data set's images
