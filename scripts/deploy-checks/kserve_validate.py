@@ -203,10 +203,17 @@ def cross_check(docs, root):
         if not ports or http is None or ports[0]["containerPort"] != int(http):
             problems.append(f"{where}: the first port (KServe's service port 80) must be --http-port ({http})")
         grpc_ports = [p for p in ports if "grpc" in p.get("name", "") or "h2c" in p.get("name", "")]
-        if grpc is None or len(grpc_ports) != 1 or grpc_ports[0]["containerPort"] != int(grpc):
-            problems.append(f"{where}: one port named grpc must match --grpc-port ({grpc})")
-        if set(rt["spec"].get("protocolVersions", [])) != {"v2", "grpc-v2"}:
-            problems.append(f"{where}: protocolVersions should be v2 and grpc-v2")
+        if grpc is None:
+            # REST only: no gRPC port, and KServe must not be told the runtime speaks grpc-v2.
+            if grpc_ports:
+                problems.append(f"{where}: a grpc port is declared but no --grpc-port is passed")
+            if set(rt["spec"].get("protocolVersions", [])) != {"v2"}:
+                problems.append(f"{where}: without --grpc-port, protocolVersions should be v2 only")
+        else:
+            if len(grpc_ports) != 1 or grpc_ports[0]["containerPort"] != int(grpc):
+                problems.append(f"{where}: one port named grpc must match --grpc-port ({grpc})")
+            if set(rt["spec"].get("protocolVersions", [])) != {"v2", "grpc-v2"}:
+                problems.append(f"{where}: protocolVersions should be v2 and grpc-v2")
         if rt["spec"].get("annotations", {}).get("prometheus.kserve.io/port") != http:
             problems.append(f"{where}: prometheus.kserve.io/port should be the HTTP port {http}")
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
