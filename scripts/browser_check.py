@@ -237,7 +237,7 @@ class Ui:
                     for tr in self.qs("#layer-kernels-body tr")]
             want = [(l["node"], l["kernel"]) for l in info["layers"]]
             expect(rows == want, f"layer kernels shown {rows}, /v1/models has {want}")
-        for k in ("queue", "preprocess", "inference", "server total", "round trip"):
+        for k in ("queue", "preprocess", "inference", "other", "server total", "round trip"):
             v = self.q(f'#timing div[data-timing="{k}"] dd').text
             expect(v.endswith(" ms"), f"timing {k} shows {v!r}")
         expect(self.q('#answer-meta dd[data-meta="batch size"]').text.isdigit(), "batch size not shown")
