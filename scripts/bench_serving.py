@@ -251,7 +251,8 @@ class Shiftserve(Server):
         shown = repository.relative_to(ROOT) if repository.is_relative_to(ROOT) else repository
         return (f"`shiftserve serve --model-repository {shown} --model-control-mode explicit --load-model {MODEL}`; "
                 f"{MODEL}/config.toml: {keys}; preprocessing threads: one per CPU ({os.cpu_count()}); default "
-                "logging (one line per request)")
+                "logging (level info: single requests are logged at DEBUG, so not written; a summary line "
+                "every 60 s)")
 
     def launch(self, tmp: Path, port: int) -> Launch:
         cmd = [str(self.binary), "serve", "--model-repository", str(self.args.repository), "--http-address", HOST,
@@ -373,7 +374,7 @@ PEER_CLASSES = {cls.kind: cls for cls in (LitServe, BentoML, RayServe, TorchServ
 
 @dataclass
 class Cell:
-    """One measured cell: wrk's counts and latency percentiles."""
+    """One measured cell: wrk's counts and latency percentiles, and who used the CPU meanwhile."""
 
     answers: int  # completed answers, any status
     seconds: float
@@ -381,24 +382,71 @@ class Cell:
     bad_status: int
     p50_ms: float
     p99_ms: float
+    server_cpu: float = 0.0  # cores used by the server's processes during the cell
+    others_cpu: float = 0.0  # cores used by every other process but wrk and this script
+    others: str = ""  # the busiest of those, e.g. "cargo[123] 95%"
 
     @property
     def throughput(self) -> float:
         return (self.answers - self.bad_status) / self.seconds
 
 
-def run_wrk(url: str, concurrency: int, seconds: int, args: argparse.Namespace) -> Cell:
-    """One closed-loop wrk run of ``seconds`` at ``concurrency`` connections."""
+@dataclass
+class Request:
+    """The request wrk sends over and over: a body file, its Content-Type, optional extra header."""
+
+    body: Path
+    content_type: str
+    header: str = ""  # "Name: value"
+
+
+PNG_REQUEST = Request(FIXTURE, "image/png")
+
+
+def cpu_shares(before: dict, after: dict, seconds: float, server_pids: set[int], skip: set[int]) -> tuple[float, float, str]:
+    """(cores used by ``server_pids``, cores used by the rest but ``skip``, the busiest of the rest)
+    between two :func:`bench_peers.cpu_times` samples ``seconds`` apart."""
+    tick = os.sysconf("SC_CLK_TCK")
+    server = others = 0.0
+    busy = []
+    for pid, (comm, ticks) in after.items():
+        if pid not in before or before[pid][0] != comm or pid in skip:
+            continue
+        share = (ticks - before[pid][1]) / tick / seconds
+        if pid in server_pids:
+            server += share
+        else:
+            others += share
+            if share >= peers.BUSY_SHARE:
+                busy.append((share, f"{comm}[{pid}]"))
+    busy.sort(reverse=True)
+    return server, others, ", ".join(f"{name} {share:.0%}" for share, name in busy[:4]) or "none"
+
+
+def run_wrk(url: str, concurrency: int, seconds: int, args: argparse.Namespace, request: Request = PNG_REQUEST,
+            server: ServerProcess | None = None) -> Cell:
+    """One closed-loop wrk run of ``seconds`` at ``concurrency`` connections, sampling the CPU time
+    of every process before and after (the server's process tree counted apart)."""
     cmd = ["wrk", f"-t{min(args.wrk_threads, concurrency)}", f"-c{concurrency}", f"-d{seconds}s",
            "--timeout", f"{args.timeout}s", "-s", str(WRK_SCRIPT), url]
-    env = dict(os.environ, BENCH_BODY=str(FIXTURE), BENCH_CONTENT_TYPE="image/png")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
+    env = dict(os.environ, BENCH_BODY=str(request.body), BENCH_CONTENT_TYPE=request.content_type,
+               BENCH_HEADER=request.header)
+    if server is not None:
+        server._collect()
+    before, t0 = peers.cpu_times(), time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = proc.communicate()
+    after, elapsed = peers.cpu_times(), time.monotonic() - t0
+    lines = [line for line in stdout.splitlines() if line.startswith("BENCH_RESULT ")]
     if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"`{' '.join(cmd)}` exited with {proc.returncode}:\n{proc.stdout}{proc.stderr}")
+        raise RuntimeError(f"`{' '.join(cmd)}` exited with {proc.returncode}:\n{stdout}{stderr}")
     r = json.loads(lines[-1].removeprefix("BENCH_RESULT "))
     errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
-    return Cell(r["requests"], r["duration_us"] / 1e6, errors, r["status"], r["p50_us"] / 1e3, r["p99_us"] / 1e3)
+    members = set(server.members) if server is not None else set()
+    # wrk itself has exited (its CPU time is no longer in `after`); this script is skipped
+    server_cpu, others_cpu, others = cpu_shares(before, after, elapsed, members, {os.getpid()})
+    return Cell(r["requests"], r["duration_us"] / 1e6, errors, r["status"], r["p50_us"] / 1e3, r["p99_us"] / 1e3,
+                server_cpu, others_cpu, others)
 
 
 @dataclass
@@ -447,9 +495,10 @@ def measure(server: Server, tmp: Path, args: argparse.Namespace) -> Outcome:
         for c in args.concurrency:
             if args.warmup:
                 run_wrk(launch.predict_url, c, args.warmup, args)
-            cell = outcome.cells[c] = run_wrk(launch.predict_url, c, args.seconds, args)
+            cell = outcome.cells[c] = run_wrk(launch.predict_url, c, args.seconds, args, server=process)
             log(f"  {server.label:<22} c={c:<4} {cell.throughput:9.1f} req/s  p50 {peers.fmt_ms(cell.p50_ms):>7} ms  "
-                f"p99 {peers.fmt_ms(cell.p99_ms):>7} ms  errors {cell.errors}")
+                f"p99 {peers.fmt_ms(cell.p99_ms):>7} ms  errors {cell.errors}  server CPU {cell.server_cpu:.2f}  "
+                f"others {cell.others_cpu:.2f} ({cell.others})")
     except (RuntimeError, OSError, ValueError, subprocess.CalledProcessError) as e:
         detail = e.stderr.decode(errors="replace") if isinstance(e, subprocess.CalledProcessError) else ""
         outcome.failure = f"{e}{detail}".strip()
@@ -540,73 +589,111 @@ def versions() -> str:
     return ", ".join(found)
 
 
-def ratio_cells(shift: Cell | None, cell: Cell) -> list[str]:
-    """``shiftserve ÷ this`` throughput and ``this ÷ shiftserve`` p99, or dashes."""
-    if shift is None or cell.throughput == 0 or shift.p99_ms == 0:
-        return ["-", "-"]
-    return [f"{shift.throughput / cell.throughput:.2f}", f"{cell.p99_ms / shift.p99_ms:.2f}"]
-
-
-def concurrency_section(c: int, outcomes: list[Outcome]) -> list[str]:
-    """Table of one concurrency and the line comparing shiftserve with the best peer."""
-    shift = next((o.cells.get(c) for o in outcomes if o.server.kind == "shiftserve" and o.cells), None)
-    rows = []
-    for o in outcomes:
-        cell = (o.cells or {}).get(c)
-        if cell is None:
-            rows.append([o.server.label, "failed", "-", "-", "-", "-", "-"])
-            continue
-        ratios = ["-", "-"] if o.server.kind == "shiftserve" else ratio_cells(shift, cell)
-        rows.append([o.server.label, f"{cell.throughput:.1f}", peers.fmt_ms(cell.p50_ms), peers.fmt_ms(cell.p99_ms),
-                     str(cell.errors), *ratios])
-    header = ["server / variant", "req/s", "p50 ms", "p99 ms", "errors", "shiftserve ÷ this, req/s",
-              "this ÷ shiftserve, p99"]
-    lines = [f"## Concurrency {c}", "", peers.markdown_table(header, rows), ""]
-    best = best_peer(c, outcomes)
-    if shift is None or best is None:
-        lines.append("shiftserve / best peer: not available (a server failed)")
-    else:
-        o, cell = best
-        lines.append(verdict(shift, o.server.label, cell))
-    return lines + [""]
-
-
 def best_peer(c: int, outcomes: list[Outcome]) -> tuple[Outcome, Cell] | None:
     """The peer with the highest throughput at concurrency ``c``."""
     measured = [(o, o.cells[c]) for o in outcomes if o.server.kind != "shiftserve" and o.cells and c in o.cells]
     return max(measured, key=lambda pair: pair[1].throughput, default=None)
 
 
-def verdict(shift: Cell, peer: str, cell: Cell) -> str:
-    ratio = shift.throughput / cell.throughput if cell.throughput else float("inf")
-    p99_ok = shift.p99_ms <= cell.p99_ms
-    met = ratio >= 5 and p99_ok
-    return (f"shiftserve / best peer ({peer}): **{ratio:.2f}x** throughput ({shift.throughput:.1f} vs "
-            f"{cell.throughput:.1f} req/s); p99 {peers.fmt_ms(shift.p99_ms)} vs {peers.fmt_ms(cell.p99_ms)} ms "
-            f"(shiftserve {'equal or better' if p99_ok else 'worse'}); target >= 5x at equal or better p99: "
-            f"{'met' if met else 'missed'}")
+def shiftserve_cell(c: int, outcomes: list[Outcome]) -> Cell | None:
+    return next((o.cells.get(c) for o in outcomes if o.server.kind == "shiftserve" and o.cells), None)
 
 
-def summary_table(outcomes: list[Outcome], concurrency: list[int]) -> str:
+def results_table(outcomes: list[Outcome], concurrency: list[int]) -> str:
+    """Every server at every concurrency in one table, with throughput and p99 over the best peer's."""
     rows = []
     for c in concurrency:
-        shift = next((o.cells.get(c) for o in outcomes if o.server.kind == "shiftserve" and o.cells), None)
         best = best_peer(c, outcomes)
-        if shift is None or best is None:
-            rows.append([str(c), "-", "-", "-", "-", "-", "-", "-"])
-            continue
-        o, cell = best
-        ratio = shift.throughput / cell.throughput if cell.throughput else float("inf")
-        met = ratio >= 5 and shift.p99_ms <= cell.p99_ms
-        rows.append([str(c), f"{shift.throughput:.1f}", peers.fmt_ms(shift.p99_ms), o.server.label,
-                     f"{cell.throughput:.1f}", peers.fmt_ms(cell.p99_ms), f"{ratio:.2f}x", "met" if met else "missed"])
-    header = ["concurrency", "shiftserve req/s", "shiftserve p99 ms", "best peer", "its req/s", "its p99 ms",
-              "shiftserve / best peer", "target (>= 5x, p99 <=)"]
+        for o in outcomes:
+            cell = (o.cells or {}).get(c)
+            if cell is None:
+                rows.append([str(c), o.server.label, "failed", "-", "-", "-", "-", "-", "-", "-"])
+                continue
+            if best is None or best[1].throughput == 0 or best[1].p99_ms == 0:
+                ratios = ["-", "-"]
+            else:
+                ratios = [f"{cell.throughput / best[1].throughput:.2f}", f"{cell.p99_ms / best[1].p99_ms:.2f}"]
+                if o.server.kind == "shiftserve":
+                    ratios = [f"**{r}**" for r in ratios]
+            rows.append([str(c), o.server.label, f"{cell.throughput:.1f}", peers.fmt_ms(cell.p50_ms),
+                         peers.fmt_ms(cell.p99_ms), str(cell.errors), *ratios, f"{cell.server_cpu:.2f}",
+                         f"{cell.others_cpu:.2f}"])
+    header = ["clients", "server / variant", "req/s", "p50 ms", "p99 ms", "errors", "req/s ÷ best peer's",
+              "p99 ÷ best peer's", "server CPU (cores)", "others' CPU (cores)"]
     return peers.markdown_table(header, rows)
 
 
-def report(outcomes: list[Outcome], args, started: float, date: str, machine: dict, notes: list[str]) -> str:
+def verdicts(outcomes: list[Outcome], concurrency: list[int]) -> list[str]:
+    """One line per concurrency: shiftserve against the best peer and the target of issue 10."""
+    lines = []
+    for c in concurrency:
+        shift, best = shiftserve_cell(c, outcomes), best_peer(c, outcomes)
+        if shift is None or best is None:
+            lines.append(f"* {c} clients: not available (a server failed)")
+            continue
+        o, cell = best
+        ratio = shift.throughput / cell.throughput if cell.throughput else float("inf")
+        p99_ok = shift.p99_ms <= cell.p99_ms
+        met = ratio >= 5 and p99_ok
+        lines.append(f"* {c} clients: shiftserve / best peer ({o.server.label}) = **{ratio:.2f}x** throughput "
+                     f"({shift.throughput:.1f} vs {cell.throughput:.1f} req/s); p99 {peers.fmt_ms(shift.p99_ms)} vs "
+                     f"{peers.fmt_ms(cell.p99_ms)} ms (shiftserve {'equal or better' if p99_ok else 'worse'}); "
+                     f"target >= 5x at equal or better p99: **{'met' if met else 'missed'}**")
+    return lines
+
+
+def cells_busy_lines(outcomes: list[Outcome]) -> list[str]:
+    """Cells during which other processes used at least BUSY_SHARE of a core, and which ones."""
+    lines = []
+    for o in outcomes:
+        for c, cell in (o.cells or {}).items():
+            if cell.others != "none":
+                lines.append(f"* {o.server.label}, {c} clients: {cell.others}")
+    return lines or ["* none: no other process used 5 % of a core or more during any measured cell"]
+
+
+def machine_facts(binary: Path | None = None) -> dict:
+    """What the report says about the machine at the start: call before anything is measured."""
+    facts = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "load_before": peers.load_average()}
+    log("sampling other processes for 1 s")
+    facts["busy_before"] = peers.busy_processes()
+    if binary is not None:
+        facts["binary"] = binary
+        facts["built"] = datetime.fromtimestamp(binary.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return facts
+
+
+def memory_total() -> str:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return f"{int(line.split()[1]) / 2**20:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return "unknown"
+
+
+def machine_lines(facts: dict, started: float, script: str) -> list[str]:
+    """The report's header lines: machine, load, other processes, commit, binary, command line."""
     model, _ = peers.cpu_model_and_flags()
+    u = os.uname()
+    lines = [
+        f"* date: {facts['date']}; the run took {time.time() - started:.0f} s",
+        f"* machine: {u.nodename}, {model}, {os.cpu_count()} logical CPUs, {memory_total()} RAM, "
+        f"Linux {u.release}; this script at nice {os.nice(0)}",
+        f"* load average (1/5/15 min): before {facts['load_before']}, after {peers.load_average()}",
+        f"* other processes using >= {peers.BUSY_SHARE:.0%} of a core over 1 s: before: {facts['busy_before']}; "
+        f"after: {peers.busy_processes()}",
+        f"* shiftserve: commit {peers.git_commit()}"
+        + (f"; binary {facts['binary']} (modified {facts['built']}; copied at the start of the run)"
+           if "binary" in facts else "")
+        + f"; SHIFTSERVE_KERNEL={os.environ.get('SHIFTSERVE_KERNEL', '(unset: auto)')}",
+        f"* command: `{script} {' '.join(sys.argv[1:])}`",
+    ]
+    return lines
+
+
+def report(outcomes: list[Outcome], args, started: float, facts: dict, notes: list[str]) -> str:
     shift = next((o for o in outcomes if o.server.kind == "shiftserve"), None)
     configs = [f"* **{o.server.label}** ({f'ready after {o.startup_s:.1f} s' if o.cells is not None else 'failed'}; "
                f"1-min load average at its start {o.load_at_start:.2f}): {o.server.setting()}" for o in outcomes]
@@ -619,14 +706,8 @@ def report(outcomes: list[Outcome], args, started: float, date: str, machine: di
     out = [
         "# shiftserve next to Python model servers: `fashion` over HTTP (scripts/bench-serving)",
         "",
-        f"* date: {date}; the run took {time.time() - started:.0f} s",
-        f"* CPU: {model}, {os.cpu_count()} logical CPUs",
-        f"* load average (1/5/15 min): before {machine['load_before']}, after {peers.load_average()}",
-        f"* other processes using >= {peers.BUSY_SHARE:.0%} of a core over 1 s: before: {machine['busy_before']}; "
-        f"after: {peers.busy_processes()}",
+        *machine_lines(facts, started, "scripts/bench-serving"),
         f"* versions: {versions()}",
-        f"* shiftserve: commit {peers.git_commit()}; binary {machine['binary']} (modified {machine['built']}; "
-        "copied at the start of the run)",
         *(f"* {note}" for note in notes),
         f"* request: POST {FIXTURE.relative_to(ROOT)} ({FIXTURE.stat().st_size} bytes, Content-Type image/png); "
         "every server decodes, preprocesses, classifies and answers the top-5 classes as JSON",
@@ -634,10 +715,25 @@ def report(outcomes: list[Outcome], args, started: float, date: str, machine: di
         f"previous answer arrives), all on 127.0.0.1; per server and concurrency {args.warmup} s warm-up "
         f"(discarded), then {args.seconds} s measured; request timeout {args.timeout} s; req/s = answers with "
         "status < 400 per second; p50/p99 = wrk's latency percentiles over all answers; errors = socket "
-        "errors + timeouts + status >= 400",
+        "errors + timeouts + status >= 400; server CPU = CPU time of the server's processes over the cell, "
+        "others' CPU = that of every other process but wrk and this script",
         "* servers ran one at a time (start, wait until ready, check the answer, every concurrency, stop); "
         f"peers' dynamic batching: at most {args.max_batch_size} requests, at most {args.batch_delay_ms:g} ms wait "
         "for a batch to fill (shiftserve's config.toml unless --max-batch-size / --batch-delay-ms say otherwise)",
+        "",
+        "## Results",
+        "",
+        "Ratios are over the peer with the highest req/s at the same number of clients (the best peer: 1.00).",
+        "",
+        results_table(outcomes, args.concurrency),
+        "",
+        "Target of issue 10: shiftserve >= 5x the best peer's throughput at equal or better p99.",
+        "",
+        *verdicts(outcomes, args.concurrency),
+        "",
+        "Other processes using >= 5 % of a core during a measured cell (a busy machine makes that cell suspect):",
+        "",
+        *cells_busy_lines(outcomes),
         "",
         "## Servers",
         "",
@@ -651,9 +747,6 @@ def report(outcomes: list[Outcome], args, started: float, date: str, machine: di
     for o in outcomes:
         if o.failure:
             out += [f"{o.server.label} failed:", "", "```", o.failure, "```", ""]
-    for c in args.concurrency:
-        out += concurrency_section(c, outcomes)
-    out += ["## Summary", "", summary_table(outcomes, args.concurrency)]
     return "\n".join(out)
 
 
@@ -731,13 +824,8 @@ def main(argv=None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):  # unwind (and stop the running server) as on Ctrl-C
         signal.signal(sig, raise_system_exit)
     started = time.time()
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = {"load_before": peers.load_average()}
-    log("sampling other processes for 1 s")
-    machine["busy_before"] = peers.busy_processes()
-    binary = peers.shiftserve_binary(args.shiftserve)
-    machine["binary"] = binary
-    machine["built"] = datetime.fromtimestamp(binary.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    facts = machine_facts(peers.shiftserve_binary(args.shiftserve))
+    binary = facts["binary"]
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         tmp = Path(tmp)
@@ -749,7 +837,7 @@ def main(argv=None) -> int:
         servers: list[Server] = [Shiftserve(snapshot, args)]
         servers += [PEER_CLASSES[kind](variant, args) for kind in args.servers for variant in args.variants]
         outcomes = [measure(server, tmp, args) for server in servers]
-    print(report(outcomes, args, started, date, machine, notes))
+    print(report(outcomes, args, started, facts, notes))
     return 1 if any(o.failure for o in outcomes) else 0
 
 

@@ -1,7 +1,9 @@
 -- wrk script for scripts/bench-serving: POST one file as the body of every request and print
 -- the result as one JSON line.
 --
--- Environment: BENCH_BODY (path of the body), BENCH_CONTENT_TYPE (default image/png).
+-- Environment: BENCH_BODY (path of the body), BENCH_CONTENT_TYPE (default image/png), BENCH_HEADER
+-- (optional extra header "Name: value", e.g. the OIP v2 binary tensor's
+-- "Inference-Header-Content-Length: 123").
 -- The last line wrk prints is "BENCH_RESULT {...}": completed responses, the duration, wrk's
 -- error counts (status = answers with status > 399) and latency percentiles in microseconds.
 
@@ -11,6 +13,12 @@ wrk.method = "POST"
 wrk.body = file:read("*a")
 file:close()
 wrk.headers["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE") or "image/png"
+local extra = os.getenv("BENCH_HEADER") or ""
+if extra ~= "" then
+  local name, value = extra:match("^([^:]+):%s*(.*)$")
+  assert(name, "BENCH_HEADER must be 'Name: value'")
+  wrk.headers[name] = value
+end
 
 function done(summary, latency, requests)
   local e = summary.errors
