@@ -163,7 +163,7 @@ def main(argv=None) -> int:
         url = f"http://{bs.HOST}:{port}/v2/models/{MODEL}/infer"
         process = bs.ServerProcess(launch.cmd, dict(os.environ, **launch.env), tmp, tmp / "server.log")
         try:
-            bs.wait_ready(server, process, launch, 60)
+            bs.wait_ready(server, process, launch, 300)
             status, body = bs.http("GET", f"http://{bs.HOST}:{port}/v2/models/{MODEL}")
             shape = json.loads(body)["inputs"][0]["shape"][1:]
             length = 1
