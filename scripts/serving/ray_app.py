@@ -52,13 +52,31 @@ def main() -> None:
     ap.add_argument("--batch-wait-timeout", type=float, required=True, help="seconds")
     args = ap.parse_args()
 
-    ray.init(num_cpus=args.replicas, include_dashboard=False, _node_ip_address=args.host,
-             log_to_driver=False, configure_logging=False)
+    for attempt in range(1, 4):
+        try:
+            ray.init(num_cpus=args.replicas, include_dashboard=False, _node_ip_address=args.host,
+                     log_to_driver=False, configure_logging=False)
+            break
+        except Exception as e:  # noqa: BLE001  (Ray raises a bare Exception for this)
+            # Ray waits a fixed 30 s for its raylet to register; on a busy machine it may not.
+            if "timed out during startup" not in str(e) or attempt == 3:
+                raise
+            print(f"ray.init: {e}; retrying ({attempt}/3)", flush=True)
+            ray.shutdown()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs its own
         signal.signal(sig, lambda *_: stop.set())
     try:
-        serve.start(http_options={"host": args.host, "port": args.port})
+        for attempt in range(1, 4):
+            try:
+                serve.start(http_options={"host": args.host, "port": args.port})
+                break
+            except ray.exceptions.RayError as e:
+                # Serve gives its HTTP proxy a fixed 60 s to start; on a busy machine it may not.
+                if attempt == 3:
+                    raise
+                print(f"serve.start: {type(e).__name__}; retrying ({attempt}/3)", flush=True)
+                serve.shutdown()
         app = Fashion.options(num_replicas=args.replicas, ray_actor_options={"num_cpus": 1},
                               max_ongoing_requests=2 * args.max_batch_size)
         serve.run(app.bind(args.max_batch_size, args.batch_wait_timeout), name="fashion",
