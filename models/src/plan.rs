@@ -1760,7 +1760,9 @@ impl Runner {
         // Samples s0..s0+n of a buffer whose samples are `len` elements apart.
         let part = |len: usize| s0 * len..(s0 + n) * len;
         if s0 > 0 && (extra_nchw.is_some() || q.nchw_out.is_some()) {
-            return Err(internal("plan: an NCHW output is written for the whole batch"));
+            return Err(internal(
+                "plan: an NCHW output is written for the whole batch",
+            ));
         }
         let plan = &*self.plan;
         let Buf::U8(input) = step.inputs[0] else {
