@@ -1,4 +1,5 @@
-//! `shiftserve serve`: binds, loads the repository, serves, and drains on SIGTERM/SIGINT.
+//! `shiftserve serve`: binds (HTTP, and gRPC unless off), loads the repository, serves, and
+//! drains on SIGTERM/SIGINT.
 
 use crate::http::{router, AppState, ServeOptions};
 use crate::metrics::Metrics;
@@ -59,6 +60,16 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
         "shiftserve listening"
     );
     println!("shiftserve listening on http://{local}");
+    let grpc_listener = match opts.grpc_addr {
+        Some(addr) => {
+            let l = crate::grpc::bind(addr).await?;
+            let local = l.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!(address = %local, "shiftserve gRPC listening");
+            println!("shiftserve gRPC listening on {local}");
+            Some(l)
+        }
+        None => None,
+    };
 
     // Initial load in the background: liveness answers at once, readiness after warmup.
     {
@@ -90,6 +101,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
     }
 
     let drain_started = Arc::new(Notify::new());
+    // Set once the drain is over: the gRPC server then stops as the HTTP server does.
+    let (drained_tx, drained_rx) = tokio::sync::watch::channel(false);
     let shutdown = {
         let state = state.clone();
         let drain_started = drain_started.clone();
@@ -112,9 +125,26 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
                     "exit timeout reached with requests still in flight"
                 );
             }
+            let _ = drained_tx.send(true);
         }
     };
-    let server = axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown);
+    let http = axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown);
+    let grpc = async {
+        match grpc_listener {
+            Some(l) => {
+                let mut drained = drained_rx;
+                let stop = async move {
+                    let _ = drained.wait_for(|d| *d).await;
+                };
+                crate::grpc::serve(l, state.clone(), stop).await
+            }
+            None => Ok(()),
+        }
+    };
+    let server = async {
+        let http = async { http.await.map_err(|e| format!("server error: {e}")) };
+        tokio::try_join!(http, grpc).map(|_| ())
+    };
     let hard_stop = {
         let drain_started = drain_started.clone();
         let secs = opts.exit_timeout_secs;
@@ -129,7 +159,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
         }
     };
     tokio::select! {
-        r = server => r.map_err(|e| format!("server error: {e}"))?,
+        r = server => r?,
         why = hard_stop => tracing::warn!(cause = why, "stopping with requests or connections still open"),
     }
     let r = repo.clone();

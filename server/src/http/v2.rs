@@ -54,7 +54,12 @@ pub struct ServerMetadata {
 #[utoipa::path(get, path = "/v2", tag = "v2", responses((status = 200, body = ServerMetadata),
     (status = 401, description = "Missing or wrong API key", body = ErrorBody)))]
 pub async fn server_metadata() -> Json<ServerMetadata> {
-    Json(ServerMetadata {
+    Json(server_metadata_value())
+}
+
+/// The server metadata (shared with the gRPC front end).
+pub(crate) fn server_metadata_value() -> ServerMetadata {
+    ServerMetadata {
         name: "shiftserve".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         extensions: [
@@ -66,15 +71,15 @@ pub async fn server_metadata() -> Json<ServerMetadata> {
         .iter()
         .map(|s| s.to_string())
         .collect(),
-    })
+    }
 }
 
-fn get_lv(st: &SharedState, m: &str, v: Option<&str>) -> Result<Arc<LoadedVersion>, ApiError> {
+pub(crate) fn get_lv(st: &SharedState, m: &str, v: Option<&str>) -> Result<Arc<LoadedVersion>, ApiError> {
     let version = v.map(|v| parse_version(m, v)).transpose()?;
     st.repo.get(m, version).map_err(|e| lookup_error(m, v, e))
 }
 
-fn metadata(st: &SharedState, lv: &LoadedVersion) -> ModelMetadata {
+pub(crate) fn metadata(st: &SharedState, lv: &LoadedVersion) -> ModelMetadata {
     let info = lv.model.info();
     let mut shape: Vec<i64> = vec![-1];
     shape.extend(info.input_shape.iter().map(|&d| d as i64));
@@ -391,8 +396,10 @@ fn split_bytes_elements(mut data: &[u8]) -> Result<Vec<Bytes>, ApiError> {
     Ok(out)
 }
 
-/// Turns the request's inputs into samples.
-fn samples_from_inputs(
+/// Turns the request's inputs into samples. `binary` holds the binary data of the inputs that
+/// declare a `binary_data_size` parameter, in order (the gRPC front end passes its raw contents
+/// this way).
+pub(crate) fn samples_from_inputs(
     lv: &LoadedVersion,
     inputs: Vec<InferInput>,
     mut binary: Bytes,
@@ -536,13 +543,13 @@ fn samples_from_inputs(
     }
 }
 
-struct OutputSpec {
-    name: String,
-    classification: Option<usize>,
-    binary: bool,
+pub(crate) struct OutputSpec {
+    pub name: String,
+    pub classification: Option<usize>,
+    pub binary: bool,
 }
 
-fn output_specs(
+pub(crate) fn output_specs(
     req_params: &Map<String, Value>,
     outputs: Option<Vec<RequestedOutput>>,
 ) -> Result<Vec<OutputSpec>, ApiError> {
@@ -734,45 +741,14 @@ async fn infer_common(
         }
     };
     let post = Instant::now();
-    let info = out.lv.model.info();
-    let n = out.logits.len();
-    let classes = info.labels.len();
     let mut json_outputs = Vec::new();
     let mut binary_blobs: Vec<Vec<u8>> = Vec::new();
-    for spec in &specs {
-        let rows: Vec<Vec<f32>> = if spec.name == OUTPUT_PROBS {
-            out.logits.iter().map(|l| models::softmax(l)).collect()
-        } else {
-            out.logits.clone()
+    for (spec, t) in specs.iter().zip(output_tensors(&specs, &out)) {
+        let (data_json, data_bin) = match &t.data {
+            OutputData::Fp32(flat) => (json!(flat), flat.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            OutputData::Bytes(strings) => (json!(strings), bytes_elements(strings)),
         };
-        let (datatype, shape, data_json, data_bin): (&str, Vec<usize>, Value, Vec<u8>) =
-            match spec.classification {
-                Some(k) => {
-                    let k = k.min(classes);
-                    let strings: Vec<String> = rows
-                        .iter()
-                        .flat_map(|r| {
-                            top_k(r, k).into_iter().map(|(i, s)| {
-                                format!(
-                                    "{s}:{i}:{}",
-                                    info.labels.get(i).map(String::as_str).unwrap_or("")
-                                )
-                            })
-                        })
-                        .collect();
-                    let mut bin = Vec::new();
-                    for s in &strings {
-                        bin.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                        bin.extend_from_slice(s.as_bytes());
-                    }
-                    ("BYTES", vec![n, k], json!(strings), bin)
-                }
-                None => {
-                    let flat: Vec<f32> = rows.into_iter().flatten().collect();
-                    let bin = flat.iter().flat_map(|x| x.to_le_bytes()).collect();
-                    ("FP32", vec![n, classes], json!(flat), bin)
-                }
-            };
+        let (datatype, shape) = (t.datatype, t.shape);
         if spec.binary {
             json_outputs.push(
                 json!({"name": spec.name, "datatype": datatype, "shape": shape,
@@ -820,6 +796,74 @@ async fn infer_common(
     };
     timing_headers(response.headers_mut(), &rid, &timing, out.batch_size);
     response
+}
+
+/// The data of one output tensor, flattened row-major.
+pub(crate) enum OutputData {
+    Fp32(Vec<f32>),
+    /// Classification results, `score:index:label`.
+    Bytes(Vec<String>),
+}
+
+pub(crate) struct OutputTensor {
+    pub datatype: &'static str,
+    pub shape: Vec<usize>,
+    pub data: OutputData,
+}
+
+/// The requested outputs of an answered request, in the order of `specs`: logits or
+/// probabilities, as FP32 `[batch, classes]` or, with `classification` K, BYTES `[batch, K]`.
+pub(crate) fn output_tensors(specs: &[OutputSpec], out: &infer::InferOutcome) -> Vec<OutputTensor> {
+    let info = out.lv.model.info();
+    let n = out.logits.len();
+    let classes = info.labels.len();
+    specs
+        .iter()
+        .map(|spec| {
+            let rows: Vec<Vec<f32>> = if spec.name == OUTPUT_PROBS {
+                out.logits.iter().map(|l| models::softmax(l)).collect()
+            } else {
+                out.logits.clone()
+            };
+            match spec.classification {
+                Some(k) => {
+                    let k = k.min(classes);
+                    let strings: Vec<String> = rows
+                        .iter()
+                        .flat_map(|r| {
+                            top_k(r, k).into_iter().map(|(i, s)| {
+                                format!(
+                                    "{s}:{i}:{}",
+                                    info.labels.get(i).map(String::as_str).unwrap_or("")
+                                )
+                            })
+                        })
+                        .collect();
+                    OutputTensor {
+                        datatype: "BYTES",
+                        shape: vec![n, k],
+                        data: OutputData::Bytes(strings),
+                    }
+                }
+                None => OutputTensor {
+                    datatype: "FP32",
+                    shape: vec![n, classes],
+                    data: OutputData::Fp32(rows.into_iter().flatten().collect()),
+                },
+            }
+        })
+        .collect()
+}
+
+/// BYTES elements in the binary tensor format: each a 4-byte little-endian length, then the bytes.
+pub(crate) fn bytes_elements<S: AsRef<[u8]>>(elements: &[S]) -> Vec<u8> {
+    let mut bin = Vec::new();
+    for e in elements {
+        let e = e.as_ref();
+        bin.extend_from_slice(&(e.len() as u32).to_le_bytes());
+        bin.extend_from_slice(e);
+    }
+    bin
 }
 
 // ----- repository extension -----
@@ -894,19 +938,25 @@ pub async fn repository_load(
     State(st): State<SharedState>,
     Path(m): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_explicit(&st)?;
-    if !crate::repository::valid_model_name(&m) || !st.repo.root().join(&m).is_dir() {
+    load_model(&st, &m).await?;
+    Ok(Json(json!({})))
+}
+
+/// Loads (or reloads) a model from the repository directory (explicit mode), shared with gRPC.
+pub(crate) async fn load_model(st: &SharedState, m: &str) -> Result<(), ApiError> {
+    require_explicit(st)?;
+    if !crate::repository::valid_model_name(m) || !st.repo.root().join(m).is_dir() {
         return Err(ApiError::not_found(format!(
             "model \"{m}\" not found in the model repository"
         )));
     }
     let repo = st.repo.clone();
-    let name = m.clone();
+    let name = m.to_string();
     let res = tokio::task::spawn_blocking(move || repo.sync_model(&name, true))
         .await
         .map_err(|_| ApiError::internal("load panicked"))?;
     match res {
-        Ok(()) => Ok(Json(json!({}))),
+        Ok(()) => Ok(()),
         Err(e) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             crate::error::Reason::Internal,
@@ -924,14 +974,20 @@ pub async fn repository_unload(
     State(st): State<SharedState>,
     Path(m): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_explicit(&st)?;
+    unload_model(&st, &m).await?;
+    Ok(Json(json!({})))
+}
+
+/// Unloads a model (explicit mode), shared with gRPC.
+pub(crate) async fn unload_model(st: &SharedState, m: &str) -> Result<(), ApiError> {
+    require_explicit(st)?;
     let repo = st.repo.clone();
-    let name = m.clone();
+    let name = m.to_string();
     let known = tokio::task::spawn_blocking(move || repo.unload(&name))
         .await
         .map_err(|_| ApiError::internal("unload panicked"))?;
     if !known {
         return Err(ApiError::not_found(format!("unknown model \"{m}\"")));
     }
-    Ok(Json(json!({})))
+    Ok(())
 }
