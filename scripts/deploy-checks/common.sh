@@ -61,11 +61,12 @@ dc_wait_http() {
   return 1
 }
 
-# dc_start_server BINARY REPOSITORY: starts shiftserve on a free loopback port, waits until
+# dc_start_server BINARY REPOSITORY [EXTRA ARGS...]: starts shiftserve on a free loopback port, waits until
 # /v2/health/ready answers 200. Sets SERVER_PORT, SERVER_URL, SERVER_PID, SERVER_LOG, and
 # SERVER_GRPC_PORT (a free port too) when the server has a gRPC listener.
 dc_start_server() {
   local bin=$1 repo=$2 help
+  shift 2
   [ -x "$bin" ] || dc_fail "server binary not executable: $bin"
   [ -d "$repo" ] || dc_fail "model repository not found: $repo"
   SERVER_PORT=$(dc_free_port)
@@ -80,6 +81,7 @@ dc_start_server() {
     SERVER_GRPC_PORT=$(dc_free_port)
     args+=(--grpc-port "$SERVER_GRPC_PORT")
   fi
+  args+=("$@")
   dc_log "starting: $bin ${args[*]}"
   # Per-request logs would cost CPU under load and bury the interesting lines.
   SHIFTSERVE_LOG_LEVEL=${DC_SERVER_LOG_LEVEL:-warn,shiftserve::serve=info,shiftserve::repository=info} \
