@@ -203,6 +203,287 @@ mod arm {
     }
 }
 
+/// The direct convolution followed by max pooling and quantization to `u8`, fused so that each
+/// band of convolution rows is pooled while it is in cache (the unfused steps write the whole
+/// convolution output and read it back): `out_f32` (NHWC `f32` in `fl`) and `out_u8` (NHWC `u8`
+/// in `ul`; border and channel padding untouched), both of the pooled size, get exactly what
+/// [`forward`], `max_pool2d_nhwc` and `quantize_nhwc_to_u8` give in turn: every convolution row
+/// comes from the same tiles, the maximum follows the same rules (row-major taps, strict `>`, so
+/// ties between `-0.0` and `+0.0` keep the first; any NaN gives NaN), and each pooled pixel is
+/// quantized by the same routine.
+///
+/// `padded` and `scratch` are caller-owned scratch ([`FusedScratch::reserve`] sizes the latter).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_pool_u8(
+    g: &ConvGeom,
+    dw: &DirectWeights,
+    bias: &[f32],
+    relu: bool,
+    x: &[f32],
+    n: usize,
+    h: usize,
+    w: usize,
+    pool: crate::pool::Pool2d,
+    quant: crate::ops::Quant,
+    out_f32: &mut [f32],
+    fl: F32Layout,
+    out_u8: &mut [u8],
+    ul: crate::qconv::U8Layout,
+    padded: &mut Vec<f32>,
+    scratch: &mut FusedScratch,
+    workers: &Workers,
+    isa: Isa,
+) -> Result<(), KernelError> {
+    let (oh, ow) = g.out_hw(h, w)?;
+    let (poh, pow) = pool.out_hw(oh, ow)?;
+    check_len("direct conv input", x.len(), mul_dims(&[n, g.in_c, h, w])?)?;
+    check_len(
+        "fused stem f32 output",
+        out_f32.len(),
+        mul_dims(&[n, fl.sample_len()])?,
+    )?;
+    check_len(
+        "fused stem u8 output",
+        out_u8.len(),
+        mul_dims(&[n, ul.sample_len()])?,
+    )?;
+    if (ul.h, ul.w, ul.c) != (poh, pow, g.out_c)
+        || (fl.h, fl.w, fl.c) != (poh, pow, g.out_c)
+        || g.groups != 1
+        || dw.k != g.k()
+    {
+        return Err(KernelError::shape(
+            "fused stem: layouts or weights do not match",
+        ));
+    }
+    let (hp, wp, psz) = pad_input(g, x, n, h, w, padded);
+    let (toff, k) = tap_offsets(g, hp, wp)?;
+    let taps = Taps { toff: &toff[..k] };
+    let v = variant(isa);
+    let np_tile = tile_pixels(v);
+    let nob = g.out_c.div_ceil(OCB);
+    let co = g.out_c;
+    let threads = workers.threads();
+    // Bands of pooled rows: enough tasks to balance the workers, at most FUSED_BAND rows so a
+    // band's convolution rows stay in L2.
+    let per_image = (threads * 4).div_ceil(n).clamp(1, poh);
+    let band = poh.div_ceil(per_image).min(FUSED_BAND);
+    let bands = poh.div_ceil(band);
+    let (pk, ps, pp) = (pool.kernel.0, pool.stride.0, pool.pad.0 as isize);
+    let (row_len, rows_max) = fused_sizes(g, h, w, pool)?;
+    scratch.reserve_rows(threads, row_len, rows_max);
+    let fq = crate::qconv::FastQuant::new(quant);
+    let tasks = TaskCounter::new(n * bands);
+    let pad_ptr = SyncPtr(padded.as_mut_ptr());
+    let r_ptr = SyncPtr(scratch.rows.as_mut_ptr());
+    let f_ptr = SyncPtr(out_f32.as_mut_ptr());
+    let u_ptr = SyncPtr(out_u8.as_mut_ptr());
+    let (sh, sw) = g.stride;
+    #[cfg(target_arch = "x86_64")]
+    let pool_avx512 = Isa::Avx512.is_supported() && std::arch::is_x86_feature_detected!("avx512dq");
+    workers.run(&|tid| {
+        // SAFETY: worker `tid` owns its slice of the row scratch.
+        let rows = unsafe {
+            std::slice::from_raw_parts_mut(
+                r_ptr.get().add(tid * rows_max * row_len),
+                rows_max * row_len,
+            )
+        };
+        while let Some(t) = tasks.next() {
+            let (b, bi) = (t / bands, t % bands);
+            let (py0, py1) = (bi * band, ((bi + 1) * band).min(poh));
+            let y_lo = (py0 as isize * ps as isize - pp).max(0) as usize;
+            let y_hi = (((py1 - 1) * ps) as isize - pp + pk as isize).min(oh as isize) as usize;
+            for y in y_lo..y_hi {
+                let row = rows[(y - y_lo) * row_len..].as_mut_ptr();
+                for ob in 0..nob {
+                    let oc0 = ob * OCB;
+                    let wb = dw.w[ob * k * OCB..].as_ptr();
+                    let mut sink = Sink {
+                        out: [std::ptr::null_mut(); MAX_NP],
+                        bias: [0.0; OCB],
+                        valid: (co - oc0).min(OCB),
+                        relu,
+                    };
+                    sink.bias[..sink.valid].copy_from_slice(&bias[oc0..oc0 + sink.valid]);
+                    let mut x0 = 0;
+                    while x0 < ow {
+                        let np = np_tile.min(ow - x0);
+                        let mut base = [std::ptr::null::<f32>(); MAX_NP];
+                        for j in 0..np_tile {
+                            // Ragged tail: repeat the last pixel (the same values are stored
+                            // again).
+                            let ox = x0 + j.min(np - 1);
+                            // SAFETY: inside the padded copy and this worker's rows.
+                            unsafe {
+                                base[j] = pad_ptr.get().add(b * psz + y * sh * wp + ox * sw)
+                                    as *const f32;
+                                sink.out[j] = row.add(ox * co + oc0);
+                            }
+                        }
+                        // SAFETY: every tap is inside the padded copy; the CPU supports the
+                        // variant (checked by the caller).
+                        unsafe { run_tile(v, &taps, wb, &base, &sink) };
+                        x0 += np;
+                    }
+                }
+            }
+            for py in py0..py1 {
+                let ys = (py as isize * ps as isize - pp).max(0) as usize
+                    ..((py * ps) as isize - pp + pk as isize).min(oh as isize) as usize;
+                for px in 0..pow {
+                    let x_a = px as isize * pool.stride.1 as isize - pool.pad.1 as isize;
+                    let xs = x_a.max(0) as usize
+                        ..(x_a + pool.kernel.1 as isize).min(ow as isize) as usize;
+                    // SAFETY: this task owns output rows py0..py1 of sample b in both outputs.
+                    let (df, du) = unsafe {
+                        (
+                            std::slice::from_raw_parts_mut(
+                                f_ptr.get().add(fl.offset(b, py, px)),
+                                co,
+                            ),
+                            std::slice::from_raw_parts_mut(
+                                u_ptr.get().add(ul.offset(b, py, px)),
+                                co,
+                            ),
+                        )
+                    };
+                    #[cfg(target_arch = "x86_64")]
+                    if pool_avx512 {
+                        // SAFETY: AVX-512 F/BW/VL/DQ checked; every tap's row is in this band.
+                        unsafe {
+                            max_pixel_avx512(
+                                rows[(ys.start - y_lo) * row_len..].as_ptr(),
+                                row_len,
+                                co,
+                                ys.len(),
+                                xs.clone(),
+                                df.as_mut_ptr(),
+                            )
+                        };
+                        crate::qconv::quantize_pixel(df, du, &fq);
+                        continue;
+                    }
+                    let mut c0 = 0;
+                    while c0 < co {
+                        let m = (co - c0).min(16);
+                        let mut acc = [f32::NEG_INFINITY; 16];
+                        let mut nan = [false; 16];
+                        for iy in ys.clone() {
+                            for ix in xs.clone() {
+                                let src = &rows[(iy - y_lo) * row_len + ix * co + c0..][..m];
+                                for l in 0..m {
+                                    let v = src[l];
+                                    nan[l] |= v.is_nan();
+                                    if v > acc[l] {
+                                        acc[l] = v;
+                                    }
+                                }
+                            }
+                        }
+                        for l in 0..m {
+                            df[c0 + l] = if nan[l] { f32::NAN } else { acc[l] };
+                        }
+                        c0 += 16;
+                    }
+                    crate::qconv::quantize_pixel(df, du, &fq);
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// One pooled pixel of [`forward_pool_u8`] on 16 channels at a time: the maximum over rows
+/// `0..nrows` (from `rows`, `row_len` apart) and columns `xs` with the rules of
+/// `pool::max_row` (strict `>` in row-major tap order, any NaN gives NaN).
+///
+/// # Safety
+/// AVX-512 F/BW/VL/DQ; `rows` holds `nrows` rows of `row_len` values covering columns `xs` of
+/// `co` channels; `dst` holds `co` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")]
+unsafe fn max_pixel_avx512(
+    rows: *const f32,
+    row_len: usize,
+    co: usize,
+    nrows: usize,
+    xs: std::ops::Range<usize>,
+    dst: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let nan = _mm512_set1_ps(f32::NAN);
+    let mut c0 = 0;
+    while c0 < co {
+        let valid = (co - c0).min(16);
+        let m: __mmask16 = if valid == 16 {
+            0xffff
+        } else {
+            (1u32 << valid) as u16 - 1
+        };
+        let mut acc = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut any_nan: __mmask16 = 0;
+        for r in 0..nrows {
+            for ix in xs.clone() {
+                let v = _mm512_maskz_loadu_ps(m, rows.add(r * row_len + ix * co + c0));
+                any_nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                acc = _mm512_mask_mov_ps(acc, _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, acc), v);
+            }
+        }
+        _mm512_mask_storeu_ps(dst.add(c0), m, _mm512_mask_mov_ps(acc, any_nan, nan));
+        c0 += 16;
+    }
+}
+
+/// Most pooled rows of one band of [`forward_pool_u8`].
+const FUSED_BAND: usize = 6;
+
+/// Row buffers of one worker of [`forward_pool_u8`]: `(len of a convolution row, most rows of a
+/// band)`.
+pub(crate) fn fused_sizes(
+    g: &ConvGeom,
+    h: usize,
+    w: usize,
+    pool: crate::pool::Pool2d,
+) -> Result<(usize, usize), KernelError> {
+    let (oh, ow) = g.out_hw(h, w)?;
+    let (poh, _) = pool.out_hw(oh, ow)?;
+    let band = poh.clamp(1, FUSED_BAND);
+    Ok((
+        mul_dims(&[ow, g.out_c])?,
+        ((band - 1) * pool.stride.0 + pool.kernel.0).min(oh).max(1),
+    ))
+}
+
+/// Scratch of [`forward_pool_u8`]: per-worker `f32` rows of a band (sized by the geometry and the
+/// thread count only, so reserving them once means no allocation on any batch size).
+#[derive(Default, Debug)]
+pub struct FusedScratch {
+    rows: Vec<f32>,
+}
+
+impl FusedScratch {
+    fn reserve_rows(&mut self, threads: usize, row_len: usize, rows_max: usize) {
+        if self.rows.len() < threads * rows_max * row_len {
+            self.rows.resize(threads * rows_max * row_len, 0.0);
+        }
+    }
+
+    /// Grows the buffers for the fused stem of `layer` on `h x w` inputs with `threads` workers.
+    pub fn reserve(
+        &mut self,
+        layer: &crate::Conv2dF32,
+        h: usize,
+        w: usize,
+        pool: crate::pool::Pool2d,
+        threads: usize,
+    ) -> Result<(), KernelError> {
+        let (row_len, rows_max) = fused_sizes(layer.geom(), h, w, pool)?;
+        self.reserve_rows(threads, row_len, rows_max);
+        Ok(())
+    }
+}
+
 /// Tile geometry: tap `t` of a pixel is at `base + toff[t]`.
 struct Taps<'a> {
     toff: &'a [usize],
@@ -337,6 +618,89 @@ impl DirectWeights {
     }
 }
 
+/// Copies `n` NCHW samples into `padded` with a zero border; returns the padded height, width and
+/// sample length.
+fn pad_input(
+    g: &ConvGeom,
+    x: &[f32],
+    n: usize,
+    h: usize,
+    w: usize,
+    padded: &mut Vec<f32>,
+) -> (usize, usize, usize) {
+    let (ph, pw) = g.pad;
+    let (hp, wp) = (h + 2 * ph, w + 2 * pw);
+    let psz = g.in_c * hp * wp;
+    if padded.len() < n * psz {
+        padded.resize(n * psz, 0.0);
+    }
+    for b in 0..n {
+        for c in 0..g.in_c {
+            let dst = &mut padded[b * psz + c * hp * wp..b * psz + (c + 1) * hp * wp];
+            dst[..ph * wp].fill(0.0);
+            dst[(ph + h) * wp..].fill(0.0);
+            for y in 0..h {
+                let row = &mut dst[(y + ph) * wp..(y + ph + 1) * wp];
+                row[..pw].fill(0.0);
+                row[pw + w..].fill(0.0);
+                let src = (b * g.in_c + c) * h * w + y * w;
+                row[pw..pw + w].copy_from_slice(&x[src..src + w]);
+            }
+        }
+    }
+    (hp, wp, psz)
+}
+
+/// Tap offsets in k order (ci, ky, kx) from a pixel's top-left padded position.
+fn tap_offsets(
+    g: &ConvGeom,
+    hp: usize,
+    wp: usize,
+) -> Result<([usize; DIRECT_MAX_K], usize), KernelError> {
+    let mut toff = [0usize; DIRECT_MAX_K];
+    let k = g.k();
+    if k > DIRECT_MAX_K {
+        return Err(KernelError::unsupported("direct conv: reduction too long"));
+    }
+    for ci in 0..g.in_c {
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                toff[(ci * g.kh + ky) * g.kw + kx] = ci * hp * wp + ky * wp + kx;
+            }
+        }
+    }
+    Ok((toff, k))
+}
+
+/// One tile on the variant's kernel.
+///
+/// # Safety
+/// Every tap of every base pixel is inside the padded input; the sink's rows are writable; the
+/// CPU supports the variant.
+#[inline(always)]
+unsafe fn run_tile(
+    v: Variant,
+    taps: &Taps<'_>,
+    wb: *const f32,
+    base: &[*const f32; MAX_NP],
+    sink: &Sink,
+) {
+    match v {
+        Variant::Scalar => tile_scalar(taps, wb, &[base[0], base[1], base[2], base[3]], sink),
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512 => tile_avx512(
+            taps,
+            wb,
+            &[base[0], base[1], base[2], base[3], base[4], base[5]],
+            sink,
+        ),
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx2 => tile_avx2(taps, wb, &[base[0], base[1]], sink),
+        #[cfg(target_arch = "aarch64")]
+        Variant::Neon => tile_neon(taps, wb, &[base[0], base[1]], sink),
+    }
+}
+
 /// Runs the direct convolution: `x` NCHW (`n` samples of `in_c x h x w`), `out` NHWC in `ol`.
 /// `padded` is caller-owned scratch.
 #[allow(clippy::too_many_arguments)]
@@ -367,39 +731,8 @@ pub(crate) fn forward(
             "direct conv: layout or weights do not match",
         ));
     }
-    let (ph, pw) = g.pad;
-    let (hp, wp) = (h + 2 * ph, w + 2 * pw);
-    let psz = g.in_c * hp * wp;
-    if padded.len() < n * psz {
-        padded.resize(n * psz, 0.0);
-    }
-    for b in 0..n {
-        for c in 0..g.in_c {
-            let dst = &mut padded[b * psz + c * hp * wp..b * psz + (c + 1) * hp * wp];
-            dst[..ph * wp].fill(0.0);
-            dst[(ph + h) * wp..].fill(0.0);
-            for y in 0..h {
-                let row = &mut dst[(y + ph) * wp..(y + ph + 1) * wp];
-                row[..pw].fill(0.0);
-                row[pw + w..].fill(0.0);
-                let src = (b * g.in_c + c) * h * w + y * w;
-                row[pw..pw + w].copy_from_slice(&x[src..src + w]);
-            }
-        }
-    }
-    // Tap offsets in k order (ci, ky, kx) from a pixel's top-left padded position.
-    let mut toff = [0usize; DIRECT_MAX_K];
-    let k = g.k();
-    if k > DIRECT_MAX_K {
-        return Err(KernelError::unsupported("direct conv: reduction too long"));
-    }
-    for ci in 0..g.in_c {
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                toff[(ci * g.kh + ky) * g.kw + kx] = ci * hp * wp + ky * wp + kx;
-            }
-        }
-    }
+    let (hp, wp, psz) = pad_input(g, x, n, h, w, padded);
+    let (toff, k) = tap_offsets(g, hp, wp)?;
     let taps = Taps { toff: &toff[..k] };
     let v = variant(isa);
     let np_tile = tile_pixels(v);
@@ -443,24 +776,7 @@ pub(crate) fn forward(
                 }
                 // SAFETY: every tap of every pixel is inside the padded copy; the CPU supports
                 // the variant (checked by the caller).
-                unsafe {
-                    match v {
-                        Variant::Scalar => {
-                            tile_scalar(&taps, wb, &[base[0], base[1], base[2], base[3]], &sink)
-                        }
-                        #[cfg(target_arch = "x86_64")]
-                        Variant::Avx512 => tile_avx512(
-                            &taps,
-                            wb,
-                            &[base[0], base[1], base[2], base[3], base[4], base[5]],
-                            &sink,
-                        ),
-                        #[cfg(target_arch = "x86_64")]
-                        Variant::Avx2 => tile_avx2(&taps, wb, &[base[0], base[1]], &sink),
-                        #[cfg(target_arch = "aarch64")]
-                        Variant::Neon => tile_neon(&taps, wb, &[base[0], base[1]], &sink),
-                    }
-                }
+                unsafe { run_tile(v, &taps, wb, &base, &sink) };
             }
         }
     });

@@ -273,6 +273,43 @@ impl Conv2dF32 {
             &self.geom, dw, &self.bias, relu, x, n, h, w, out, ol, padded, workers, isa,
         )
     }
+    /// The direct kernel fused with the max pool and the quantization that follow it (the stem
+    /// of a ResNet), computed band by band while the convolution rows are in cache: `out_f32`
+    /// (NHWC in `fl`) and `out_u8` (NHWC `u8` in `ul`), both of the pooled size, get exactly the
+    /// bits of [`Conv2dF32::forward_nhwc`], [`crate::max_pool2d_nhwc`] and
+    /// [`crate::qconv::quantize_nhwc_to_u8`] in turn. `padded` is caller-owned scratch as for
+    /// [`Conv2dF32::forward_nhwc`]; `scratch` can be sized beforehand with
+    /// [`crate::FusedScratch::reserve`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_nhwc_pool_u8(
+        &self,
+        x: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+        relu: bool,
+        pool: crate::Pool2d,
+        quant: crate::Quant,
+        out_f32: &mut [f32],
+        fl: F32Layout,
+        out_u8: &mut [u8],
+        ul: crate::qconv::U8Layout,
+        padded: &mut Vec<f32>,
+        scratch: &mut crate::FusedScratch,
+        workers: &Workers,
+        isa: Isa,
+    ) -> Result<(), KernelError> {
+        let dw = self
+            .direct
+            .as_ref()
+            .ok_or_else(|| KernelError::unsupported("this conv has no direct kernel"))?;
+        isa.check_supported()?;
+        direct::forward_pool_u8(
+            &self.geom, dw, &self.bias, relu, x, n, h, w, pool, quant, out_f32, fl, out_u8, ul,
+            padded, scratch, workers, isa,
+        )
+    }
+
     pub fn geom(&self) -> &ConvGeom {
         &self.geom
     }

@@ -40,6 +40,7 @@ mod simd;
 mod workers;
 mod workspace;
 
+pub use direct::FusedScratch;
 pub use error::{ErrorKind, KernelError};
 pub use fp32::{gemm_f32, Conv2dF32, LinearF32};
 pub use isa::{available_isas, best_isa, has_avx512_vnni, isa_from_setting, selected_isa, Isa};

@@ -2,13 +2,15 @@
 //! direct fp32 convolution (a fused multiply-add chain in `k` order on every instruction set,
 //! and bit-identical to the im2col + `gemm` layer wherever its load-time check says so, which
 //! must hold for the stems the bundled models use), NHWC max pooling (identical to NCHW, NaN and
-//! signed zeros included) and NHWC requantization.
+//! signed zeros included) and NHWC requantization; and the fused stem (direct conv, max pool,
+//! quantization in one pass), which must give exactly the bits of the three steps in turn.
 
 mod common;
 use common::Rng;
 use kernels::qconv::{
     nchw_to_nhwc, nhwc_to_nchw, quantize_nchw_to_u8, quantize_nhwc_to_u8, F32Layout, U8Layout,
 };
+use kernels::FusedScratch;
 use kernels::*;
 use proptest::prelude::*;
 
@@ -152,6 +154,49 @@ proptest! {
                     }
                 }
             }
+        }
+    }
+    #[test]
+    fn fused_stem_equals_conv_pool_quantize(
+        in_c in 1usize..4, out_c in 1usize..70, k in 1usize..8, s in 1usize..3, p in 0usize..4,
+        pk in 1usize..4, ps in 1usize..3, pp in 0usize..2, h in 1usize..30, w in 1usize..30,
+        n in 1usize..4, border in 0usize..2, relu in any::<bool>(), threads in 1usize..4,
+        zp in 0i32..256, scale_pow in -9i32..3, nan in 0usize..4, seed in any::<u64>(),
+    ) {
+        let g = ConvGeom { in_c, out_c, kh: k, kw: k, stride: (s, s), pad: (p, p), groups: 1 };
+        let pool = Pool2d { kernel: (pk, pk), stride: (ps, ps), pad: (pp, pp) };
+        let Ok((oh, ow)) = g.out_hw(h, w) else { return Ok(()) };
+        let Ok((poh, pow)) = pool.out_hw(oh, ow) else { return Ok(()) };
+        let mut rng = Rng::new(seed);
+        let wt: Vec<f32> = (0..out_c * g.k()).map(|_| rng.f32()).collect();
+        let b: Vec<f32> = (0..out_c).map(|_| rng.f32() * 0.1).collect();
+        let mut x: Vec<f32> = (0..n * in_c * h * w).map(|_| rng.f32() * 3.0).collect();
+        // Sometimes a NaN input, so NaNs reach the conv output and the pool.
+        if nan == 0 { let i = rng.below(x.len()); x[i] = f32::NAN; }
+        let layer = Conv2dF32::new(g, wt, b).unwrap();
+        let q = Quant::new(2f32.powi(scale_pow) * (1.0 + rng.f32().abs()), zp).unwrap();
+        let (cl, pl) = (F32Layout::new(oh, ow, out_c), F32Layout::new(poh, pow, out_c));
+        let ul = U8Layout::new(poh, pow, out_c, border);
+        let workers = Workers::new(threads);
+        for isa in available_isas() {
+            // The three steps.
+            let mut conv = vec![0f32; n * cl.sample_len()];
+            let mut pad = Vec::new();
+            layer.forward_nhwc(&x, n, h, w, relu, &mut conv, cl, &mut pad, &workers, isa).unwrap();
+            let mut pooled = vec![0f32; n * pl.sample_len()];
+            max_pool2d_nhwc(&conv, n, cl, pool, &mut pooled, pl, &workers).unwrap();
+            let mut want = vec![zp as u8; n * ul.sample_len()];
+            quantize_nhwc_to_u8(&pooled, n, pl, ul, q, &mut want).unwrap();
+            // Fused, into a buffer whose border holds the zero point as the runtime's do.
+            let mut got = vec![zp as u8; n * ul.sample_len()];
+            let mut got_f = vec![0f32; n * pl.sample_len()];
+            let mut scratch = FusedScratch::default();
+            let mut pad2 = Vec::new();
+            layer
+                .forward_nhwc_pool_u8(&x, n, h, w, relu, pool, q, &mut got_f, pl, &mut got, ul, &mut pad2, &mut scratch, &workers, isa)
+                .unwrap();
+            prop_assert!(bits_eq(&pooled, &got_f), "{isa}: fused stem f32 differs from conv + pool");
+            prop_assert!(want == got, "{isa}: fused stem u8 differs from conv + pool + quantize");
         }
     }
 }

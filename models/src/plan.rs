@@ -198,6 +198,78 @@ pub struct Plan {
     isa: Isa,
     kernels: Vec<LayerKernel>,
     policy: KernelPolicy,
+    /// A direct fp32 conv, max pool and quantization to `u8` run as one pass (see
+    /// [`find_fused_stem`]).
+    fused_stem: Option<FusedStem>,
+}
+
+/// Steps `conv`, `conv + 1` (max pool into NHWC buffer `pooled`) and `conv + 2` (quantization
+/// into `u8` buffer `out`) of the plan, run by one fused kernel writing both.
+#[derive(Clone, Copy, Debug)]
+struct FusedStem {
+    conv: usize,
+    pool: kernels::Pool2d,
+    quant: Quant,
+    pooled: usize,
+    out: usize,
+}
+
+/// Whether the value a buffer holds after step `last_reader` is read by a later step (before
+/// another step writes the buffer again).
+fn read_later(steps: &[Step], buf: Buf, last_reader: usize) -> bool {
+    for s in &steps[last_reader + 1..] {
+        if s.inputs.contains(&buf) {
+            return true;
+        }
+        let writes = s.output == buf
+            || match &s.kind {
+                Kind::QConv(q) => {
+                    q.u8_outs.iter().any(|(k, _)| buf == Buf::U8(*k))
+                        || q.nhwc_out.map(Buf::Nhwc) == Some(buf)
+                        || q.nchw_out.map(Buf::Slot) == Some(buf)
+                }
+                _ => false,
+            };
+        if writes {
+            return false;
+        }
+    }
+    false
+}
+
+/// A fusable stem: a direct fp32 conv writing NHWC, read only by the NHWC max pool after it,
+/// which is followed by a quantization of its output to `u8`; no `u8` buffer is written before
+/// the conv (so the fused kernel, writing the `u8` buffer two steps early, cannot clobber a live
+/// value). The pooled `f32` output is still written (a residual may read it).
+fn find_fused_stem(steps: &[Step]) -> Option<FusedStem> {
+    for i in 0..steps.len().saturating_sub(2) {
+        let (a, b, c) = (&steps[i], &steps[i + 1], &steps[i + 2]);
+        let (Kind::Conv { direct: true, .. }, Kind::MaxPool { attrs, nhwc: true }) =
+            (&a.kind, &b.kind)
+        else {
+            if matches!(a.output, Buf::U8(_)) {
+                return None;
+            }
+            continue;
+        };
+        let Kind::Convert { quant: Some(q) } = &c.kind else {
+            return None;
+        };
+        let (Buf::Nhwc(_), Buf::Nhwc(pooled), Buf::U8(out)) = (a.output, b.output, c.output) else {
+            return None;
+        };
+        if b.inputs != [a.output] || c.inputs != [b.output] || read_later(steps, a.output, i + 1) {
+            return None;
+        }
+        return Some(FusedStem {
+            conv: i,
+            pool: pool(attrs),
+            quant: *q,
+            pooled,
+            out,
+        });
+    }
+    None
 }
 
 /// Buffers of one kind, assigned by liveness: a free buffer with the same key is reused.
@@ -635,7 +707,19 @@ impl Plan {
             Buf::Slot(s) => s,
             _ => return Err(internal("plan: the output is not in a slot")),
         };
+        let fused_stem = find_fused_stem(&steps);
+        if let Some(f) = fused_stem {
+            let (conv, pool) = (&steps[f.conv].name, &steps[f.conv + 1].name);
+            for k in kernels_info.iter_mut() {
+                if &k.node == conv {
+                    k.kernel = format!("{} + maxpool + quantize (fused)", k.kernel);
+                } else if &k.node == pool {
+                    k.kernel = format!("fused into {conv}");
+                }
+            }
+        }
         Ok(Plan {
+            fused_stem,
             steps,
             slot_len,
             u8_bufs,
@@ -685,10 +769,15 @@ impl Plan {
     /// of a value are included.
     pub fn steps_info(&self) -> Vec<(String, String)> {
         let mut k = self.kernels.iter();
+        let fused_convert = self.fused_stem.map(|f| f.conv + 2);
         self.steps
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 let what = match (&s.kind, s.inputs.first(), s.output) {
+                    (Kind::Convert { .. }, ..) if Some(i) == fused_convert => {
+                        format!("fused into {}", self.steps[i - 2].name)
+                    }
                     (Kind::Convert { .. }, Some(from), to) => {
                         format!("convert {} -> {}", buf_form(*from), buf_form(to))
                     }
@@ -1099,6 +1188,7 @@ pub struct Runner {
     lstm: LstmScratch,
     workers: Workers,
     qscratch: QScratch,
+    fused: kernels::FusedScratch,
 }
 
 /// A callback that sees every node's NCHW output.
@@ -1149,6 +1239,15 @@ impl Runner {
                 _ => {}
             }
         }
+        let mut fused = kernels::FusedScratch::default();
+        if let Some(f) = plan.fused_stem {
+            let s = &plan.steps[f.conv];
+            if let Kind::Conv { layer, .. } = &s.kind {
+                // Geometry was checked when the plan was built; a failure here only means the
+                // scratch grows on the first run.
+                let _ = fused.reserve(layer, s.in_shape[1], s.in_shape[2], f.pool, threads);
+            }
+        }
         Runner {
             plan,
             max_batch,
@@ -1163,6 +1262,7 @@ impl Runner {
             lstm,
             workers: Workers::new(threads),
             qscratch: QScratch::new(),
+            fused,
         }
     }
 
@@ -1235,9 +1335,21 @@ impl Runner {
                 inp[i * plan.input_len..(i + 1) * plan.input_len].copy_from_slice(x);
             }
         }
+        // The fused stem stands for three steps (its time is the first one's); observers see
+        // every node's own output, so they get the unfused steps.
+        let mut skip_to = 0;
         for (si, step) in plan.steps.iter().enumerate() {
+            if si < skip_to {
+                continue;
+            }
             let t0 = times.as_ref().map(|_| std::time::Instant::now());
-            self.step(step, b)?;
+            match plan.fused_stem {
+                Some(f) if f.conv == si && observe.is_none() => {
+                    self.fused_stem(step, f, b)?;
+                    skip_to = si + 3;
+                }
+                _ => self.step(step, b)?,
+            }
             if let (Some(t), Some(t0)) = (times.as_mut(), t0) {
                 t[si] += t0.elapsed().as_secs_f64();
             }
@@ -1293,6 +1405,39 @@ impl Runner {
             }
         }
         Ok(&self.observe_buf[..len])
+    }
+
+    /// Runs the fused stem (the conv step and the two after it).
+    fn fused_stem(&mut self, step: &Step, f: FusedStem, n: usize) -> Result<(), ModelError> {
+        let Kind::Conv { layer, relu, .. } = &step.kind else {
+            return Err(internal("plan: the fused stem is not a conv"));
+        };
+        let Buf::Slot(x) = step.inputs[0] else {
+            return Err(internal("plan: the fused stem reads an NCHW slot"));
+        };
+        let (c, h, w) = (step.in_shape[0], step.in_shape[1], step.in_shape[2]);
+        let l = self.plan.u8_bufs[f.out].0;
+        let fl = self.plan.nhwc_bufs[f.pooled];
+        let isa = self.plan.isa;
+        layer
+            .forward_nhwc_pool_u8(
+                &self.bufs[x][..n * c * h * w],
+                n,
+                h,
+                w,
+                *relu,
+                f.pool,
+                f.quant,
+                &mut self.nhwc[f.pooled][..n * fl.sample_len()],
+                fl,
+                &mut self.u8s[f.out][..n * l.sample_len()],
+                l,
+                &mut self.padded,
+                &mut self.fused,
+                &self.workers,
+                isa,
+            )
+            .map_err(run_err(&step.name))
     }
 
     fn step(&mut self, step: &Step, n: usize) -> Result<(), ModelError> {

@@ -505,3 +505,40 @@ fn synthetic_resnet18_is_a_valid_model() {
         - logits.iter().cloned().fold(f32::MAX, f32::min);
     assert!(spread > 1e-3, "{logits:?}");
 }
+
+/// ResNet-18's stem (direct fp32 conv, max pool, quantization) runs fused when nothing observes
+/// the intermediate values and as three steps when something does: the logits are the same bits,
+/// at every batch size and thread count, and the report names the fused kernel.
+#[test]
+fn fused_stem_gives_the_bits_of_the_unfused_steps() {
+    let cfg = models::synth::SynthConfig {
+        resolution: 64,
+        classes: 10,
+        ..Default::default()
+    };
+    let m = models::synth::resnet18(&cfg).unwrap();
+    let stem = m.layer_kernels().iter().find(|k| k.node == "stem").unwrap();
+    assert!(
+        stem.kernel.ends_with("+ maxpool + quantize (fused)"),
+        "{}",
+        stem.kernel
+    );
+    let xs: Vec<Vec<f32>> = (0..5)
+        .map(|i| models::synth::random_input(3 * 64 * 64, 40 + i))
+        .collect();
+    let refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+    for threads in [1, 2] {
+        for n in [1, 2, 5] {
+            let mut s = m.session(5, threads);
+            let fused = s.run(&refs[..n]).unwrap().to_vec();
+            let mut seen = 0;
+            let observed = s
+                .run_observed(&refs[..n], &mut |_, _| seen += 1)
+                .unwrap()
+                .to_vec();
+            assert!(seen > 20);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&fused), bits(&observed), "threads {threads} batch {n}");
+        }
+    }
+}

@@ -81,6 +81,21 @@ pub fn inspect(path: &Path) -> Result<String, String> {
     out += &format!("compression  {ratio:.2}x vs fp32\n");
     out += &format!("kernel isa   {}\n\n", models::kernel_isa());
     let layers = model.layers();
+    let kernel_of = |node: &str| {
+        model
+            .layer_kernels()
+            .iter()
+            .find(|k| k.node == node)
+            .map(|k| k.kernel.clone())
+            .unwrap_or_else(|| "-".into())
+    };
+    let kernel_w = model
+        .layer_kernels()
+        .iter()
+        .map(|k| k.kernel.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
     let name_w = layers
         .iter()
         .map(|l| l.name.len())
@@ -88,18 +103,20 @@ pub fn inspect(path: &Path) -> Result<String, String> {
         .unwrap_or(4)
         .max(4);
     let op_w = layers.iter().map(|l| l.op.len()).max().unwrap_or(2).max(2);
-    out += &format!(
-        "{:<name_w$}  {:<op_w$}  {:<16}  {:<16}  {:>4}  {:>5}  {:>10}  {:>10}  {:>7}\n",
-        "node", "op", "input", "output", "bits", "path", "params", "bytes", "vs fp32"
+    let header = format!(
+        "{:<name_w$}  {:<op_w$}  {:<16}  {:<16}  {:>4}  {:>5}  {:>10}  {:>10}  {:>7}  {:<kernel_w$}",
+        "node", "op", "input", "output", "bits", "path", "params", "bytes", "vs fp32", "kernel"
     );
+    out += header.trim_end();
+    out += "\n";
     for l in layers {
         let vs = if l.bytes > 0 {
             format!("{:.1}x", (l.params * 4) as f64 / l.bytes as f64)
         } else {
             "-".into()
         };
-        out += &format!(
-            "{:<name_w$}  {:<op_w$}  {:<16}  {:<16}  {:>4}  {:>5}  {:>10}  {:>10}  {:>7}\n",
+        let row = format!(
+            "{:<name_w$}  {:<op_w$}  {:<16}  {:<16}  {:>4}  {:>5}  {:>10}  {:>10}  {:>7}  {:<kernel_w$}",
             l.name,
             l.op,
             shape(&l.input_shape),
@@ -108,8 +125,11 @@ pub fn inspect(path: &Path) -> Result<String, String> {
             l.path.unwrap_or("-"),
             l.params,
             l.bytes,
-            vs
+            vs,
+            kernel_of(&l.name)
         );
+        out += row.trim_end();
+        out += "\n";
     }
     Ok(out)
 }

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub model_load_duration: GaugeVec,
     pub model_load_failures: IntCounterVec,
     pub build_info: IntGaugeVec,
+    pub layer_kernel_info: IntGaugeVec,
     pub nv_success: IntCounterVec,
     pub nv_failure: IntCounterVec,
     pub nv_count: IntCounterVec,
@@ -156,6 +157,12 @@ impl Metrics {
                 "shiftserve_build_info",
                 "Build information",
                 &["version", "kernel_isa"],
+            ),
+            layer_kernel_info: int_gauge(
+                r,
+                "shiftserve_layer_kernel_info",
+                "1 for the kernel that runs each layer of a loaded version",
+                &["model", "version", "node", "kernel"],
             ),
             nv_success: int_counter(
                 r,

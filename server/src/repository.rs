@@ -184,7 +184,17 @@ pub fn load_version(
 ) -> Result<LoadedVersion, String> {
     let t0 = Instant::now();
     let fp = fingerprint(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let model = Model::open(path).map_err(|e| format!("{}: {}", path.display(), e.message))?;
+    // The per-layer kernel choice is measured for the batch sizes and thread count this version
+    // will run with (batch 1 for an idle model, the largest batch under load).
+    let mut batch_sizes = vec![1, config.max_batch_size];
+    batch_sizes.extend(config.preferred_batch_sizes.iter().copied());
+    batch_sizes.sort_unstable();
+    batch_sizes.dedup();
+    let mut opts = models::PlanOptions::from_env().map_err(|e| e.message)?;
+    opts.batch_sizes = batch_sizes;
+    opts.threads = config.threads;
+    let model =
+        Model::open_with(path, &opts).map_err(|e| format!("{}: {}", path.display(), e.message))?;
     let info = model.info();
     let input_len: usize = info.input_shape.iter().product();
     let num_classes = info.labels.len();
@@ -217,6 +227,12 @@ pub fn load_version(
     }
     let vs = version.to_string();
     metrics.init_version(name, &vs);
+    for lk in model.layer_kernels() {
+        metrics
+            .layer_kernel_info
+            .with_label_values(&[name, &vs, &lk.node, &lk.kernel])
+            .set(1);
+    }
     let stats = Arc::new(VersionStats::default());
     let observer = Arc::new(VersionObserver {
         metrics: metrics.clone(),
@@ -460,6 +476,14 @@ impl Repository {
                     .model_ready
                     .with_label_values(&[&lv.name, &lv.version_str()])
                     .set(0);
+                for lk in lv.model.layer_kernels() {
+                    let _ = self.metrics.layer_kernel_info.remove_label_values(&[
+                        &lv.name,
+                        &lv.version_str(),
+                        &lk.node,
+                        &lk.kernel,
+                    ]);
+                }
             }
             lv.batcher.close();
             let _ = std::thread::Builder::new().name("retire".into()).spawn(move || {

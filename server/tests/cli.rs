@@ -34,6 +34,41 @@ fn inspect_shows_layers_bits_and_compression() {
         .and_then(|x| x.trim_end_matches('x').parse().ok())
         .unwrap();
     assert!(ratio > 2.0 && ratio < 32.0, "{ratio}");
+    // The last column names the kernel measured fastest for each quantized convolution.
+    for l in out.lines().filter(|l| l.contains("shift_conv2d")) {
+        let k = l.split_whitespace().last().unwrap();
+        assert!(k.starts_with("shift-") || k.starts_with("dot-"), "{l}");
+    }
+}
+
+#[test]
+fn inspect_reports_the_kernel_policy_restriction() {
+    let f = fixture("tiny_w3.safetensors");
+    let out = Command::new(bin())
+        .args(["inspect", f.to_str().unwrap()])
+        .env("SHIFTSERVE_KERNEL", "shift")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    let convs: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("shift_conv2d"))
+        .collect();
+    assert!(convs.len() >= 3, "{text}");
+    for l in convs {
+        assert!(
+            l.split_whitespace().last().unwrap().starts_with("shift-"),
+            "{l}"
+        );
+    }
+    let bad = Command::new(bin())
+        .args(["inspect", f.to_str().unwrap()])
+        .env("SHIFTSERVE_KERNEL", "no-such-kernel")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no-such-kernel"));
 }
 
 #[test]

@@ -249,6 +249,15 @@ fn health_auth_metadata_and_errors() {
     assert_eq!(tiny["input"]["shape"], json!([1, 28, 28]));
     assert!(tiny["compression_ratio"].as_f64().unwrap() > 1.0);
     assert!(!tiny["kernel_isa"].as_str().unwrap().is_empty());
+    // Per layer, what runs it; every quantized convolution has a measured kernel.
+    let layers = tiny["layers"].as_array().unwrap();
+    assert!(layers.len() >= 3, "{layers:?}");
+    let conv_kernels: Vec<&str> = layers
+        .iter()
+        .filter_map(|l| l["kernel"].as_str())
+        .filter(|k| k.starts_with("shift-") || k.starts_with("dot-"))
+        .collect();
+    assert!(conv_kernels.len() >= 3, "{layers:?}");
     let slu = models.iter().find(|m| m["name"] == "slu").unwrap();
     assert_eq!(slu["task"], "spoken_intent");
     assert_eq!(slu["input"]["kind"], "audio");
@@ -1166,5 +1175,15 @@ fn metrics_parse_and_cover_documented_names() {
         ) >= 1.0
     );
     assert_eq!(metric_sum(&text, "shiftserve_build_info", &[]), 1.0);
+    // One info series per layer of the loaded version, naming its kernel.
+    let layer_series = text
+        .lines()
+        .filter(|l| l.starts_with("shiftserve_layer_kernel_info{") && l.contains("model=\"tiny\""))
+        .count();
+    assert!(layer_series >= 3, "{text}");
+    assert!(
+        metric_sum(&text, "shiftserve_layer_kernel_info", &[("model", "tiny")])
+            == layer_series as f64
+    );
     assert!(text.contains("le=\"0.0005\""));
 }

@@ -945,38 +945,39 @@ pub fn quantize_nhwc_to_u8(
         mul_dims(&[n, layout.sample_len()])?,
     )?;
     let fq = FastQuant::new(quant);
-    let mut y = [0f32; 16];
-    let mut q = [0u8; 16];
     for b in 0..n {
         for yy in 0..layout.h {
             for xx in 0..layout.w {
                 let src = xl.offset(b, yy, xx);
                 let dst = layout.offset(b, yy, xx);
-                #[cfg(target_arch = "x86_64")]
-                if epilogue_avx512() {
-                    // SAFETY: both pixels hold at least `c` values (checked lengths above).
-                    unsafe {
-                        epilogue::x86::quantize_row(
-                            x[src..src + layout.c].as_ptr(),
-                            out[dst..dst + layout.c].as_mut_ptr(),
-                            layout.c,
-                            &fq,
-                        )
-                    };
-                    continue;
-                }
-                let mut c0 = 0;
-                while c0 < layout.c {
-                    let m = (layout.c - c0).min(16);
-                    y[..m].copy_from_slice(&x[src + c0..src + c0 + m]);
-                    fq.quantize16(&y, &mut q);
-                    out[dst + c0..dst + c0 + m].copy_from_slice(&q[..m]);
-                    c0 += 16;
-                }
+                quantize_pixel(&x[src..src + layout.c], &mut out[dst..dst + layout.c], &fq);
             }
         }
     }
     Ok(())
+}
+
+/// Quantizes one pixel's channels (`src.len() == dst.len()`) exactly as [`Quant::quantize`]:
+/// the one routine behind [`quantize_nhwc_to_u8`] and the fused stem of `direct.rs`.
+#[inline]
+pub(crate) fn quantize_pixel(src: &[f32], dst: &mut [u8], fq: &FastQuant) {
+    let c = src.len().min(dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if epilogue_avx512() {
+        // SAFETY: both slices hold at least `c` values.
+        unsafe { epilogue::x86::quantize_row(src.as_ptr(), dst.as_mut_ptr(), c, fq) };
+        return;
+    }
+    let mut y = [0f32; 16];
+    let mut q = [0u8; 16];
+    let mut c0 = 0;
+    while c0 < c {
+        let m = (c - c0).min(16);
+        y[..m].copy_from_slice(&src[c0..c0 + m]);
+        fq.quantize16(&y, &mut q);
+        dst[c0..c0 + m].copy_from_slice(&q[..m]);
+        c0 += 16;
+    }
 }
 
 /// NCHW `f32` -> NHWC `f32` (channel padding untouched).

@@ -348,11 +348,20 @@ pub struct ModelSummary {
     pub compression_ratio: f64,
     pub parameters: u64,
     pub kernel_isa: String,
+    /// What runs each layer: the kernel measured fastest at load for quantized convolutions
+    /// (`dot-avx512vnni`, `shift-avx2`, ...), the implementation of every other layer.
+    pub layers: Vec<LayerKernelSummary>,
     pub max_batch_size: usize,
     pub instances: usize,
     pub threads: usize,
     /// End-to-end request latency of the default version over the stats window.
     pub latency: Percentiles,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LayerKernelSummary {
+    pub node: String,
+    pub kernel: String,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -404,6 +413,15 @@ pub async fn list_models(State(st): State<SharedState>) -> Json<ModelList> {
             },
             parameters: info.parameters,
             kernel_isa: st.kernel_isa.clone(),
+            layers: lv
+                .model
+                .layer_kernels()
+                .iter()
+                .map(|l| LayerKernelSummary {
+                    node: l.node.clone(),
+                    kernel: l.kernel.clone(),
+                })
+                .collect(),
             max_batch_size: lv.config.max_batch_size,
             instances: lv.config.instances,
             threads: lv.config.threads,
