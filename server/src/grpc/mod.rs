@@ -54,6 +54,21 @@ pub fn status_from(e: &ApiError) -> Status {
     status
 }
 
+/// tonic answers a request over `max_decoding_message_size` with OUT_OF_RANGE; gRPC's status code
+/// table (and grpc-core, so Triton and its clients) use RESOURCE_EXHAUSTED for it. No handler
+/// here answers OUT_OF_RANGE itself, so every one is that refusal.
+fn too_large_is_resource_exhausted(
+    mut r: axum::http::Response<tonic::body::Body>,
+) -> axum::http::Response<tonic::body::Body> {
+    if r.headers().get("grpc-status").is_some_and(|v| v == "11") {
+        r.headers_mut().insert(
+            "grpc-status",
+            axum::http::HeaderValue::from_static("8"),
+        );
+    }
+    r
+}
+
 /// Binds the gRPC listener (before serving, so a port in use stops the start like HTTP's).
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
     tokio::net::TcpListener::bind(addr)
@@ -100,6 +115,8 @@ pub async fn serve(
                         .latency_unit(tower_http::LatencyUnit::Micros),
                 ),
         )
+        // Innermost, on tonic's own answers.
+        .layer(tower::util::MapResponseLayer::new(too_large_is_resource_exhausted))
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
