@@ -283,14 +283,22 @@ mod tests {
         let port = |a: ServeArgs| a.resolve().unwrap().grpc_addr.map(|a| a.port());
         assert_eq!(port(args(None, None)), Some(8001));
         assert_eq!(port(args(Some(0), None)), Some(0));
-        assert_eq!(port(args(Some(9000), Some(GrpcPort::Port(9001)))), Some(9001));
+        assert_eq!(
+            port(args(Some(9000), Some(GrpcPort::Port(9001)))),
+            Some(9001)
+        );
         assert_eq!(port(args(None, Some(GrpcPort::Off))), None);
-        let err = args(Some(9000), Some(GrpcPort::Port(9000))).resolve().unwrap_err();
+        let err = args(Some(9000), Some(GrpcPort::Port(9000)))
+            .resolve()
+            .unwrap_err();
         assert!(err.contains("HTTP port"), "{err}");
         assert_eq!(parse_grpc_port("off"), Ok(GrpcPort::Off));
         assert!(parse_grpc_port("70000").is_err());
         let cfg = dir.path().join("c.toml");
-        for (text, want) in [("grpc_port = 9100\n", Some(9100)), ("grpc_port = \"off\"\n", None)] {
+        for (text, want) in [
+            ("grpc_port = 9100\n", Some(9100)),
+            ("grpc_port = \"off\"\n", None),
+        ] {
             std::fs::write(&cfg, text).unwrap();
             let a = ServeArgs {
                 config: Some(cfg.clone()),

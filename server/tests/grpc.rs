@@ -212,8 +212,20 @@ fn grpc_serves_the_same_answers_as_http() {
     let classes = want.len() / 2;
     let n_ok = block(async {
         let mut c = client(&s).await;
-        assert!(c.server_live(ServerLiveRequest {}).await.unwrap().into_inner().live);
-        assert!(c.server_ready(ServerReadyRequest {}).await.unwrap().into_inner().ready);
+        assert!(
+            c.server_live(ServerLiveRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .live
+        );
+        assert!(
+            c.server_ready(ServerReadyRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .ready
+        );
         let meta = c
             .server_metadata(ServerMetadataRequest {})
             .await
@@ -242,10 +254,34 @@ fn grpc_serves_the_same_answers_as_http() {
             name: name.into(),
             version: version.into(),
         };
-        assert!(c.model_ready(ready("tiny", "")).await.unwrap().into_inner().ready);
-        assert!(c.model_ready(ready("tiny", "1")).await.unwrap().into_inner().ready);
-        assert!(!c.model_ready(ready("tiny", "2")).await.unwrap().into_inner().ready);
-        assert!(!c.model_ready(ready("nope", "")).await.unwrap().into_inner().ready);
+        assert!(
+            c.model_ready(ready("tiny", ""))
+                .await
+                .unwrap()
+                .into_inner()
+                .ready
+        );
+        assert!(
+            c.model_ready(ready("tiny", "1"))
+                .await
+                .unwrap()
+                .into_inner()
+                .ready
+        );
+        assert!(
+            !c.model_ready(ready("tiny", "2"))
+                .await
+                .unwrap()
+                .into_inner()
+                .ready
+        );
+        assert!(
+            !c.model_ready(ready("nope", ""))
+                .await
+                .unwrap()
+                .into_inner()
+                .ready
+        );
 
         // Raw FP32 contents: the HTTP answer to the bit, batch of 2, id echoed, timing metadata.
         let mut req = raw_request("tiny", tensor("input", "FP32", &[2, 1, 28, 28]), f32_le(&x));
@@ -254,9 +290,20 @@ fn grpc_serves_the_same_answers_as_http() {
         assert_eq!(r.metadata().get("x-batch-size").unwrap(), "2");
         assert!(r.metadata().get("x-inference-time").is_some());
         let r = r.into_inner();
-        assert_eq!((r.model_name.as_str(), r.model_version.as_str(), r.id.as_str()), ("tiny", "1", "req-7"));
+        assert_eq!(
+            (
+                r.model_name.as_str(),
+                r.model_version.as_str(),
+                r.id.as_str()
+            ),
+            ("tiny", "1", "req-7")
+        );
         let names: Vec<&str> = r.outputs.iter().map(|o| o.name.as_str()).collect();
-        assert_eq!(names, ["logits", "probabilities"], "every output by default");
+        assert_eq!(
+            names,
+            ["logits", "probabilities"],
+            "every output by default"
+        );
         assert_eq!(r.outputs[0].shape, vec![2, classes as i64]);
         assert_eq!(logits(&r), want);
         let probs = from_le(&r.raw_output_contents[1]);
@@ -284,7 +331,11 @@ fn grpc_serves_the_same_answers_as_http() {
 
         // UINT8 pixels (raw) are converted as the HTTP route converts JSON integers.
         let r = c
-            .model_infer(raw_request("tiny", tensor("input", "UINT8", &[1, 1, 28, 28]), px.clone()))
+            .model_infer(raw_request(
+                "tiny",
+                tensor("input", "UINT8", &[1, 1, 28, 28]),
+                px.clone(),
+            ))
             .await
             .unwrap()
             .into_inner();
@@ -366,14 +417,24 @@ fn grpc_serves_the_same_answers_as_http() {
         .unwrap();
     let h = &http_stats["model_stats"][0];
     // 3 HTTP requests (json, png, the UINT8 reference) + 5 gRPC, 2 of them with a batch of 2.
-    assert_eq!(grpc_stats.inference_stats.unwrap().success.unwrap().count, 8);
+    assert_eq!(
+        grpc_stats.inference_stats.unwrap().success.unwrap().count,
+        8
+    );
     assert_eq!(h["inference_stats"]["success"]["count"], 8);
-    assert_eq!(grpc_stats.inference_count, h["inference_count"].as_u64().unwrap());
+    assert_eq!(
+        grpc_stats.inference_count,
+        h["inference_count"].as_u64().unwrap()
+    );
     let ok_after = s.metric(
         "shiftserve_requests_total",
         &[("model", "tiny"), ("reason", "ok")],
     );
-    assert_eq!(ok_after - ok_before, n, "gRPC requests are counted in the metrics");
+    assert_eq!(
+        ok_after - ok_before,
+        n,
+        "gRPC requests are counted in the metrics"
+    );
 }
 
 /// Sends `payload` as the body of a ModelInfer call, whatever it is (malformed protobuf).
@@ -412,7 +473,9 @@ async fn raw_call(ch: Channel, payload: Vec<u8>) -> Result<ModelInferResponse, S
         }
     }
     let mut g = tonic::client::Grpc::new(ch).max_encoding_message_size(64 << 20);
-    g.ready().await.map_err(|e| Status::unknown(e.to_string()))?;
+    g.ready()
+        .await
+        .map_err(|e| Status::unknown(e.to_string()))?;
     let path = tonic::codegen::http::uri::PathAndQuery::from_static(
         "/inference.GRPCInferenceService/ModelInfer",
     );
@@ -452,7 +515,11 @@ fn grpc_refusals_have_proper_status_codes_and_never_crash() {
         let infer = |model: &str, t: InferInputTensor, raw: Vec<u8>| raw_request(model, t, raw);
         let fp = |shape: &[i64]| tensor("input", "FP32", shape);
         let cases: Vec<(ModelInferRequest, Code, &str)> = vec![
-            (infer("nope", fp(&[1, 28, 28]), f32_le(&x)), Code::NotFound, "unknown model"),
+            (
+                infer("nope", fp(&[1, 28, 28]), f32_le(&x)),
+                Code::NotFound,
+                "unknown model",
+            ),
             (
                 ModelInferRequest {
                     model_version: "7".into(),
@@ -469,23 +536,75 @@ fn grpc_refusals_have_proper_status_codes_and_never_crash() {
                 Code::NotFound,
                 "unknown version",
             ),
-            (infer("", fp(&[1, 28, 28]), f32_le(&x)), Code::InvalidArgument, "model_name"),
-            (infer("tiny", fp(&[1, 28, 27]), f32_le(&x[..756])), Code::InvalidArgument, "does not match"),
-            (infer("tiny", fp(&[5, 1, 28, 28]), f32_le(&pattern(5, 0))), Code::InvalidArgument, "max_batch_size"),
-            (infer("tiny", fp(&[1, 28, 28]), f32_le(&x[..700])), Code::InvalidArgument, "needs 3136"),
-            (infer("tiny", fp(&[i64::MAX, 28, 28]), vec![0; 16]), Code::InvalidArgument, "overflows"),
-            (infer("tiny", fp(&[-1, 28, 28]), f32_le(&x)), Code::InvalidArgument, "negative"),
-            (infer("tiny", tensor("input", "BOOL", &[1, 28, 28]), vec![0; 784]), Code::InvalidArgument, "numeric"),
-            (infer("tiny", tensor("raw", "FP32", &[1]), f32_le(&[1.0])), Code::InvalidArgument, "must be BYTES"),
-            (infer("tiny", tensor("pixels", "FP32", &[1, 28, 28]), f32_le(&x)), Code::InvalidArgument, "unknown input"),
-            (infer("tiny", fp(&[1, 28, 28]), f32_le(&[f32::NAN; 784])), Code::InvalidArgument, "NaN"),
             (
-                infer("tiny", tensor("raw", "BYTES", &[1]), [&[9u8, 0, 0, 0][..], b"not a png"].concat()),
+                infer("", fp(&[1, 28, 28]), f32_le(&x)),
+                Code::InvalidArgument,
+                "model_name",
+            ),
+            (
+                infer("tiny", fp(&[1, 28, 27]), f32_le(&x[..756])),
+                Code::InvalidArgument,
+                "does not match",
+            ),
+            (
+                infer("tiny", fp(&[5, 1, 28, 28]), f32_le(&pattern(5, 0))),
+                Code::InvalidArgument,
+                "max_batch_size",
+            ),
+            (
+                infer("tiny", fp(&[1, 28, 28]), f32_le(&x[..700])),
+                Code::InvalidArgument,
+                "needs 3136",
+            ),
+            (
+                infer("tiny", fp(&[i64::MAX, 28, 28]), vec![0; 16]),
+                Code::InvalidArgument,
+                "overflows",
+            ),
+            (
+                infer("tiny", fp(&[-1, 28, 28]), f32_le(&x)),
+                Code::InvalidArgument,
+                "negative",
+            ),
+            (
+                infer("tiny", tensor("input", "BOOL", &[1, 28, 28]), vec![0; 784]),
+                Code::InvalidArgument,
+                "numeric",
+            ),
+            (
+                infer("tiny", tensor("raw", "FP32", &[1]), f32_le(&[1.0])),
+                Code::InvalidArgument,
+                "must be BYTES",
+            ),
+            (
+                infer("tiny", tensor("pixels", "FP32", &[1, 28, 28]), f32_le(&x)),
+                Code::InvalidArgument,
+                "unknown input",
+            ),
+            (
+                infer("tiny", fp(&[1, 28, 28]), f32_le(&[f32::NAN; 784])),
+                Code::InvalidArgument,
+                "NaN",
+            ),
+            (
+                infer(
+                    "tiny",
+                    tensor("raw", "BYTES", &[1]),
+                    [&[9u8, 0, 0, 0][..], b"not a png"].concat(),
+                ),
                 Code::InvalidArgument,
                 "",
             ),
-            (infer("tiny", tensor("raw", "BYTES", &[1]), vec![200, 0, 0, 0, 1]), Code::InvalidArgument, "BYTES element"),
-            (infer("tiny", tensor("raw", "BYTES", &[3]), vec![0, 0, 0, 0]), Code::InvalidArgument, "elements"),
+            (
+                infer("tiny", tensor("raw", "BYTES", &[1]), vec![200, 0, 0, 0, 1]),
+                Code::InvalidArgument,
+                "BYTES element",
+            ),
+            (
+                infer("tiny", tensor("raw", "BYTES", &[3]), vec![0, 0, 0, 0]),
+                Code::InvalidArgument,
+                "elements",
+            ),
             (
                 ModelInferRequest {
                     outputs: vec![output("embedding", None)],
@@ -544,10 +663,18 @@ fn grpc_refusals_have_proper_status_codes_and_never_crash() {
             ),
         ];
         for (req, code, needle) in cases {
-            let what = format!("{:?} {:?}", req.model_name, req.inputs.first().map(|i| (&i.name, &i.datatype, &i.shape)));
+            let what = format!(
+                "{:?} {:?}",
+                req.model_name,
+                req.inputs.first().map(|i| (&i.name, &i.datatype, &i.shape))
+            );
             let e = c.model_infer(req).await.expect_err(&what);
             assert_eq!(e.code(), code, "{what}: {e:?}");
-            assert!(e.message().contains(needle), "{what}: {:?} lacks {needle:?}", e.message());
+            assert!(
+                e.message().contains(needle),
+                "{what}: {:?} lacks {needle:?}",
+                e.message()
+            );
         }
 
         // A message over --max-body-bytes is refused by the transport; one under it is served.
@@ -565,16 +692,22 @@ fn grpc_refusals_have_proper_status_codes_and_never_crash() {
         // Malformed protobuf: INTERNAL, as gRPC's status code table prescribes for a request
         // that cannot be parsed.
         for payload in [
-            vec![0xff, 0xff, 0xff, 0xff],        // field 0 / bad varint
-            vec![0x0a, 0x64, b't'],              // model_name claims 100 bytes, has 1
-            vec![0x08, 0x01],                    // model_name sent as a varint
-            vec![0x2a, 0x03, 0x1a, 0x05, 0x01],  // truncated nested input shape
+            vec![0xff, 0xff, 0xff, 0xff],       // field 0 / bad varint
+            vec![0x0a, 0x64, b't'],             // model_name claims 100 bytes, has 1
+            vec![0x08, 0x01],                   // model_name sent as a varint
+            vec![0x2a, 0x03, 0x1a, 0x05, 0x01], // truncated nested input shape
         ] {
-            let e = raw_call(channel(&s).await, payload.clone()).await.unwrap_err();
+            let e = raw_call(channel(&s).await, payload.clone())
+                .await
+                .unwrap_err();
             assert_eq!(e.code(), Code::Internal, "{payload:?}: {e:?}");
         }
         // An empty message is a valid (empty) request: no model.
-        assert_code(raw_call(channel(&s).await, vec![]).await, Code::InvalidArgument, "model_name");
+        assert_code(
+            raw_call(channel(&s).await, vec![]).await,
+            Code::InvalidArgument,
+            "model_name",
+        );
 
         // Metadata of unknown models; statistics of unknown models.
         assert_code(
@@ -607,7 +740,13 @@ fn grpc_refusals_have_proper_status_codes_and_never_crash() {
         );
 
         // Still serving after all that.
-        assert!(c.server_live(ServerLiveRequest {}).await.unwrap().into_inner().live);
+        assert!(
+            c.server_live(ServerLiveRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .live
+        );
         let r = c
             .model_infer(raw_request("tiny", fp(&[1, 28, 28]), f32_le(&x)))
             .await
@@ -619,49 +758,84 @@ fn grpc_refusals_have_proper_status_codes_and_never_crash() {
         "shiftserve_requests_total",
         &[("model", "tiny"), ("reason", "bad_input")],
     );
-    assert!(bad_after - bad_before >= 15.0, "refusals are counted: {bad_before} -> {bad_after}");
+    assert!(
+        bad_after - bad_before >= 15.0,
+        "refusals are counted: {bad_before} -> {bad_after}"
+    );
 
     // A full queue: RESOURCE_EXHAUSTED with retry-after, while the queued request is answered.
     std::thread::scope(|sc| {
         let queued = sc.spawn(|| {
             block(async {
                 let mut c = client(&s).await;
-                c.model_infer(raw_request("slowq", tensor("input", "FP32", &[1, 28, 28]), f32_le(&x)))
-                    .await
-                    .map(|_| ())
+                c.model_infer(raw_request(
+                    "slowq",
+                    tensor("input", "FP32", &[1, 28, 28]),
+                    f32_le(&x),
+                ))
+                .await
+                .map(|_| ())
             })
         });
         let t0 = Instant::now();
         while s.metric("shiftserve_queue_depth", &[("model", "slowq")]) != 1.0 {
-            assert!(t0.elapsed() < Duration::from_secs(20), "request never queued");
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "request never queued"
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
         let e = block(async {
             let mut c = client(&s).await;
-            c.model_infer(raw_request("slowq", tensor("input", "FP32", &[1, 28, 28]), f32_le(&x)))
-                .await
-                .unwrap_err()
+            c.model_infer(raw_request(
+                "slowq",
+                tensor("input", "FP32", &[1, 28, 28]),
+                f32_le(&x),
+            ))
+            .await
+            .unwrap_err()
         });
         assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
         assert!(e.message().contains("queue is full"), "{e:?}");
-        let after: u64 = e.metadata().get("retry-after").unwrap().to_str().unwrap().parse().unwrap();
+        let after: u64 = e
+            .metadata()
+            .get("retry-after")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(after >= 1);
         assert!(queued.join().unwrap().is_ok());
     });
 
     // A deadline (grpc-timeout) shorter than the batching window: DEADLINE_EXCEEDED, counted
     // as a timeout by the server.
-    let timeouts_before = s.metric("shiftserve_requests_total", &[("model", "slowq"), ("reason", "timeout")]);
+    let timeouts_before = s.metric(
+        "shiftserve_requests_total",
+        &[("model", "slowq"), ("reason", "timeout")],
+    );
     let e = block(async {
         let mut c = client(&s).await;
-        let mut req = tonic::Request::new(raw_request("slowq", tensor("input", "FP32", &[1, 28, 28]), f32_le(&x)));
+        let mut req = tonic::Request::new(raw_request(
+            "slowq",
+            tensor("input", "FP32", &[1, 28, 28]),
+            f32_le(&x),
+        ));
         req.set_timeout(Duration::from_millis(300));
         c.model_infer(req).await.unwrap_err()
     });
     assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
     let t0 = Instant::now();
-    while s.metric("shiftserve_requests_total", &[("model", "slowq"), ("reason", "timeout")]) != timeouts_before + 1.0 {
-        assert!(t0.elapsed() < Duration::from_secs(10), "server did not count the timeout");
+    while s.metric(
+        "shiftserve_requests_total",
+        &[("model", "slowq"), ("reason", "timeout")],
+    ) != timeouts_before + 1.0
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "server did not count the timeout"
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
 }
@@ -695,22 +869,45 @@ fn grpc_api_key_and_repository_extension() {
         ],
         &[],
     );
-    let repo_name = repo.path().file_name().unwrap().to_str().unwrap().to_string();
+    let repo_name = repo
+        .path()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     block(async {
         let mut c = client(&s).await;
         let key = Some(API_KEY);
         // Health needs no key (as on HTTP); everything else does.
-        assert!(c.server_live(ServerLiveRequest {}).await.unwrap().into_inner().live);
-        assert!(c.server_ready(ServerReadyRequest {}).await.unwrap().into_inner().ready);
+        assert!(
+            c.server_live(ServerLiveRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .live
+        );
+        assert!(
+            c.server_ready(ServerReadyRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .ready
+        );
         for k in [None, Some("wrong-key"), Some("")] {
             assert_code(
-                c.server_metadata(with_key(ServerMetadataRequest {}, k)).await,
+                c.server_metadata(with_key(ServerMetadataRequest {}, k))
+                    .await,
                 Code::Unauthenticated,
                 "API key",
             );
             assert_code(
                 c.model_infer(with_key(
-                    raw_request("tiny", tensor("input", "FP32", &[1, 28, 28]), f32_le(&pattern(1, 0))),
+                    raw_request(
+                        "tiny",
+                        tensor("input", "FP32", &[1, 28, 28]),
+                        f32_le(&pattern(1, 0)),
+                    ),
                     k,
                 ))
                 .await,
@@ -718,14 +915,19 @@ fn grpc_api_key_and_repository_extension() {
                 "API key",
             );
             assert_code(
-                c.repository_index(with_key(RepositoryIndexRequest::default(), k)).await,
+                c.repository_index(with_key(RepositoryIndexRequest::default(), k))
+                    .await,
                 Code::Unauthenticated,
                 "API key",
             );
         }
         let r = c
             .model_infer(with_key(
-                raw_request("tiny", tensor("input", "FP32", &[1, 28, 28]), f32_le(&pattern(1, 0))),
+                raw_request(
+                    "tiny",
+                    tensor("input", "FP32", &[1, 28, 28]),
+                    f32_le(&pattern(1, 0)),
+                ),
                 key,
             ))
             .await
@@ -733,19 +935,48 @@ fn grpc_api_key_and_repository_extension() {
             .into_inner();
         assert_eq!(r.model_name, "tiny");
 
-        let index = |ready: bool| with_key(RepositoryIndexRequest { repository_name: String::new(), ready }, key);
+        let index = |ready: bool| {
+            with_key(
+                RepositoryIndexRequest {
+                    repository_name: String::new(),
+                    ready,
+                },
+                key,
+            )
+        };
         let states = |r: RepositoryIndexResponse| {
-            let mut v: Vec<(String, String)> = r.models.into_iter().map(|m| (m.name, m.state)).collect();
+            let mut v: Vec<(String, String)> =
+                r.models.into_iter().map(|m| (m.name, m.state)).collect();
             v.sort();
             v
         };
         assert_eq!(
             states(c.repository_index(index(false)).await.unwrap().into_inner()),
-            [("other".to_string(), "UNAVAILABLE".to_string()), ("tiny".to_string(), "READY".to_string())]
+            [
+                ("other".to_string(), "UNAVAILABLE".to_string()),
+                ("tiny".to_string(), "READY".to_string())
+            ]
         );
-        assert_eq!(states(c.repository_index(index(true)).await.unwrap().into_inner()).len(), 1);
-        let ready = |name: &str| with_key(ModelReadyRequest { name: name.into(), version: String::new() }, key);
-        assert!(!c.model_ready(ready("other")).await.unwrap().into_inner().ready);
+        assert_eq!(
+            states(c.repository_index(index(true)).await.unwrap().into_inner()).len(),
+            1
+        );
+        let ready = |name: &str| {
+            with_key(
+                ModelReadyRequest {
+                    name: name.into(),
+                    version: String::new(),
+                },
+                key,
+            )
+        };
+        assert!(
+            !c.model_ready(ready("other"))
+                .await
+                .unwrap()
+                .into_inner()
+                .ready
+        );
 
         let load = |name: &str, repository: &str| {
             with_key(
@@ -758,26 +989,54 @@ fn grpc_api_key_and_repository_extension() {
             )
         };
         c.repository_model_load(load("other", "")).await.unwrap();
-        assert!(c.model_ready(ready("other")).await.unwrap().into_inner().ready);
-        c.repository_model_load(load("other", &repo_name)).await.unwrap();
-        assert_code(c.repository_model_load(load("other", "elsewhere")).await, Code::NotFound, "repository");
-        assert_code(c.repository_model_load(load("missing", "")).await, Code::NotFound, "not found");
-        assert_code(c.repository_model_load(load("../tiny", "")).await, Code::NotFound, "not found");
+        assert!(
+            c.model_ready(ready("other"))
+                .await
+                .unwrap()
+                .into_inner()
+                .ready
+        );
+        c.repository_model_load(load("other", &repo_name))
+            .await
+            .unwrap();
+        assert_code(
+            c.repository_model_load(load("other", "elsewhere")).await,
+            Code::NotFound,
+            "repository",
+        );
+        assert_code(
+            c.repository_model_load(load("missing", "")).await,
+            Code::NotFound,
+            "not found",
+        );
+        assert_code(
+            c.repository_model_load(load("../tiny", "")).await,
+            Code::NotFound,
+            "not found",
+        );
         let mut with_config = load("other", "").into_inner();
         with_config.parameters.insert(
             "config".into(),
             ModelRepositoryParameter {
-                parameter_choice: Some(model_repository_parameter::ParameterChoice::StringParam("{}".into())),
+                parameter_choice: Some(model_repository_parameter::ParameterChoice::StringParam(
+                    "{}".into(),
+                )),
             },
         );
-        assert_code(c.repository_model_load(with_key(with_config, key)).await, Code::InvalidArgument, "config");
+        assert_code(
+            c.repository_model_load(with_key(with_config, key)).await,
+            Code::InvalidArgument,
+            "config",
+        );
 
         let unload = |name: &str| {
             let mut parameters = HashMap::new();
             parameters.insert(
                 "unload_dependents".to_string(),
                 ModelRepositoryParameter {
-                    parameter_choice: Some(model_repository_parameter::ParameterChoice::BoolParam(false)),
+                    parameter_choice: Some(model_repository_parameter::ParameterChoice::BoolParam(
+                        false,
+                    )),
                 },
             );
             with_key(
@@ -790,17 +1049,31 @@ fn grpc_api_key_and_repository_extension() {
             )
         };
         c.repository_model_unload(unload("other")).await.unwrap();
-        assert!(!c.model_ready(ready("other")).await.unwrap().into_inner().ready);
+        assert!(
+            !c.model_ready(ready("other"))
+                .await
+                .unwrap()
+                .into_inner()
+                .ready
+        );
         assert_code(
             c.model_infer(with_key(
-                raw_request("other", tensor("input", "FP32", &[1, 28, 28]), f32_le(&pattern(1, 0))),
+                raw_request(
+                    "other",
+                    tensor("input", "FP32", &[1, 28, 28]),
+                    f32_le(&pattern(1, 0)),
+                ),
                 key,
             ))
             .await,
             Code::Unavailable,
             "other",
         );
-        assert_code(c.repository_model_unload(unload("missing")).await, Code::NotFound, "unknown model");
+        assert_code(
+            c.repository_model_unload(unload("missing")).await,
+            Code::NotFound,
+            "unknown model",
+        );
     });
 }
 
@@ -814,7 +1087,12 @@ fn grpc_drains_on_sigterm_and_a_taken_port_stops_the_start() {
         "max_batch_size = 8\nmax_queue_delay_us = 3000000\n",
     );
     let mut s = Server::start(
-        &["--model-repository", repo.path().to_str().unwrap(), "--exit-timeout-secs", "30"],
+        &[
+            "--model-repository",
+            repo.path().to_str().unwrap(),
+            "--exit-timeout-secs",
+            "30",
+        ],
         &[],
     );
     let x = pattern(1, 2);
@@ -832,29 +1110,58 @@ fn grpc_drains_on_sigterm_and_a_taken_port_stops_the_start() {
             .collect();
         let t0 = Instant::now();
         while s.metric("shiftserve_queue_depth", &[("model", "m")]) != 3.0 {
-            assert!(t0.elapsed() < Duration::from_secs(20), "requests never queued");
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "requests never queued"
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
         s.sigterm();
         block(async {
             let mut c = client(&s).await;
             let t0 = Instant::now();
-            while c.server_ready(ServerReadyRequest {}).await.unwrap().into_inner().ready {
-                assert!(t0.elapsed() < Duration::from_secs(5), "still ready after SIGTERM");
+            while c
+                .server_ready(ServerReadyRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .ready
+            {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(5),
+                    "still ready after SIGTERM"
+                );
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
-            assert!(c.server_live(ServerLiveRequest {}).await.unwrap().into_inner().live);
+            assert!(
+                c.server_live(ServerLiveRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .live
+            );
             let ready = c
-                .model_ready(ModelReadyRequest { name: "m".into(), version: String::new() })
+                .model_ready(ModelReadyRequest {
+                    name: "m".into(),
+                    version: String::new(),
+                })
                 .await
                 .unwrap()
                 .into_inner();
             assert!(!ready.ready, "models are not ready while draining");
-            assert_code(c.model_infer(req()).await, Code::Unavailable, "shutting down");
+            assert_code(
+                c.model_infer(req()).await,
+                Code::Unavailable,
+                "shutting down",
+            );
         });
         burst.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert_eq!(results, vec![Ok(()); 3], "every accepted gRPC request is answered");
+    assert_eq!(
+        results,
+        vec![Ok(()); 3],
+        "every accepted gRPC request is answered"
+    );
     let status = s.wait_exit(Duration::from_secs(40));
     assert!(status.success(), "exit status {status:?}");
 
@@ -862,7 +1169,14 @@ fn grpc_drains_on_sigterm_and_a_taken_port_stops_the_start() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
     let out = std::process::Command::new(bin())
-        .args(["--http-address", "127.0.0.1", "--http-port", "0", "--grpc-port", &port])
+        .args([
+            "--http-address",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            &port,
+        ])
         .args(["--model-repository", repo.path().to_str().unwrap()])
         .output()
         .unwrap();

@@ -61,10 +61,8 @@ fn too_large_is_resource_exhausted(
     mut r: axum::http::Response<tonic::body::Body>,
 ) -> axum::http::Response<tonic::body::Body> {
     if r.headers().get("grpc-status").is_some_and(|v| v == "11") {
-        r.headers_mut().insert(
-            "grpc-status",
-            axum::http::HeaderValue::from_static("8"),
-        );
+        r.headers_mut()
+            .insert("grpc-status", axum::http::HeaderValue::from_static("8"));
     }
     r
 }
@@ -106,9 +104,7 @@ pub async fn serve(
                     tracing::info_span!("grpc", path = %req.uri().path(), request_id = %id)
                 })
                 .on_request(())
-                .on_failure(
-                    tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
-                )
+                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG))
                 .on_response(
                     tower_http::trace::DefaultOnResponse::new()
                         .level(tracing::Level::INFO)
@@ -116,7 +112,9 @@ pub async fn serve(
                 ),
         )
         // Innermost, on tonic's own answers.
-        .layer(tower::util::MapResponseLayer::new(too_large_is_resource_exhausted))
+        .layer(tower::util::MapResponseLayer::new(
+            too_large_is_resource_exhausted,
+        ))
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

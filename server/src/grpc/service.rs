@@ -89,7 +89,9 @@ fn check_repository(st: &SharedState, name: &str) -> Result<(), Status> {
         return Ok(());
     }
     let root = st.repo.root();
-    let matches = root.file_name().is_some_and(|n| n == std::ffi::OsStr::new(name))
+    let matches = root
+        .file_name()
+        .is_some_and(|n| n == std::ffi::OsStr::new(name))
         || root.as_os_str() == std::ffi::OsStr::new(name);
     if matches {
         Ok(())

@@ -273,7 +273,10 @@ fn input_v2(t: InferInputTensor, raw: Option<Bytes>) -> Result<(InferInput, Byte
 }
 
 fn f32_bytes(v: &[f32]) -> Bytes {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>().into()
+    v.iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect::<Vec<u8>>()
+        .into()
 }
 
 fn both(name: &str) -> ApiError {

@@ -74,7 +74,11 @@ pub(crate) fn server_metadata_value() -> ServerMetadata {
     }
 }
 
-pub(crate) fn get_lv(st: &SharedState, m: &str, v: Option<&str>) -> Result<Arc<LoadedVersion>, ApiError> {
+pub(crate) fn get_lv(
+    st: &SharedState,
+    m: &str,
+    v: Option<&str>,
+) -> Result<Arc<LoadedVersion>, ApiError> {
     let version = v.map(|v| parse_version(m, v)).transpose()?;
     st.repo.get(m, version).map_err(|e| lookup_error(m, v, e))
 }
@@ -745,7 +749,10 @@ async fn infer_common(
     let mut binary_blobs: Vec<Vec<u8>> = Vec::new();
     for (spec, t) in specs.iter().zip(output_tensors(&specs, &out)) {
         let (data_json, data_bin) = match &t.data {
-            OutputData::Fp32(flat) => (json!(flat), flat.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            OutputData::Fp32(flat) => (
+                json!(flat),
+                flat.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
             OutputData::Bytes(strings) => (json!(strings), bytes_elements(strings)),
         };
         let (datatype, shape) = (t.datatype, t.shape);
