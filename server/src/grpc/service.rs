@@ -103,7 +103,9 @@ fn check_repository(st: &SharedState, name: &str) -> Result<(), Status> {
     }
 }
 
-/// `grpc-timeout` (the client's deadline) in whole milliseconds, rounded up; `None` if absent.
+/// The pipeline's deadline from `grpc-timeout` (the client's deadline), in whole milliseconds,
+/// shortened by a tenth (at most 10 ms) so that the server's DEADLINE_EXCEEDED answer is sent
+/// before the call's deadline ends it (tonic then answers CANCELLED); `None` if absent.
 fn grpc_timeout_ms(metadata: &MetadataMap) -> Result<Option<u32>, Status> {
     let Some(v) = metadata.get("grpc-timeout") else {
         return Ok(None);
@@ -124,7 +126,8 @@ fn grpc_timeout_ms(metadata: &MetadataMap) -> Result<Option<u32>, Status> {
         "n" => 1,
         _ => return Err(bad()),
     };
-    let ms = (u128::from(n) * ns_per_unit).div_ceil(1_000_000);
+    let ms = u128::from(n) * ns_per_unit / 1_000_000;
+    let ms = ms - (ms / 10).min(10);
     Ok(Some(ms.clamp(1, u128::from(u32::MAX)) as u32))
 }
 
@@ -373,9 +376,9 @@ mod tests {
     #[test]
     fn grpc_timeouts() {
         assert_eq!(grpc_timeout_ms(&MetadataMap::new()).unwrap(), None);
-        assert_eq!(grpc_timeout_ms(&md("250m")).unwrap(), Some(250));
-        assert_eq!(grpc_timeout_ms(&md("2S")).unwrap(), Some(2000));
-        assert_eq!(grpc_timeout_ms(&md("1500u")).unwrap(), Some(2));
+        assert_eq!(grpc_timeout_ms(&md("250m")).unwrap(), Some(240));
+        assert_eq!(grpc_timeout_ms(&md("2S")).unwrap(), Some(1990));
+        assert_eq!(grpc_timeout_ms(&md("1500u")).unwrap(), Some(1));
         assert_eq!(grpc_timeout_ms(&md("1n")).unwrap(), Some(1));
         assert_eq!(grpc_timeout_ms(&md("99999999H")).unwrap(), Some(u32::MAX));
         for bad in ["", "m", "12", "123456789S", "-1S", "1x"] {
