@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.environ.get("SHIFTSERVE_DATA", "/work/data")
+DATA = os.environ.get("SHIFTSERVE_DATA", os.path.join(os.path.dirname(REPO), "data"))  # default: ../data beside the checkout
 RESULTS = os.path.join(REPO, "training", "results")
 REPOSITORY = os.path.join(REPO, "models", "repository")
 
@@ -65,18 +65,43 @@ def param_groups(model, lr, wd=0.0):
     return groups
 
 
+def save_atomic(obj, path):
+    """torch.save to ``path`` through a temporary file and rename (a killed run never leaves a
+    torn checkpoint)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def train_loop(model, make_batches, epochs, lr, wd=1e-4, label_smoothing=0.1, eval_fn=None,
-               steps_per_epoch=None, desc="", grad_clip=None, loss_fn=None):
+               steps_per_epoch=None, desc="", grad_clip=None, loss_fn=None, ckpt=None):
     """Adam + one-cycle cosine schedule. ``make_batches(epoch)`` yields (x, y). ``loss_fn(out,
-    x, y)`` replaces the label-smoothed cross-entropy (e.g. distillation)."""
+    x, y)`` replaces the label-smoothed cross-entropy (e.g. distillation).
+
+    ``ckpt``: a path; the model, optimiser and schedule are saved there after every epoch, and a
+    run that finds the file resumes after its last finished epoch (the batches of an epoch are a
+    function of the epoch number, so a resumed run is the same run). Progress (tqdm, with the
+    ETA of the whole run) goes to stderr. Returns the training seconds, summed over resumptions."""
+    from tqdm import tqdm
+
     opt = torch.optim.AdamW(param_groups(model, lr, wd), lr=lr)
     total = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.15,
                                                 anneal_strategy="cos", div_factor=10,
                                                 final_div_factor=100)
-    step = 0
+    step, first, before = 0, 0, 0.0
+    if ckpt and os.path.exists(ckpt):
+        st = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        step, first, before = st["step"], st["epoch"], st["seconds"]
+        log(f"{desc}: resumed from {ckpt} after epoch {first}/{epochs} ({before:.0f}s of training so far)")
     t = Timer()
-    for ep in range(epochs):
+    bar = tqdm(total=total, initial=step, desc=desc, unit="step", mininterval=30, smoothing=0.05,
+               dynamic_ncols=False, ncols=100)
+    for ep in range(first, epochs):
         model.train()
         tot, correct, lsum = 0, 0, 0.0
         for x, y in make_batches(ep):
@@ -94,14 +119,19 @@ def train_loop(model, make_batches, epochs, lr, wd=1e-4, label_smoothing=0.1, ev
             opt.step()
             sched.step()
             step += 1
+            bar.update(1)
             tot += len(y)
             correct += int((out.argmax(1) == y).sum())
             lsum += float(loss.detach()) * len(y)
         msg = f"{desc} epoch {ep + 1}/{epochs} loss {lsum / max(tot, 1):.4f} train-acc {correct / max(tot, 1):.4f}"
         if eval_fn is not None:
             msg += f" valid-acc {eval_fn():.4f}"
-        log(msg + f" [{t():.0f}s]")
-    return t()
+        log(msg + f" [{before + t():.0f}s]")
+        if ckpt:
+            save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                         "step": step, "epoch": ep + 1, "seconds": before + t()}, ckpt)
+    bar.close()
+    return before + t()
 
 
 @torch.no_grad()

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Train, export and evaluate one bundled model (and its full-precision twin).
 
-    nice -n 10 /opt/venv/bin/python training/train.py digits
-    nice -n 10 /opt/venv/bin/python training/train.py intent
-    nice -n 10 /opt/venv/bin/python training/train.py intent-lstm
-    nice -n 10 /opt/venv/bin/python training/train.py fashion
+    nice -n 10 python training/train.py digits
+    nice -n 10 python training/train.py intent
+    nice -n 10 python training/train.py intent-lstm
+    nice -n 10 python training/train.py fashion   # resumable: rerun after a stop
 
 Each command: checks the data (generating it with training/data/*.py when missing), trains the
 shift model (DenseShift W3 / MPS-TT) and its full-precision twin with the same recipe, calibrates
@@ -13,7 +13,7 @@ accuracy *from the exported file* with ``shiftserve_train.reference``, writes
 ``models/repository/<name>/{config.toml,1/model.safetensors}`` and
 ``training/results/<name>.json`` (the figures of docs/models.md).
 
-Data lives under $SHIFTSERVE_DATA (default /work/data), never in the repository.
+Data lives under $SHIFTSERVE_DATA (default: data/ beside the repository checkout), never in the repository.
 """
 
 from __future__ import annotations
@@ -52,11 +52,15 @@ DIGITS_SPEC = {"kind": "audio", "sample_rate": 8000, "seconds": 1.5, "features":
                "n_fft": 256, "win_length": 240, "hop_length": 120, "window": "hann",
                "center": True, "n_mels": 32, "f_min": 20.0, "f_max": 4000.0, "log_eps": 1e-6,
                "normalize": "utterance"}
-# Fashion-MNIST: the served input is a photo of one garment on a LIGHT background (product
-# photo); "invert" maps it to the dataset's polarity (light garment on black), so the network is
-# trained on the official images unchanged. Resize: shorter side to 28, center crop 28x28.
-FASHION_SPEC = {"kind": "image", "channels": 1, "resize": 28, "crop": [28, 28], "invert": True,
-                "mean": [0.2860], "std": [0.3530]}
+# Fashion-MNIST: the served input is any picture of one garment: the dataset's own images (light
+# garment on black), inverted ones, product photos on white / off-white / grey, cut-outs on a
+# transparent background, phone photos with EXIF orientation. The front end (docs/format.md,
+# background "auto" + frame) composites alpha over the picture's own background, decides polarity
+# and background level from its border (object light on 0, as in the dataset), and frames the
+# garment's bounding box as the dataset does (longer side 28, centred). Training inputs go through
+# the same code (shiftserve_train.features).
+FASHION_SPEC = {"kind": "image", "channels": 1, "crop": [28, 28], "mean": [0.2860], "std": [0.3530],
+                "background": "auto", "frame": {"fit": 28, "threshold": 24}}
 
 
 def run_data_script(script, *args):
@@ -288,6 +292,7 @@ def run_parallel(args):
         cmd = [PY, os.path.abspath(__file__), args.model, "--variant", k, "--threads", "1",
                "--qat-steps", str(args.qat_steps), "--width", str(args.width),
                "--tt-rank", str(args.tt_rank), "--first-stride", str(args.first_stride)]
+        cmd += ["--finetune-epochs", str(args.finetune_epochs), "--finetune-lr", str(args.finetune_lr)]
         for opt in ("epochs", "lr", "max_steps"):
             if getattr(args, opt) is not None:
                 cmd += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
@@ -574,6 +579,108 @@ FASHION_LABELS = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal
                   "sneaker", "bag", "ankle boot"]
 
 
+def fashion_photo(v, rng):
+    """A synthetic picture of dataset image ``v`` (u8 [28, 28], light garment on black): what the
+    front end cannot normalise (contrast, background level, small rotation, resolution, scale and
+    shift, blur, noise, JPEG artefacts), in either polarity. Returns u8 [H, W]."""
+    from PIL import Image, ImageFilter
+
+    im = Image.fromarray(v)
+    if rng.random() < 0.5:
+        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    s = rng.uniform(1.0, 4.0)  # photo resolution relative to the dataset's
+    h = max(14, int(round(28 * s * rng.uniform(0.85, 1.1))))
+    w = max(14, int(round(h * rng.uniform(0.9, 1.1))))
+    im = im.resize((w, h), Image.Resampling.BILINEAR)
+    im = im.rotate(rng.uniform(-10, 10), resample=Image.Resampling.BILINEAR, expand=True, fillcolor=0)
+    m = (rng.uniform(0, 0.3, 4) * max(im.size)).astype(int)  # margins: where the garment sits
+    canvas = Image.new("L", (im.size[0] + m[0] + m[1], im.size[1] + m[2] + m[3]), 0)
+    canvas.paste(im, (int(m[0]), int(m[2])))
+    a = np.asarray(canvas, dtype=np.float64)
+    gain = rng.uniform(0.7, 1.15)
+    bg = rng.uniform(0, 45) if rng.random() < 0.6 else 0.0
+    a = bg + np.clip(a * gain, 0, 255) * (255 - bg) / 255
+    if rng.random() < 0.3:
+        a = a + rng.normal(0, rng.uniform(1, 5), a.shape)
+    if rng.random() < 0.5:
+        a = 255 - a  # product photo: dark garment on a light background
+    im = Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8))
+    if rng.random() < 0.3:
+        im = im.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 0.8) * s))
+    if rng.random() < 0.4:
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=int(rng.integers(30, 95)))
+        im = Image.open(io.BytesIO(buf.getvalue())).convert("L")
+    return np.asarray(im)
+
+
+def gray_rgba(u8):
+    g = u8.astype(np.float64)
+    return np.stack([g, g, g, np.full_like(g, 255.0)], axis=-1)
+
+
+def fashion_inputs(images, spec, flip=None):
+    """Dataset images (u8 [N, 28, 28]) as they are, through the served front end -> float32
+    [N, 1, 28, 28] (``flip``: bool [N], mirrored first)."""
+    from shiftserve_train.features import image_features_rgba
+
+    out = np.empty((len(images), 1, 28, 28), dtype=np.float32)
+    for i, v in enumerate(images):
+        if flip is not None and flip[i]:
+            v = v[:, ::-1]
+        out[i] = image_features_rgba(gray_rgba(v), spec)
+    return out
+
+
+def fashion_epoch(ep, images, spec, p_aug=0.5):
+    """The inputs of training epoch ``ep`` (float16 [N, 1, 28, 28], a function of ``ep``): each
+    image either as it is (mirrored half the time) or as a synthetic picture (fashion_photo),
+    always through the served front end. Cached under $SHIFTSERVE_DATA/fashion/epochs (the two
+    variants, trained in parallel, share it: the first to need an epoch builds it, under a lock)."""
+    from shiftserve_train.features import image_features_rgba
+    from tqdm import tqdm
+
+    d = os.path.join(DATA, "fashion", "epochs")
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, f"ep{ep:03d}-{len(images)}.npy")
+    lock = path + ".lock"
+    while not os.path.exists(path):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            import time
+
+            time.sleep(5)
+            continue
+        try:
+            rng = np.random.default_rng(10_000 + ep)
+            out = np.empty((len(images), 1, 28, 28), dtype=np.float16)
+            aug = rng.random(len(images)) < p_aug
+            flip = rng.random(len(images)) < 0.5
+            for i in tqdm(range(len(images)), desc=f"fashion epoch {ep} inputs", mininterval=30,
+                          ncols=100):
+                if aug[i]:
+                    x = image_features_rgba(gray_rgba(fashion_photo(images[i], rng)), spec)
+                else:
+                    v = images[i][:, ::-1] if flip[i] else images[i]
+                    x = image_features_rgba(gray_rgba(v), spec)
+                out[i] = x
+            np.save(path + ".tmp.npy", out)
+            os.replace(path + ".tmp.npy", path)
+        finally:
+            os.close(fd)
+            os.remove(lock)
+    return np.load(path)
+
+
+def png_bytes(u8):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(u8, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def run_fashion(args):
     from shiftserve_train import export as ex
     from shiftserve_train.features import image_features
@@ -585,45 +692,47 @@ def run_fashion(args):
     ytr = np.load(os.path.join(d, "train_labels.npy"))
     xte = np.load(os.path.join(d, "test_images.npy"))
     yte = np.load(os.path.join(d, "test_labels.npy"))
-    mean, std = FASHION_SPEC["mean"][0], FASHION_SPEC["std"][0]
-
-    # The model input for a dataset image u8 `v` (dark background) is what the served pipeline
-    # makes of the light-background photo 255-v: invert(1-(255-v)/255) = v/255, normalised.
-    def norm(v):
-        return ((v.astype(np.float32) / 255.0 - mean) / std)[:, None]
-
-    Xva, yva = torch.from_numpy(norm(xtr[55000:])), ytr[55000:]
-    Xte = torch.from_numpy(norm(xte))
+    spec = FASHION_SPEC
+    # validation / test inputs: the images as they are (light garment on black) through the front
+    # end; the inverted images give the same inputs (polarity from the border), checked below
+    Xva, yva = torch.from_numpy(fashion_inputs(xtr[55000:], spec)), ytr[55000:]
+    Xte = torch.from_numpy(fashion_inputs(xte, spec))
     Xtr_u8 = xtr[:55000]
     ytr = ytr[:55000]
     bs = 128
 
-    def batches(ep, augment=True):
+    def batches(ep, augment=True, p_aug=0.5):
         rng = np.random.default_rng(ep)
         perm = rng.permutation(len(Xtr_u8))
+        # (qat asks for epochs 1000+: it reuses epoch 0)
+        X = fashion_epoch(ep % 1000 if augment else 999, Xtr_u8, spec, p_aug=p_aug if augment else 0.0)
         for i in range(0, len(perm) - bs + 1, bs):
             idx = perm[i:i + bs]
-            v = Xtr_u8[idx]
-            if augment:
-                # random crop with 2-pixel zero padding + horizontal flip
-                p = np.pad(v, ((0, 0), (2, 2), (2, 2)))
-                dy, dx = rng.integers(0, 5, 2)
-                v = p[:, dy:dy + 28, dx:dx + 28]
-                flip = rng.random(len(v)) < 0.5
-                v = np.where(flip[:, None, None], v[:, :, ::-1], v)
-            yield torch.from_numpy(norm(v)), torch.from_numpy(ytr[idx])
+            yield torch.from_numpy(X[idx].astype(np.float32)), torch.from_numpy(ytr[idx])
 
     steps = len(Xtr_u8) // bs
     if args.max_steps:
         steps = min(steps, args.max_steps)
-    res = {"name": "fashion", "spec": FASHION_SPEC, "epochs": args.epochs or 15, "width": args.width,
-           "first_stride": args.first_stride}
+    res = {"name": "fashion", "spec": spec, "epochs": args.epochs or 12, "width": args.width,
+           "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr,
+           "first_stride": args.first_stride, "augmentation": "half of each epoch: fashion_photo "
+           "(flip, resolution 1-4x, scale 0.85-1.1, aspect 0.9-1.1, rotation +-10 deg, margins 0-30 %, "
+           "contrast 0.7-1.15, background level 0-45, noise, either polarity, blur, JPEG q30-95); "
+           "the other half as is (mirrored half the time); all through the served front end"}
+    ck = os.path.join(d, "ckpt")
     for kind in kinds_of(args, ("fp32", "shift")):
         torch.manual_seed(0)
         model = build_fashion(kind == "shift", args.width, args.first_stride)
         t = common.train_loop(model, batches, res["epochs"], lr=args.lr or 3e-3, steps_per_epoch=steps,
                               eval_fn=lambda: common.acc(common.predict(model, Xva), yva),
-                              desc=f"fashion-{kind}")
+                              desc=f"fashion-{kind}", ckpt=os.path.join(ck, f"fashion{TAG}.{kind}.pt"))
+        if args.finetune_epochs:
+            # epochs 100+ are new augmented epochs (their own cache files)
+            t += common.train_loop(model, lambda ep: batches(100 + ep, p_aug=0.3), args.finetune_epochs,
+                                   lr=args.finetune_lr, steps_per_epoch=steps,
+                                   eval_fn=lambda: common.acc(common.predict(model, Xva), yva),
+                                   desc=f"fashion-{kind}-finetune",
+                                   ckpt=os.path.join(ck, f"fashion{TAG}.{kind}.finetune.pt"))
         if kind == "shift":
             common.qat(model, [x for x, _ in itertools.islice(batches(998, augment=False), 8)], batches,
                        steps=args.qat_steps, lr=3e-4, desc="fashion")
@@ -634,22 +743,17 @@ def run_fashion(args):
     if "shift" not in res:
         return save_part("fashion", res)
     out = os.path.join(d, f"fashion{TAG}.safetensors")
-    desc = "DenseShift W3 ResNet-8 (CIFAR stem) on Fashion-MNIST, int8 activations"
+    desc = ("DenseShift W3 ResNet-8 (CIFAR stem) on Fashion-MNIST, int8 activations; any garment "
+            "picture (polarity, background, framing from the picture)")
     ex.export(model, out, name="fashion", task="image_classification", labels=FASHION_LABELS,
-              preprocess=FASHION_SPEC, numeric_path="int8", progress=False, description=desc)
+              preprocess=spec, numeric_path="int8", progress=False, description=desc)
     res["shift"]["test_acc_file"] = common.acc(common.predict_file(out, Xte.numpy()), yte)
-    # card check: first 500 official test images, PNG-encoded with a light background (255-v)
-    # and decoded through the preprocessing reference.
-    from PIL import Image
-
+    # card check: the first 500 official test images as PNG files, unchanged and inverted,
+    # decoded through the preprocessing reference
     n = 500
-    xs = []
-    for v in xte[:n]:
-        buf = io.BytesIO()
-        Image.fromarray(255 - v, mode="L").save(buf, format="PNG")
-        xs.append(image_features(buf.getvalue(), FASHION_SPEC))
-    p = common.predict_file(out, np.stack(xs))
-    res["card_check"] = {"n": n, "acc": common.acc(p, yte[:n])}
+    for key, imgs in (("card_check", xte[:n]), ("card_check_inverted", 255 - xte[:n])):
+        xs = np.stack([image_features(png_bytes(v), spec) for v in imgs])
+        res[key] = {"n": n, "acc": common.acc(common.predict_file(out, xs), yte[:n])}
     res["model_file"] = out
     res["description"] = desc
     save_part("fashion", res)
@@ -659,6 +763,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", choices=["digits", "intent", "intent-lstm", "fashion"])
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--finetune-epochs", type=int, default=0,
+                    help="fashion: after the main schedule, this many more epochs at --finetune-lr "
+                         "(a second one-cycle cosine schedule, fresh augmented epochs, 30 %% synthetic "
+                         "pictures; checkpointed like the main run)")
+    ap.add_argument("--finetune-lr", type=float, default=6e-4)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--qat-steps", type=int, default=150)
     ap.add_argument("--threads", type=int, default=2)

@@ -299,13 +299,7 @@ pub(crate) fn forward_pool_u8(
                 for ob in 0..nob {
                     let oc0 = ob * OCB;
                     let wb = dw.w[ob * k * OCB..].as_ptr();
-                    let mut sink = Sink {
-                        out: [std::ptr::null_mut(); MAX_NP],
-                        bias: [0.0; OCB],
-                        valid: (co - oc0).min(OCB),
-                        relu,
-                    };
-                    sink.bias[..sink.valid].copy_from_slice(&bias[oc0..oc0 + sink.valid]);
+                    let mut sink = Sink::block(bias, ob, relu);
                     let mut x0 = 0;
                     while x0 < ow {
                         let np = np_tile.min(ow - x0);
@@ -496,6 +490,22 @@ struct Sink {
     bias: [f32; OCB],
     valid: usize,
     relu: bool,
+}
+
+impl Sink {
+    /// The sink of output-channel block `ob` (`bias` holds every channel's bias); rows unset.
+    fn block(bias: &[f32], ob: usize, relu: bool) -> Sink {
+        let oc0 = ob * OCB;
+        let valid = (bias.len() - oc0).min(OCB);
+        let mut b = [0.0; OCB];
+        b[..valid].copy_from_slice(&bias[oc0..oc0 + valid]);
+        Sink {
+            out: [std::ptr::null_mut(); MAX_NP],
+            bias: b,
+            valid,
+            relu,
+        }
+    }
 }
 
 /// `acc[p][v]` over all taps (`w` is `[taps][OCB]` for this block), then `+ bias`, ReLU, stored
@@ -751,13 +761,7 @@ pub(crate) fn forward(
             let (chunk, ob) = (t / nob, t % nob);
             let wb = dw.w[ob * k * OCB..].as_ptr();
             let oc0 = ob * OCB;
-            let mut sink = Sink {
-                out: [std::ptr::null_mut(); MAX_NP],
-                bias: [0.0; OCB],
-                valid: (g.out_c - oc0).min(OCB),
-                relu,
-            };
-            sink.bias[..sink.valid].copy_from_slice(&bias[oc0..oc0 + sink.valid]);
+            let mut sink = Sink::block(bias, ob, relu);
             for ti in chunk * tiles_per_task..((chunk + 1) * tiles_per_task).min(ntiles) {
                 let p0 = ti * np_tile;
                 let np = np_tile.min(p_total - p0);

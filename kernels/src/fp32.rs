@@ -264,11 +264,7 @@ impl Conv2dF32 {
         workers: &Workers,
         isa: Isa,
     ) -> Result<(usize, usize), KernelError> {
-        let dw = self
-            .direct
-            .as_ref()
-            .ok_or_else(|| KernelError::unsupported("this conv has no direct kernel"))?;
-        isa.check_supported()?;
+        let dw = self.direct_weights(isa)?;
         direct::forward(
             &self.geom, dw, &self.bias, relu, x, n, h, w, out, ol, padded, workers, isa,
         )
@@ -299,15 +295,19 @@ impl Conv2dF32 {
         workers: &Workers,
         isa: Isa,
     ) -> Result<(), KernelError> {
-        let dw = self
-            .direct
-            .as_ref()
-            .ok_or_else(|| KernelError::unsupported("this conv has no direct kernel"))?;
-        isa.check_supported()?;
+        let dw = self.direct_weights(isa)?;
         direct::forward_pool_u8(
             &self.geom, dw, &self.bias, relu, x, n, h, w, pool, quant, out_f32, fl, out_u8, ul,
             padded, scratch, workers, isa,
         )
+    }
+
+    /// The direct kernel's weights, if the layer has one and `isa` runs here.
+    fn direct_weights(&self, isa: Isa) -> Result<&direct::DirectWeights, KernelError> {
+        isa.check_supported()?;
+        self.direct
+            .as_ref()
+            .ok_or_else(|| KernelError::unsupported("this conv has no direct kernel"))
     }
 
     pub fn geom(&self) -> &ConvGeom {

@@ -349,6 +349,18 @@ def validate_preprocess(pp: dict) -> None:
             raise ExportError("mean/std must have one positive entry per channel")
         if len(pp["crop"]) != 2:
             raise ExportError("crop must be [h, w]")
+        bg = pp.get("background", "none")
+        if bg not in ("none", "auto"):
+            raise ExportError("background must be 'none' or 'auto'")
+        if bg == "auto" and (c != 1 or pp.get("invert", False)):
+            raise ExportError("background 'auto' needs channels 1 and no invert (it decides polarity)")
+        fr = pp.get("frame")
+        if fr is not None:
+            if bg != "auto" or pp.get("resize") is not None:
+                raise ExportError("frame needs background 'auto' and replaces resize")
+            fit, thr = int(fr["fit"]), float(fr["threshold"])
+            if not (1 <= fit <= min(int(pp["crop"][0]), int(pp["crop"][1]))) or not (0 <= thr < 255):
+                raise ExportError("frame: need 1 <= fit <= min(crop) and 0 <= threshold < 255")
     elif kind == "audio":
         for k in ("sample_rate", "seconds", "features", "n_fft", "win_length", "hop_length",
                   "window", "center", "n_mels", "f_min", "f_max", "log_eps", "normalize"):

@@ -6,8 +6,11 @@ any channel count, averaged to mono, scaled to [-1, 1]) -> :func:`resample` -> :
 per-utterance normalisation).  :func:`audio_features` runs the whole chain for one file;
 :class:`LogMel` is the batched ``nn.Module`` for training.
 
-Image: :func:`image_features` (PIL decode, first frame, alpha over black, luma or RGB, antialiased
-bilinear resize of the shorter side, center crop / zero pad, ``x/255``, invert, normalise).
+Image: :func:`image_features` (PIL decode, first frame, EXIF orientation, alpha over black, luma
+or RGB, antialiased bilinear resize of the shorter side, center crop / zero pad, ``x/255``, invert,
+normalise; or, with ``background: "auto"``, :func:`normalize_background` (alpha over the picture's
+own background, polarity and level from its border) and :func:`frame_object` (the object's
+bounding box resized to ``fit`` and centred, as Fashion-MNIST frames its garments)).
 
 The reference functions compute in float64 and return float32, so they are at least as accurate
 as any f32 implementation.  Choices where docs/format.md leaves room (documented in README):
@@ -256,12 +259,15 @@ class LogMel(nn.Module):
 
 
 def decode_image(src) -> np.ndarray:
-    """Decode with PIL (first frame) -> float64 ``[H, W, 4]`` RGBA (alpha 255 when opaque)."""
-    from PIL import Image
+    """Decode with PIL (first frame, EXIF orientation applied) -> float64 ``[H, W, 4]`` RGBA
+    (alpha 255 when opaque)."""
+    from PIL import Image, ImageOps
 
     data = Path(src).read_bytes() if isinstance(src, (str, Path)) else bytes(src)
     with Image.open(io.BytesIO(data)) as im:
         im.seek(0)
+        if im.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1):
+            im = ImageOps.exif_transpose(im)
         if im.mode in ("L", "I;16", "I;16B", "I;16L", "I"):
             g = np.asarray(im, dtype=np.float64)
             if im.mode != "L":  # 16-bit grayscale -> 8-bit scale
@@ -274,6 +280,8 @@ def decode_image(src) -> np.ndarray:
             rgba = np.asarray(im.convert("RGBA"), dtype=np.float64)
     return rgba
 
+
+EXIF_ORIENTATION = 0x0112
 
 def _resize_hw(h, w, spec):
     crop = spec["crop"]
@@ -288,29 +296,145 @@ def _resize_hw(h, w, spec):
 
 def image_features(src, spec: dict) -> np.ndarray:
     """Image bytes / path -> ``[C, crop_h, crop_w]`` float32 per the preprocess spec."""
-    rgba = decode_image(src)
-    alpha = rgba[..., 3:4] / 255.0
-    rgb = rgba[..., :3] * alpha  # composited over black
+    return image_features_rgba(decode_image(src), spec)
+
+
+def image_features_rgba(rgba: np.ndarray, spec: dict) -> np.ndarray:
+    """Decoded ``[H, W, 4]`` RGBA (float64, 0..255) -> ``[C, crop_h, crop_w]`` float32: everything
+    of :func:`image_features` after decoding (training feeds synthesised pictures here)."""
     c = int(spec["channels"])
-    if c == 1:
-        img = (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2])[None]
-    elif c == 3:
-        img = rgb.transpose(2, 0, 1)
-    else:
-        raise ValueError("channels must be 1 or 3")
-    h, w = img.shape[1:]
-    nh, nw = _resize_hw(h, w, spec)
-    if (nh, nw) != (h, w):
-        t = torch.from_numpy(np.ascontiguousarray(img))[None]
-        img = F.interpolate(t, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0].numpy()
     ch, cw = int(spec["crop"][0]), int(spec["crop"][1])
-    img = center_crop(img, ch, cw)
+    if spec.get("background", "none") == "auto":
+        if c != 1:
+            raise ValueError("background 'auto' needs channels 1")
+        z = normalize_background(rgba)
+        frame = spec.get("frame")
+        if frame is not None:
+            img = frame_object(z, int(frame["fit"]), float(frame["threshold"]), ch, cw)[None]
+        else:
+            img = _resize_crop(z[None], spec)
+    else:
+        alpha = rgba[..., 3:4] / 255.0
+        rgb = rgba[..., :3] * alpha  # composited over black
+        if c == 1:
+            img = (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2])[None]
+        elif c == 3:
+            img = rgb.transpose(2, 0, 1)
+        else:
+            raise ValueError("channels must be 1 or 3")
+        img = _resize_crop(img, spec)
     x = img / 255.0
     if spec.get("invert", False):
         x = 1.0 - x
     mean = np.asarray(spec["mean"], dtype=np.float64)[:, None, None]
     std = np.asarray(spec["std"], dtype=np.float64)[:, None, None]
     return ((x - mean) / std).astype(np.float32)
+
+
+def _resize_crop(img: np.ndarray, spec: dict) -> np.ndarray:
+    h, w = img.shape[1:]
+    nh, nw = _resize_hw(h, w, spec)
+    if (nh, nw) != (h, w):
+        img = _interpolate(img, nh, nw)
+    return center_crop(img, int(spec["crop"][0]), int(spec["crop"][1]))
+
+
+def _interpolate(img: np.ndarray, nh: int, nw: int) -> np.ndarray:
+    """``[C, H, W]`` float64 -> ``[C, nh, nw]``: antialiased bilinear (PyTorch semantics)."""
+    t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float64))[None]
+    return F.interpolate(t, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0].numpy()
+
+
+def luma_alpha(rgba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``[H, W, 4]`` -> (luma ``0.299R+0.587G+0.114B``, exactly R where R = G = B; alpha in
+    [0, 1]), float64, not composited."""
+    r, g, b = rgba[..., 0], rgba[..., 1], rgba[..., 2]
+    gray = (r == g) & (g == b)
+    luma = np.where(gray, r, 0.299 * r + 0.587 * g + 0.114 * b)
+    return luma, rgba[..., 3] / 255.0
+
+
+def _ring(h: int, w: int) -> np.ndarray:
+    m = np.ones((h, w), dtype=bool)
+    m[1:-1, 1:-1] = False
+    return m
+
+
+def _lower_median(v: np.ndarray) -> float:
+    v = np.sort(np.asarray(v, dtype=np.float64).ravel())
+    return float(v[(len(v) - 1) // 2])
+
+
+def normalize_background(rgba: np.ndarray) -> np.ndarray:
+    """``background: "auto"`` (docs/format.md): ``[H, W, 4]`` RGBA -> ``[H, W]`` float64 in
+    [0, 255], the object light on a background of 0.
+
+    1. Alpha is composited over the picture's own background: the lower median luma of the
+       opaque (alpha 255) pixels of the outermost ring when they are at least half of the ring;
+       otherwise (a cut-out on a transparent background) over white if the alpha-weighted mean
+       luma of the picture is below 127.5, else over black (the colour the object stands out
+       against).
+    2. Polarity: ``b0`` = lower median of the composited ring; if ``b0 > 127.5`` the picture is
+       inverted (``255 - v``) and the background becomes ``b = 255 - b0``, else ``b = b0``.
+    3. Level: ``clamp((v - b) * 255 / (255 - b), 0, 255)``.
+    """
+    luma, a = luma_alpha(rgba)
+    h, w = luma.shape
+    ring = _ring(h, w)
+    if (a < 1.0).any():
+        opaque = ring & (a >= 1.0)
+        if 2 * int(opaque.sum()) >= int(ring.sum()):
+            bgc = _lower_median(luma[opaque])
+        else:
+            total = float(a.sum())
+            mean = float((luma * a).sum()) / total if total > 0 else 255.0
+            bgc = 255.0 if mean < 127.5 else 0.0
+        v = np.where(a >= 1.0, luma, luma * a + bgc * (1.0 - a))
+    else:
+        v = luma
+    b0 = _lower_median(v[ring])
+    if b0 > 127.5:
+        v = 255.0 - v
+        b = 255.0 - b0
+    else:
+        b = b0
+    return np.clip((v - b) * 255.0 / (255.0 - b), 0.0, 255.0)
+
+
+def object_box(z: np.ndarray, threshold: float) -> tuple[int, int, int, int]:
+    """Bounding box ``(top, left, height, width)`` of the object in a background-normalised
+    plane: pixels above ``threshold``; a row (column) belongs to the box when it holds at least
+    ``ceil(width / 100)`` (``ceil(height / 100)``) of them. The whole plane when none does."""
+    h, w = z.shape
+    fg = z > threshold
+    rows = np.flatnonzero(fg.sum(1) >= -(-w // 100))
+    cols = np.flatnonzero(fg.sum(0) >= -(-h // 100))
+    if len(rows) == 0 or len(cols) == 0:
+        return 0, 0, h, w
+    return int(rows[0]), int(cols[0]), int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+
+
+def fit_size(h: int, w: int, fit: int) -> tuple[int, int]:
+    """The box's size once its longer side is ``fit``: the shorter side is
+    ``max(1, floor(fit * short / long + 1/2))`` (exact integer arithmetic)."""
+    if h >= w:
+        return fit, max(1, (2 * fit * w + h) // (2 * h))
+    return max(1, (2 * fit * h + w) // (2 * w)), fit
+
+
+def frame_object(z: np.ndarray, fit: int, threshold: float, ch: int, cw: int) -> np.ndarray:
+    """``frame`` (docs/format.md): the object's box resized (antialiased bilinear, aspect kept)
+    so its longer side is ``fit``, centred on a ``ch x cw`` canvas of background (0) at offset
+    ``((ch - h) // 2, (cw - w) // 2)``."""
+    top, left, bh, bw = object_box(z, threshold)
+    crop = z[top:top + bh, left:left + bw]
+    nh, nw = fit_size(bh, bw, fit)
+    if (nh, nw) != (bh, bw):
+        crop = _interpolate(crop[None], nh, nw)[0]
+    out = np.zeros((ch, cw), dtype=np.float64)
+    oy, ox = (ch - nh) // 2, (cw - nw) // 2
+    out[oy:oy + nh, ox:ox + nw] = crop
+    return out
 
 
 def center_crop(img: np.ndarray, ch: int, cw: int) -> np.ndarray:

@@ -19,9 +19,22 @@ MODELS = ["tiny_w3", "tiny_w3_float", "tiny_w2", "tiny_wz3_float", "tiny_fp32", 
 @pytest.mark.parametrize("name", MODELS)
 def test_golden_logits_reproduce_from_the_file(name):
     g = load_file(str(FIX / f"{name}.golden.safetensors"))
-    out = reference.forward(FIX / f"{name}.safetensors", g["input"])
+    mf = reference.ModelFile(FIX / f"{name}.safetensors")
+    out, values = reference.forward(mf, g["input"], return_all=True)
     assert np.array_equal(out, g["logits"])
-    assert len(set(out.argmax(1).tolist())) >= 1 and np.abs(out).max() > 0
+    # Intermediate node outputs recorded in the golden file (node.<name>) reproduce as well.
+    for key in (k for k in g if k.startswith("node.")):
+        assert np.array_equal(values[key[len("node."):]], g[key]), key
+    # The fixture must be able to catch a wrong runtime: a batch of distinct inputs, one finite
+    # logit per label, logits that separate the classes of every sample (no constant row), and
+    # every class's logit changing with the input (a network that ignored its input, or a golden
+    # file of identical rows, would compare nothing).
+    batch = g["input"].reshape(len(g["input"]), -1)
+    assert len(batch) >= 2 and len(np.unique(batch, axis=0)) == len(batch)
+    assert out.shape == (len(batch), len(mf.labels))
+    assert np.isfinite(out).all()
+    assert (np.ptp(out, axis=1) > 0.1).all(), np.ptp(out, axis=1)
+    assert (np.ptp(out, axis=0) > 0).all(), np.ptp(out, axis=0)
 
 
 def test_tiny_export_regenerates_the_same_model(tmp_path):

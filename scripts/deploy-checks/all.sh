@@ -34,6 +34,7 @@ run() {
 run dockerfile bash "$HERE/dockerfile.sh"
 run compose    bash "$HERE/compose.sh"
 run k8s        bash "$HERE/k8s.sh"
+run kserve     bash "$HERE/kserve.sh" "$BIN" "$REPO"
 run k6         bash "$HERE/k6.sh" "$BIN" "$REPO"
 run prometheus bash "$HERE/prometheus.sh" "$BIN" "$REPO"
 run dashboard  bash "$HERE/dashboard.sh" "$BIN" "$REPO"

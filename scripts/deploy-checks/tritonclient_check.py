@@ -74,8 +74,11 @@ def check(proto, mod, url, key, fixtures, refs):
     meta = c.get_server_metadata(headers=auth, **as_json)
     need(meta["name"] == "shiftserve", f"{proto}: server metadata {meta}")
     need("model_repository" in meta["extensions"], f"{proto}: extensions {meta['extensions']}")
-    for bad in (None, {"authorization": "Bearer wrong"}):
+    for bad in (None, {"authorization": "Bearer wrong"}, {"authorization": f"Basic {key}"}):
         expect_error(proto, "unauthenticated", lambda: c.get_server_metadata(headers=bad))
+    # The bearer scheme is case-insensitive on both protocols (RFC 9110).
+    need(c.get_server_metadata(headers={"authorization": f"bearer {key}"}, **as_json)["name"] == "shiftserve",
+         f"{proto}: lowercase bearer scheme")
 
     mm = c.get_model_metadata("fashion", headers=auth, **as_json)
     inputs = {i["name"]: (i["datatype"], [int(d) for d in i["shape"]]) for i in mm["inputs"]}

@@ -1,6 +1,13 @@
 //! One bounded queue and dynamic batcher per model version, drained by dedicated inference
-//! threads (never tokio workers). A batch leaves when it reaches `max_batch_size`, when it
-//! reaches one of the preferred sizes, or `max_queue_delay` after its oldest request arrived.
+//! threads (never tokio workers).
+//!
+//! Zero-wait batching: when no instance of the model is executing, a free instance runs what is
+//! queued at once (a lone request never waits for company). Requests that arrive while the
+//! model executes queue up and form the next batch (up to `max_batch_size`) as soon as an
+//! instance is free. Only while another instance is executing may a free instance wait for a
+//! fuller batch: until a preferred size is queued, or `max_queue_delay` after the oldest queued
+//! request arrived. `wait_when_idle` restores the fixed delay of Triton's dynamic batcher
+//! (always wait up to `max_queue_delay` for a preferred size).
 //! Requests whose client went away or whose deadline passed are dropped before they run.
 
 use models::{ErrorKind, ModelError};
@@ -44,6 +51,8 @@ pub struct BatchConfig {
     pub preferred_batch_sizes: Vec<usize>,
     pub max_queue_delay: Duration,
     pub queue_capacity: usize,
+    /// Wait up to `max_queue_delay` for a preferred size even when the model is idle.
+    pub wait_when_idle: bool,
 }
 
 #[derive(Debug)]
@@ -100,6 +109,8 @@ struct State {
     /// preprocessing. They count against `queue_capacity` like queued ones.
     reserved: usize,
     closed: bool,
+    /// Instances executing a batch right now.
+    busy: usize,
 }
 
 impl State {
@@ -187,6 +198,7 @@ impl Batcher {
                 queue: VecDeque::new(),
                 reserved: 0,
                 closed: false,
+                busy: 0,
             }),
             cv: Condvar::new(),
             cfg,
@@ -332,7 +344,9 @@ fn worker_loop(shared: Arc<Shared>, mut runner: Box<dyn Runner>) {
                 let now = Instant::now();
                 let oldest = st.queue.front().map(|j| j.enqueued).unwrap_or(now);
                 let due = oldest + cfg.max_queue_delay;
-                if let Some(take) = batch_take(n, cfg, now >= due || st.closed) {
+                // The model is idle: run now, whatever is queued.
+                let idle = st.busy == 0 && !cfg.wait_when_idle;
+                if let Some(take) = batch_take(n, cfg, idle || now >= due || st.closed) {
                     break take;
                 }
                 let earliest_deadline = st.queue.iter().map(|j| j.deadline).min().unwrap_or(due);
@@ -343,6 +357,7 @@ fn worker_loop(shared: Arc<Shared>, mut runner: Box<dyn Runner>) {
                 st = shared.cv.wait_timeout(st, wait).unwrap().0;
             };
             let jobs: Vec<Job> = st.queue.drain(..take).collect();
+            st.busy += 1;
             let rest = st.queue.len();
             let depth = st.depth();
             drop(st);
@@ -354,6 +369,14 @@ fn worker_loop(shared: Arc<Shared>, mut runner: Box<dyn Runner>) {
             jobs
         };
         run_batch(&mut *runner, jobs, &*shared.observer);
+        let mut st = shared.state.lock().unwrap();
+        st.busy -= 1;
+        let waiting = !st.queue.is_empty();
+        drop(st);
+        if waiting {
+            // An instance waiting for a fuller batch re-checks: the model may be idle now.
+            shared.cv.notify_all();
+        }
     }
 }
 
@@ -445,7 +468,69 @@ mod tests {
             preferred_batch_sizes: preferred.to_vec(),
             max_queue_delay: Duration::from_millis(delay_ms),
             queue_capacity: cap,
+            wait_when_idle: false,
         }
+    }
+
+    /// Like `cfg`, with Triton's fixed delay (waits even when idle).
+    fn cfg_waiting(max: usize, preferred: &[usize], delay_ms: u64, cap: usize) -> BatchConfig {
+        BatchConfig {
+            wait_when_idle: true,
+            ..cfg(max, preferred, delay_ms, cap)
+        }
+    }
+
+    /// Holds every batch until opened.
+    #[derive(Default)]
+    struct Gate {
+        open: Mutex<bool>,
+        cv: Condvar,
+    }
+
+    impl Gate {
+        fn open(&self) {
+            *self.open.lock().unwrap() = true;
+            self.cv.notify_all();
+        }
+        fn wait(&self) {
+            let mut g = self.open.lock().unwrap();
+            while !*g {
+                g = self.cv.wait(g).unwrap();
+            }
+        }
+    }
+
+    /// Sums each sample after the gate opens; reports batch sizes as they start.
+    struct GatedRunner {
+        started: mpsc::Sender<usize>,
+        gate: Arc<Gate>,
+    }
+
+    impl Runner for GatedRunner {
+        fn run(&mut self, batch: &[&[f32]]) -> Result<Vec<f32>, ModelError> {
+            self.started.send(batch.len()).unwrap();
+            self.gate.wait();
+            Ok(batch.iter().map(|x| x.iter().sum()).collect())
+        }
+    }
+
+    fn start_gated(
+        c: BatchConfig,
+        instances: usize,
+    ) -> (Batcher, mpsc::Receiver<usize>, Arc<Gate>, Arc<Counts>) {
+        let (tx, rx) = mpsc::channel();
+        let gate = Arc::new(Gate::default());
+        let counts = Arc::new(Counts::default());
+        let runners: Vec<Box<dyn Runner>> = (0..instances)
+            .map(|_| {
+                Box::new(GatedRunner {
+                    started: tx.clone(),
+                    gate: gate.clone(),
+                }) as Box<dyn Runner>
+            })
+            .collect();
+        let b = Batcher::start("gated", c, runners, counts.clone()).unwrap();
+        (b, rx, gate, counts)
     }
 
     fn start(
@@ -481,9 +566,69 @@ mod tests {
     }
 
     #[test]
+    fn idle_model_runs_a_lone_request_at_once() {
+        // The delay is far longer than the test: the request must not wait for it.
+        let (b, sizes, _) = start(cfg(8, &[4, 8], 60_000, 100), None);
+        for i in 0..3 {
+            let t0 = Instant::now();
+            let (job, rx) = Job::new(vec![i as f32, 1.0], far());
+            b.submit(vec![job]).unwrap();
+            let out = rx.blocking_recv().unwrap().unwrap();
+            assert_eq!(out.output, vec![i as f32 + 1.0]);
+            assert_eq!(out.batch_size, 1);
+            assert!(t0.elapsed() < Duration::from_secs(30));
+            assert_eq!(sizes.recv().unwrap(), 1);
+        }
+    }
+
+    #[test]
+    fn requests_queued_behind_a_running_batch_form_the_next_batch() {
+        let (b, started, gate, _) = start_gated(cfg(4, &[], 60_000, 100), 1);
+        let (first, rx_first) = Job::new(vec![1.0], far());
+        b.submit(vec![first]).unwrap();
+        // The first runs alone at once and holds the only instance.
+        assert_eq!(started.recv().unwrap(), 1);
+        let mut rxs = Vec::new();
+        for i in 0..6 {
+            let (job, rx) = Job::new(vec![i as f32], far());
+            b.submit(vec![job]).unwrap();
+            rxs.push(rx);
+        }
+        gate.open();
+        assert_eq!(rx_first.blocking_recv().unwrap().unwrap().batch_size, 1);
+        // Six queued behind it: a full batch of 4, then the other 2 at once.
+        assert_eq!(started.recv().unwrap(), 4);
+        assert_eq!(started.recv().unwrap(), 2);
+        let got: Vec<usize> = rxs
+            .into_iter()
+            .map(|rx| rx.blocking_recv().unwrap().unwrap().batch_size)
+            .collect();
+        assert_eq!(got, vec![4, 4, 4, 4, 2, 2]);
+    }
+
+    #[test]
+    fn a_free_instance_waits_for_company_only_while_another_executes() {
+        let (b, started, gate, _) = start_gated(cfg(8, &[2], 60_000, 100), 2);
+        let (first, rx_first) = Job::new(vec![1.0], far());
+        b.submit(vec![first]).unwrap();
+        assert_eq!(started.recv().unwrap(), 1);
+        // One instance executes; the other waits until a preferred size (2) is queued.
+        let (a, rx_a) = Job::new(vec![2.0], far());
+        b.submit(vec![a]).unwrap();
+        assert!(started.recv_timeout(Duration::from_millis(200)).is_err());
+        let (c, rx_c) = Job::new(vec![3.0], far());
+        b.submit(vec![c]).unwrap();
+        assert_eq!(started.recv().unwrap(), 2);
+        gate.open();
+        assert_eq!(rx_first.blocking_recv().unwrap().unwrap().batch_size, 1);
+        assert_eq!(rx_a.blocking_recv().unwrap().unwrap().batch_size, 2);
+        assert_eq!(rx_c.blocking_recv().unwrap().unwrap().batch_size, 2);
+    }
+
+    #[test]
     fn full_batch_leaves_without_waiting_for_the_delay() {
-        // The delay is far longer than the test: only reaching max_batch_size can send it.
-        let (b, sizes, _) = start(cfg(4, &[], 60_000, 100), None);
+        // Triton's fixed delay, far longer than the test: only max_batch_size can send it.
+        let (b, sizes, _) = start(cfg_waiting(4, &[], 60_000, 100), None);
         let mut rxs = Vec::new();
         for i in 0..4 {
             let (job, rx) = Job::new(vec![i as f32, 1.0], far());
@@ -499,8 +644,8 @@ mod tests {
     }
 
     #[test]
-    fn delay_flushes_a_partial_batch() {
-        let (b, sizes, _) = start(cfg(8, &[], 30, 100), None);
+    fn delay_flushes_a_partial_batch_when_waiting_when_idle() {
+        let (b, sizes, _) = start(cfg_waiting(8, &[], 30, 100), None);
         let t0 = Instant::now();
         let (job, rx) = Job::new(vec![2.0], far());
         b.submit(vec![job]).unwrap();
@@ -514,7 +659,7 @@ mod tests {
 
     #[test]
     fn preferred_size_leaves_early() {
-        let (b, sizes, _) = start(cfg(8, &[2], 60_000, 100), None);
+        let (b, sizes, _) = start(cfg_waiting(8, &[2], 60_000, 100), None);
         let jobs: Vec<_> = (0..3).map(|i| Job::new(vec![i as f32], far())).collect();
         let (jobs, mut rxs): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
         b.submit(jobs).unwrap();
@@ -538,7 +683,7 @@ mod tests {
 
     #[test]
     fn full_queue_rejects_and_closed_rejects() {
-        let (b, _sizes, _) = start(cfg(8, &[], 60_000, 2), None);
+        let (b, _sizes, _) = start(cfg_waiting(8, &[], 60_000, 2), None);
         let (j1, r1) = Job::new(vec![1.0], far());
         let (j2, r2) = Job::new(vec![1.0], far());
         let (j3, _r3) = Job::new(vec![1.0], far());
@@ -556,7 +701,7 @@ mod tests {
 
     #[test]
     fn reservations_count_against_capacity_and_are_released_on_drop() {
-        let (b, sizes, _) = start(cfg(8, &[], 60_000, 3), None);
+        let (b, sizes, _) = start(cfg_waiting(8, &[], 60_000, 3), None);
         let r2 = b.reserve(2).unwrap();
         assert_eq!(b.depth(), 2);
         // Reserved places bound admission exactly like queued ones.
@@ -614,7 +759,7 @@ mod tests {
     #[test]
     fn expired_request_is_answered_while_others_wait() {
         // Nothing forms a batch (long delay, no preferred size), yet the deadline is honoured.
-        let (b, _sizes, counts) = start(cfg(8, &[], 60_000, 10), None);
+        let (b, _sizes, counts) = start(cfg_waiting(8, &[], 60_000, 10), None);
         let (job, rx) = Job::new(vec![1.0], Instant::now() + Duration::from_millis(20));
         b.submit(vec![job]).unwrap();
         assert!(matches!(

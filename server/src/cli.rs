@@ -135,16 +135,7 @@ pub fn inspect(path: &Path) -> Result<String, String> {
 }
 
 fn hint_from_path(p: &Path) -> MediaHint {
-    match p
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(|e| e.to_ascii_lowercase())
-        .as_deref()
-    {
-        Some("wav" | "wave") => MediaHint::Audio,
-        Some("png" | "jpg" | "jpeg" | "webp" | "bmp" | "gif") => MediaHint::Image,
-        _ => MediaHint::Unknown,
-    }
+    crate::http::decode::hint_from_extension(p.extension().and_then(|e| e.to_str()))
 }
 
 /// `shiftserve run MODEL INPUT`: top-k predictions for one image or WAV file.

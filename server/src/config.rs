@@ -1,6 +1,7 @@
 //! Server configuration: flags (Triton's names where one exists), `SHIFTSERVE_*` environment
 //! variables and a TOML config file, in that order of precedence.
 
+use crate::http::conn::ConnLimits;
 use crate::http::ServeOptions;
 use crate::repository::ControlMode;
 use clap::Args;
@@ -8,6 +9,7 @@ use models::InputLimits;
 use serde::Deserialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -75,6 +77,31 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info` or `shiftserve=debug,tower_http=info` [default: info].
     #[arg(long, env = "SHIFTSERVE_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// `/v2/health/ready` is 200 only when every model that should be served has a ready
+    /// version (`--strict-readiness=false`: once started, whatever loaded) [default: true].
+    #[arg(long, env = "SHIFTSERVE_STRICT_READINESS", num_args = 0..=1, default_missing_value = "true")]
+    pub strict_readiness: Option<bool>,
+    /// Exit with a non-zero status when a model fails to load at start [default: false].
+    #[arg(long, env = "SHIFTSERVE_EXIT_ON_ERROR", num_args = 0..=1, default_missing_value = "true")]
+    pub exit_on_error: Option<bool>,
+    /// Seconds a client has to send a request's headers, from its first byte [default: 15].
+    #[arg(long, env = "SHIFTSERVE_HTTP_HEADER_TIMEOUT_SECS")]
+    pub http_header_timeout_secs: Option<u64>,
+    /// Seconds a client has to send a request's body, from the end of its headers; later: 408
+    /// [default: 60].
+    #[arg(long, env = "SHIFTSERVE_HTTP_BODY_TIMEOUT_SECS")]
+    pub http_body_timeout_secs: Option<u64>,
+    /// Seconds an idle keep-alive connection stays open [default: 75].
+    #[arg(long, env = "SHIFTSERVE_HTTP_IDLE_TIMEOUT_SECS")]
+    pub http_idle_timeout_secs: Option<u64>,
+    /// Most open HTTP connections; over it a new connection gets 503 and is closed
+    /// [default: 4096, less if the open-files limit is lower].
+    #[arg(long, env = "SHIFTSERVE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds between the request summary lines logged at INFO (single requests are logged at
+    /// DEBUG); 0 = none [default: 60].
+    #[arg(long, env = "SHIFTSERVE_LOG_SUMMARY_SECS")]
+    pub log_summary_secs: Option<u64>,
 }
 
 impl ServeArgs {
@@ -113,6 +140,13 @@ impl ServeArgs {
             max_timeout_ms: self.max_timeout_ms.or(f.max_timeout_ms),
             log_format: self.log_format.or(f.log_format),
             log_level: self.log_level.or(f.log_level),
+            strict_readiness: self.strict_readiness.or(f.strict_readiness),
+            exit_on_error: self.exit_on_error.or(f.exit_on_error),
+            http_header_timeout_secs: self.http_header_timeout_secs.or(f.http_header_timeout_secs),
+            http_body_timeout_secs: self.http_body_timeout_secs.or(f.http_body_timeout_secs),
+            http_idle_timeout_secs: self.http_idle_timeout_secs.or(f.http_idle_timeout_secs),
+            max_connections: self.max_connections.or(f.max_connections),
+            log_summary_secs: self.log_summary_secs.or(f.log_summary_secs),
         }
     }
 
@@ -167,6 +201,26 @@ impl ServeArgs {
                 "--grpc-port {http_port} is the HTTP port; give another or `off`"
             ));
         }
+        let secs = |v: Option<u64>, default: u64, flag: &str| -> Result<Duration, String> {
+            match v.unwrap_or(default) {
+                n @ 1..=86_400 => Ok(Duration::from_secs(n)),
+                n => Err(format!("--{flag} must be 1 to 86400 seconds, got {n}")),
+            }
+        };
+        let conn = ConnLimits {
+            header_timeout: secs(
+                self.http_header_timeout_secs,
+                15,
+                "http-header-timeout-secs",
+            )?,
+            body_timeout: secs(self.http_body_timeout_secs, 60, "http-body-timeout-secs")?,
+            idle_timeout: secs(self.http_idle_timeout_secs, 75, "http-idle-timeout-secs")?,
+            max_connections: match self.max_connections {
+                None => crate::http::conn::default_max_connections(),
+                Some(0) => return Err("--max-connections must be positive".into()),
+                Some(n) => n,
+            },
+        };
         Ok(ServeOptions {
             addr: SocketAddr::new(address, http_port),
             grpc_addr: grpc_port.map(|p| SocketAddr::new(address, p)),
@@ -183,6 +237,10 @@ impl ServeArgs {
                 max_audio_seconds: self.max_audio_seconds.unwrap_or(defaults.max_audio_seconds),
             },
             max_timeout_ms: self.max_timeout_ms.unwrap_or(600_000).max(1),
+            strict_readiness: self.strict_readiness.unwrap_or(true),
+            exit_on_error: self.exit_on_error.unwrap_or(false),
+            conn,
+            log_summary_secs: self.log_summary_secs.unwrap_or(60),
         })
     }
 }

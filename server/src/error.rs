@@ -86,6 +86,10 @@ impl ApiError {
             ..Self::new(StatusCode::TOO_MANY_REQUESTS, Reason::Overloaded, message)
         }
     }
+    /// The client did not send its request in time (`--http-body-timeout-secs`).
+    pub fn request_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, Reason::Timeout, message)
+    }
     pub fn timeout(message: impl Into<String>) -> Self {
         Self::new(StatusCode::GATEWAY_TIMEOUT, Reason::Timeout, message)
     }
@@ -164,6 +168,11 @@ pub enum InferenceErrors {
     Unauthorized(ErrorBody),
     #[response(status = 404, description = "Unknown model, or unknown version of it")]
     NotFound(ErrorBody),
+    #[response(
+        status = 408,
+        description = "The request body did not arrive within the server's body timeout"
+    )]
+    RequestTimeout(ErrorBody),
     #[response(status = 413, description = "Body, batch, pixels or audio too large")]
     TooLarge(ErrorBody),
     #[response(status = 415, description = "Unsupported or undecodable media type")]

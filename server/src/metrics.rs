@@ -2,8 +2,8 @@
 
 use crate::error::Reason;
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::time::Duration;
 
@@ -38,6 +38,9 @@ pub struct Metrics {
     pub nv_input_us: CounterVec,
     pub nv_infer_us: CounterVec,
     pub nv_output_us: CounterVec,
+    pub open_connections: IntGauge,
+    pub connections_refused: IntCounter,
+    pub connections_closed: IntCounterVec,
 }
 
 fn hist(reg: &Registry, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
@@ -208,8 +211,35 @@ impl Metrics {
                 "nv_inference_compute_output_duration_us",
                 "Cumulative output processing duration (us)",
             ),
+            open_connections: {
+                let g = IntGauge::new(
+                    "shiftserve_open_connections",
+                    "Open HTTP connections",
+                )
+                .expect("valid gauge");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            connections_refused: {
+                let c = IntCounter::new(
+                    "shiftserve_connections_refused_total",
+                    "Connections refused (503, closed) because --max-connections were open",
+                )
+                .expect("valid counter");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            connections_closed: int_counter(
+                r,
+                "shiftserve_connections_closed_total",
+                "Connections closed by the server for taking too long (reason: header_timeout, idle_timeout)",
+                &["reason"],
+            ),
             registry,
         };
+        for why in ["header_timeout", "idle_timeout"] {
+            let _ = m.connections_closed.with_label_values(&[why]);
+        }
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), kernel_isa])
             .set(1);
@@ -324,6 +354,9 @@ mod tests {
             "nv_inference_compute_input_duration_us",
             "nv_inference_compute_infer_duration_us",
             "nv_inference_compute_output_duration_us",
+            "shiftserve_open_connections",
+            "shiftserve_connections_refused_total",
+            "shiftserve_connections_closed_total",
             "process_cpu_seconds_total",
             "process_resident_memory_bytes",
         ] {

@@ -11,6 +11,9 @@ pub struct ModelConfig {
     pub max_batch_size: usize,
     pub preferred_batch_sizes: Vec<usize>,
     pub max_queue_delay_us: u64,
+    /// Wait up to `max_queue_delay_us` for a preferred batch size even when the model is idle
+    /// (Triton's fixed delay). Off: an idle model runs a request at once.
+    pub wait_when_idle: bool,
     pub queue_capacity: usize,
     pub threads: usize,
     pub instances: usize,
@@ -26,6 +29,7 @@ impl Default for ModelConfig {
             max_batch_size: 8,
             preferred_batch_sizes: Vec::new(),
             max_queue_delay_us: 2000,
+            wait_when_idle: false,
             queue_capacity: 256,
             threads: 1,
             instances: 1,
@@ -123,6 +127,13 @@ impl VersionPolicy {
 }
 
 pub const MAX_BATCH_LIMIT: usize = 1024;
+/// Upper bounds of the other values: generous for any real deployment, small enough that a typo
+/// (an extra few zeros) is an error rather than a queue that exhausts memory.
+pub const MAX_QUEUE_CAPACITY: usize = 1_000_000;
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+pub const MAX_LIST_LEN: usize = 64;
+pub const MAX_DESCRIPTION_LEN: usize = 4096;
+pub const MAX_VERSIONS: usize = 10_000;
 
 impl ModelConfig {
     pub fn parse(text: &str) -> Result<ModelConfig, String> {
@@ -156,8 +167,27 @@ impl ModelConfig {
                 ));
             }
         }
-        if self.queue_capacity == 0 {
-            return Err("queue_capacity must be at least 1".into());
+        if self.queue_capacity == 0 || self.queue_capacity > MAX_QUEUE_CAPACITY {
+            return Err(format!(
+                "queue_capacity must be in 1..={MAX_QUEUE_CAPACITY}, got {}",
+                self.queue_capacity
+            ));
+        }
+        if self
+            .description
+            .as_ref()
+            .is_some_and(|d| d.len() > MAX_DESCRIPTION_LEN)
+        {
+            return Err(format!(
+                "description must be at most {MAX_DESCRIPTION_LEN} bytes"
+            ));
+        }
+        if self.preferred_batch_sizes.len() > MAX_LIST_LEN
+            || self.warmup.batch_sizes.len() > MAX_LIST_LEN
+        {
+            return Err(format!(
+                "preferred_batch_sizes and warmup.batch_sizes take at most {MAX_LIST_LEN} entries"
+            ));
         }
         if self.threads == 0 || self.threads > 256 {
             return Err(format!("threads must be in 1..=256, got {}", self.threads));
@@ -168,8 +198,11 @@ impl ModelConfig {
                 self.instances
             ));
         }
-        if self.timeout_ms == 0 {
-            return Err("timeout_ms must be at least 1".into());
+        if self.timeout_ms == 0 || self.timeout_ms > MAX_TIMEOUT_MS {
+            return Err(format!(
+                "timeout_ms must be in 1..={MAX_TIMEOUT_MS} (one hour), got {}",
+                self.timeout_ms
+            ));
         }
         if self.max_queue_delay_us > 60_000_000 {
             return Err("max_queue_delay_us must be at most 60 s".into());
@@ -182,6 +215,16 @@ impl ModelConfig {
                 return Err(
                     "version_policy { specific = [..] } needs positive version numbers".into(),
                 )
+            }
+            VersionPolicy::Latest(n) if *n > MAX_VERSIONS => {
+                return Err(format!(
+                    "version_policy {{ latest = N }} needs N <= {MAX_VERSIONS}"
+                ))
+            }
+            VersionPolicy::Specific(v) if v.len() > MAX_VERSIONS => {
+                return Err(format!(
+                    "version_policy {{ specific = [..] }} takes at most {MAX_VERSIONS} versions"
+                ))
             }
             _ => {}
         }
@@ -267,5 +310,30 @@ iterations = 2
             .contains("max_batch"));
         assert!(ModelConfig::parse("queue_capacity = 0").is_err());
         assert!(ModelConfig::parse("[warmup]\nbatch_sizes = [16]").is_err());
+    }
+
+    #[test]
+    fn every_value_is_bounded() {
+        for (text, needle) in [
+            ("queue_capacity = 1000000000000000000", "queue_capacity"),
+            ("timeout_ms = 86400000", "timeout_ms"),
+            ("max_queue_delay_us = 61000000", "max_queue_delay_us"),
+            ("threads = 257", "threads"),
+            ("instances = 65", "instances"),
+            ("max_batch_size = 1025", "max_batch_size"),
+            ("version_policy = { latest = 100000 }", "latest"),
+            ("[warmup]\niterations = 1001", "iterations"),
+        ] {
+            let e = ModelConfig::parse(text).unwrap_err();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        let long = format!("description = \"{}\"", "x".repeat(5000));
+        assert!(ModelConfig::parse(&long)
+            .unwrap_err()
+            .contains("description"));
+        let many = format!("preferred_batch_sizes = [{}]", vec!["1"; 65].join(", "));
+        assert!(ModelConfig::parse(&many).is_err());
+        // The largest accepted values are accepted.
+        assert!(ModelConfig::parse("queue_capacity = 1000000\ntimeout_ms = 3600000").is_ok());
     }
 }

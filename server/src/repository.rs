@@ -7,7 +7,7 @@ use crate::model_config::ModelConfig;
 use crate::stats::VersionStats;
 use models::Model;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -124,6 +124,15 @@ pub struct Repository {
     metrics: Arc<Metrics>,
     slots: RwLock<BTreeMap<String, Slot>>,
     load_lock: Mutex<()>,
+    /// Models that should be served: every model directory found by the last scan (none and
+    /// poll modes), or the models asked for at start and through the load API and not unloaded
+    /// since (explicit mode). Strict readiness needs every one of them ready.
+    expected: Mutex<BTreeSet<String>>,
+    /// Skipped repository entries already logged, with why.
+    skipped: Mutex<HashMap<PathBuf, String>>,
+    /// The last `config.toml` error of each model, with the file it came from (logged and
+    /// counted once per change of the file).
+    config_errors: Mutex<HashMap<String, (Option<Fingerprint>, String)>>,
 }
 
 /// A model name usable as a directory name and URL segment.
@@ -246,6 +255,7 @@ pub fn load_version(
         preferred_batch_sizes: config.preferred_batch_sizes.clone(),
         max_queue_delay: Duration::from_micros(config.max_queue_delay_us),
         queue_capacity: config.queue_capacity,
+        wait_when_idle: config.wait_when_idle,
     };
     let batcher = Batcher::start(&format!("{name}-{version}"), batch_cfg, runners, observer)
         .map_err(|e| format!("cannot start inference threads: {e}"))?;
@@ -268,21 +278,47 @@ pub fn load_version(
     })
 }
 
-/// Version directories (positive integers) holding a model file.
-fn list_versions(dir: &Path) -> Vec<u64> {
+/// Version directories (positive integers) holding a model file; `skipped` hears about every
+/// entry that is not one, and why.
+fn list_versions_reporting(dir: &Path, skipped: &mut dyn FnMut(PathBuf, &str)) -> Vec<u64> {
     let mut out = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             let name = e.file_name();
-            let Some(s) = name.to_str() else { continue };
-            let Ok(v) = s.parse::<u64>() else { continue };
-            if v > 0 && !s.starts_with('+') && e.path().join(MODEL_FILE).is_file() {
-                out.push(v);
+            let path = e.path();
+            let Some(s) = name.to_str() else {
+                skipped(path, "the name is not UTF-8");
+                continue;
+            };
+            if s == "config.toml" || s.starts_with('.') {
+                continue;
+            }
+            let v = match s.parse::<u64>() {
+                Ok(v) if v > 0 && !s.starts_with('+') => v,
+                _ => {
+                    skipped(path, "not a version directory (a positive integer)");
+                    continue;
+                }
+            };
+            if !path.is_dir() {
+                skipped(path, "a version must be a directory");
+                continue;
+            }
+            let file = path.join(MODEL_FILE);
+            match std::fs::metadata(&file) {
+                Ok(md) if md.is_file() => out.push(v),
+                Ok(_) => skipped(file, "not a regular file"),
+                Err(_) => skipped(path, "the version directory has no model.safetensors"),
             }
         }
     }
     out.sort_unstable();
     out
+}
+
+#[cfg(test)]
+fn list_versions(dir: &Path) -> Vec<u64> {
+    list_versions_reporting(dir, &mut |_, _| {})
 }
 
 impl Repository {
@@ -293,6 +329,9 @@ impl Repository {
             metrics,
             slots: RwLock::new(BTreeMap::new()),
             load_lock: Mutex::new(()),
+            expected: Mutex::new(BTreeSet::new()),
+            skipped: Mutex::new(HashMap::new()),
+            config_errors: Mutex::new(HashMap::new()),
         }
     }
 
@@ -304,20 +343,55 @@ impl Repository {
         self.mode
     }
 
-    /// Model directories currently in the repository.
+    /// Model directories currently in the repository. Entries that are not (hidden files, bad
+    /// names, files) are logged once each; an unreadable repository once per distinct error.
     pub fn model_dirs(&self) -> Vec<String> {
         let mut names = Vec::new();
-        if let Ok(rd) = std::fs::read_dir(&self.root) {
-            for e in rd.flatten() {
-                if let Some(n) = e.file_name().to_str() {
-                    if valid_model_name(n) && e.path().is_dir() {
-                        names.push(n.to_string());
+        match std::fs::read_dir(&self.root) {
+            Ok(rd) => {
+                self.skip_once(&self.root, "");
+                for e in rd.flatten() {
+                    let path = e.path();
+                    let Some(n) = e.file_name().to_str().map(str::to_string) else {
+                        self.skip_once(&path, "the name is not UTF-8");
+                        continue;
+                    };
+                    if n.starts_with('.') {
+                        continue;
+                    }
+                    if !valid_model_name(&n) {
+                        self.skip_once(
+                            &path,
+                            "not a valid model name (letters, digits, '_', '-', '.'; at most 128)",
+                        );
+                    } else if !path.is_dir() {
+                        self.skip_once(&path, "a model must be a directory");
+                    } else {
+                        names.push(n);
                     }
                 }
             }
+            Err(e) => self.skip_once(
+                &self.root,
+                &format!("cannot read the model repository: {e}"),
+            ),
         }
         names.sort();
         names
+    }
+
+    /// Logs at WARN that `path` is skipped and why, once per path and reason (an empty reason
+    /// forgets the path's last reason).
+    fn skip_once(&self, path: &Path, why: &str) {
+        let mut seen = self.skipped.lock().unwrap_or_else(|p| p.into_inner());
+        if why.is_empty() {
+            seen.remove(path);
+            return;
+        }
+        if seen.get(path).map(String::as_str) != Some(why) {
+            seen.insert(path.to_path_buf(), why.to_string());
+            tracing::warn!(path = %path.display(), reason = why, "model repository entry skipped");
+        }
     }
 
     /// Brings a model in line with the repository: loads new or changed versions (with warmup)
@@ -336,6 +410,10 @@ impl Repository {
                 "model \"{name}\" not found in the model repository"
             ));
         }
+        self.expected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string());
         let (current, failed) = {
             let mut slots = self.slots.write().unwrap();
             let slot = slots.entry(name.to_string()).or_insert_with(Slot::new);
@@ -346,9 +424,30 @@ impl Repository {
         };
         let mut errors: Vec<String> = Vec::new();
         let config = match ModelConfig::load(&dir) {
-            Ok(c) => Some(c),
+            Ok(c) => {
+                self.config_errors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(name);
+                Some(c)
+            }
             Err(e) => {
-                errors.push(e);
+                let fp = fingerprint(&dir.join("config.toml")).ok();
+                let mut seen = self.config_errors.lock().unwrap_or_else(|p| p.into_inner());
+                let new = seen.get(name) != Some(&(fp.clone(), e.clone()));
+                if new {
+                    seen.insert(name.to_string(), (fp, e.clone()));
+                    tracing::warn!(model = name, error = %e, "config.toml rejected; what serves keeps serving");
+                    self.metrics
+                        .model_load_failures
+                        .with_label_values(&[name])
+                        .inc();
+                }
+                errors.push(if current.is_empty() {
+                    e
+                } else {
+                    format!("{e} (the previous configuration keeps serving)")
+                });
                 None
             }
         };
@@ -357,15 +456,14 @@ impl Repository {
         match &config {
             None => {
                 // Bad config: keep serving what we have.
-                self.metrics
-                    .model_load_failures
-                    .with_label_values(&[name])
-                    .inc();
                 next = current.clone();
             }
             Some(cfg) => {
-                let available = list_versions(&dir);
+                let available =
+                    list_versions_reporting(&dir, &mut |p, why| self.skip_once(&p, why));
                 let wanted = cfg.version_policy.select(&available);
+                // Failures of versions that are gone (or no longer wanted) are forgotten.
+                new_failed.retain(|v, _| wanted.contains(v));
                 if wanted.is_empty() {
                     errors.push(format!(
                         "no version directory with a {MODEL_FILE} matches the version policy"
@@ -450,13 +548,37 @@ impl Repository {
                 .filter(|o| !next.get(&o.version).is_some_and(|n| Arc::ptr_eq(n, o)))
                 .collect()
         };
+        self.retire(retired, &next);
         for lv in next.values() {
             self.metrics
                 .model_ready
                 .with_label_values(&[name, &lv.version_str()])
                 .set(1);
         }
-        self.retire(retired, &next);
+        // Versions that failed show 0 (as UNAVAILABLE in the index); forgotten ones disappear.
+        let failed_now: Vec<u64> = {
+            let slots = self.slots.read().unwrap();
+            slots
+                .get(name)
+                .map(|s| s.failed.keys().copied().collect())
+                .unwrap_or_default()
+        };
+        for v in &failed_now {
+            if !next.contains_key(v) {
+                self.metrics
+                    .model_ready
+                    .with_label_values(&[name, &v.to_string()])
+                    .set(0);
+            }
+        }
+        for v in failed.keys() {
+            if !failed_now.contains(v) && !next.contains_key(v) {
+                let _ = self
+                    .metrics
+                    .model_ready
+                    .remove_label_values(&[name, &v.to_string()]);
+            }
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -472,10 +594,10 @@ impl Repository {
     ) {
         for lv in retired {
             if !still_serving.contains_key(&lv.version) {
-                self.metrics
-                    .model_ready
-                    .with_label_values(&[&lv.name, &lv.version_str()])
-                    .set(0);
+                // A version that no longer serves leaves the metrics.
+                let l = [lv.name.as_str(), &lv.version_str()];
+                let _ = self.metrics.model_ready.remove_label_values(&l);
+                let _ = self.metrics.model_load_duration.remove_label_values(&l);
                 for lk in lv.model.layer_kernels() {
                     let _ = self.metrics.layer_kernel_info.remove_label_values(&[
                         &lv.name,
@@ -494,6 +616,10 @@ impl Repository {
     }
 
     fn unload_locked(&self, name: &str, reason: &str) -> bool {
+        self.expected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
         let retired: Vec<Arc<LoadedVersion>> = {
             let mut slots = self.slots.write().unwrap();
             let Some(slot) = slots.get_mut(name) else {
@@ -517,23 +643,74 @@ impl Repository {
         known || (valid_model_name(name) && self.root.join(name).is_dir())
     }
 
-    /// Initial load according to the control mode.
-    pub fn load_initial(&self, explicit: &[String]) {
+    /// Initial load according to the control mode. Returns the models that failed to load
+    /// (fully), with why.
+    pub fn load_initial(&self, explicit: &[String]) -> Vec<(String, String)> {
         let names: Vec<String> = match self.mode {
             ControlMode::None | ControlMode::Poll => self.model_dirs(),
             ControlMode::Explicit if explicit.iter().any(|n| n == "*") => self.model_dirs(),
             ControlMode::Explicit => explicit.to_vec(),
         };
-        for name in names {
-            if let Err(e) = self.sync_model(&name, true) {
+        *self.expected.lock().unwrap_or_else(|p| p.into_inner()) = names.iter().cloned().collect();
+        let mut failed = Vec::new();
+        for name in &names {
+            if let Err(e) = self.sync_model(name, true) {
                 tracing::error!(model = %name, error = %e, "model not (fully) loaded");
+                failed.push((name.clone(), e));
             }
         }
+        // A requested model that is not in the repository still should be served.
+        self.expected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(names);
+        failed
+    }
+
+    /// Why the server is not ready to serve every model it should (empty when it is): the
+    /// repository cannot be read, it has no models (none and poll modes), or a model that
+    /// should be served has no ready version.
+    pub fn not_ready(&self) -> Vec<String> {
+        if let Err(e) = std::fs::read_dir(&self.root) {
+            return vec![format!(
+                "the model repository {} cannot be read: {e}",
+                self.root.display()
+            )];
+        }
+        let expected: Vec<String> = self
+            .expected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        if expected.is_empty() && self.mode != ControlMode::Explicit {
+            return vec![format!(
+                "the model repository {} has no models",
+                self.root.display()
+            )];
+        }
+        let slots = self.slots.read().unwrap();
+        expected
+            .into_iter()
+            .filter_map(|name| match slots.get(&name) {
+                Some(slot) if !slot.versions.is_empty() => None,
+                Some(slot) if slot.state == SlotState::Loading => {
+                    Some(format!("model \"{name}\" is loading"))
+                }
+                Some(slot) if !slot.reason.is_empty() => Some(format!(
+                    "model \"{name}\" is not available: {}",
+                    slot.reason
+                )),
+                _ => Some(format!("model \"{name}\" is not loaded")),
+            })
+            .collect()
     }
 
     /// One poll pass: new and changed models load, removed ones unload.
     pub fn poll_once(&self) {
         let dirs = self.model_dirs();
+        *self.expected.lock().unwrap_or_else(|p| p.into_inner()) = dirs.iter().cloned().collect();
         for name in &dirs {
             if let Err(e) = self.sync_model(name, false) {
                 tracing::debug!(model = %name, error = %e, "poll: model not fully in sync");
@@ -613,7 +790,8 @@ impl Repository {
                             name: name.clone(),
                             version: v.to_string(),
                             state: "READY".into(),
-                            reason: String::new(),
+                            // Serving, but e.g. a rejected config.toml or a failed new version.
+                            reason: slot.reason.clone(),
                         });
                     }
                     if !ready_only {
@@ -745,5 +923,171 @@ mod tests {
             .sync_model("m", true)
             .unwrap_err()
             .contains("max_batch_size"));
+    }
+
+    fn tiny() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tests/fixtures/tiny_w3.safetensors")
+    }
+
+    fn add_version(root: &Path, model: &str, v: u64) {
+        let d = root.join(model).join(v.to_string());
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(tiny(), d.join(MODEL_FILE)).unwrap();
+    }
+
+    /// Captures what is logged while `f` runs.
+    fn logged(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::with_default(sub, f);
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    fn ready_series(m: &Metrics) -> Vec<String> {
+        m.encode()
+            .lines()
+            .filter(|l| l.starts_with("shiftserve_model_ready{"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Issue 10, case 4: a bad config.toml in poll mode is logged at WARN and counted once per
+    /// change of the file, and the index shows why while the old configuration serves.
+    #[test]
+    fn rejected_config_is_reported_once_per_change() {
+        let t = tempfile::tempdir().unwrap();
+        add_version(t.path(), "m", 1);
+        let metrics = Arc::new(Metrics::new("scalar"));
+        let repo = Repository::new(t.path().to_path_buf(), ControlMode::Poll, metrics.clone());
+        repo.load_initial(&[]);
+        assert!(repo.not_ready().is_empty());
+        let failures = || metrics.model_load_failures.with_label_values(&["m"]).get();
+        std::fs::write(
+            t.path().join("m/config.toml"),
+            "queue_capacity = 1000000000000000000\n",
+        )
+        .unwrap();
+        let log = logged(|| {
+            repo.poll_once();
+            repo.poll_once();
+            repo.poll_once();
+        });
+        assert_eq!(log.matches("config.toml rejected").count(), 1, "{log}");
+        assert!(log.contains("WARN"), "{log}");
+        assert_eq!(failures(), 1);
+        let idx = repo.index(false);
+        assert_eq!(idx.len(), 1);
+        assert_eq!(idx[0].state, "READY");
+        assert!(idx[0].reason.contains("queue_capacity"), "{:?}", idx[0]);
+        // Still serving: readiness is unaffected.
+        assert!(repo.not_ready().is_empty());
+        // Another bad content is another change.
+        std::fs::write(t.path().join("m/config.toml"), "threads = 0\n").unwrap();
+        let log = logged(|| repo.poll_once());
+        assert_eq!(log.matches("config.toml rejected").count(), 1, "{log}");
+        assert_eq!(failures(), 2);
+        std::fs::write(t.path().join("m/config.toml"), "threads = 1\n").unwrap();
+        repo.poll_once();
+        assert_eq!(repo.index(false)[0].reason, "");
+        repo.shutdown();
+    }
+
+    /// Issue 10, case 4: removed versions leave the index and the metrics.
+    #[test]
+    fn removed_versions_leave_the_index_and_the_metrics() {
+        let t = tempfile::tempdir().unwrap();
+        add_version(t.path(), "m", 1);
+        add_version(t.path(), "m", 2);
+        std::fs::write(t.path().join("m/config.toml"), "version_policy = \"all\"\n").unwrap();
+        // A broken version 3.
+        std::fs::create_dir_all(t.path().join("m/3")).unwrap();
+        std::fs::write(t.path().join("m/3").join(MODEL_FILE), b"broken").unwrap();
+        let metrics = Arc::new(Metrics::new("scalar"));
+        let repo = Repository::new(t.path().to_path_buf(), ControlMode::Poll, metrics.clone());
+        repo.load_initial(&[]);
+        let versions = |repo: &Repository| -> Vec<(String, String)> {
+            repo.index(false)
+                .into_iter()
+                .map(|e| (e.version, e.state))
+                .collect()
+        };
+        assert_eq!(
+            versions(&repo),
+            vec![
+                ("1".into(), "READY".into()),
+                ("2".into(), "READY".into()),
+                ("3".into(), "UNAVAILABLE".into())
+            ]
+        );
+        let series = ready_series(&metrics);
+        assert_eq!(series.len(), 3, "{series:?}");
+        assert!(series
+            .iter()
+            .any(|l| l.contains("version=\"3\"") && l.ends_with(" 0")));
+        std::fs::remove_dir_all(t.path().join("m/2")).unwrap();
+        std::fs::remove_dir_all(t.path().join("m/3")).unwrap();
+        repo.poll_once();
+        assert_eq!(versions(&repo), vec![("1".into(), "READY".into())]);
+        let series = ready_series(&metrics);
+        assert_eq!(series.len(), 1, "{series:?}");
+        assert!(series[0].contains("version=\"1\"") && series[0].ends_with(" 1"));
+        repo.shutdown();
+    }
+
+    /// Issue 10, case 4: skipped entries (bad names, files, non-regular model files, version
+    /// directories that are not numbers) are logged once each.
+    #[test]
+    fn skipped_entries_are_logged_once() {
+        let t = tempfile::tempdir().unwrap();
+        add_version(t.path(), "m", 1);
+        std::fs::write(t.path().join("README.txt"), "x").unwrap();
+        std::fs::create_dir_all(t.path().join("bad name")).unwrap();
+        std::fs::create_dir_all(t.path().join("m/latest")).unwrap();
+        std::fs::create_dir_all(t.path().join("m/2").join(MODEL_FILE)).unwrap();
+        std::fs::create_dir_all(t.path().join("m/3")).unwrap();
+        let repo = Repository::new(
+            t.path().to_path_buf(),
+            ControlMode::Poll,
+            Arc::new(Metrics::new("scalar")),
+        );
+        let log = logged(|| {
+            repo.load_initial(&[]);
+            repo.poll_once();
+            repo.poll_once();
+        });
+        for what in [
+            "README.txt",
+            "bad name",
+            "latest",
+            "2/model.safetensors",
+            "m/3",
+        ] {
+            assert_eq!(
+                log.lines()
+                    .filter(|l| l.contains("entry skipped") && l.contains(what))
+                    .count(),
+                1,
+                "{what}: {log}"
+            );
+        }
+        assert_eq!(repo.index(true).len(), 1);
+        repo.shutdown();
     }
 }

@@ -34,6 +34,14 @@ async fn wait_for_signal() -> &'static str {
 
 /// Runs the server until a termination signal, then drains and returns.
 pub async fn serve(opts: ServeOptions) -> Result<(), String> {
+    // An invalid kernel policy would fail every model: refuse to start instead.
+    models::PlanOptions::from_env().map_err(|e| {
+        format!(
+            "invalid SHIFTSERVE_KERNEL={:?}: {}",
+            std::env::var("SHIFTSERVE_KERNEL").unwrap_or_default(),
+            e.message
+        )
+    })?;
     let isa = models::kernel_isa();
     let metrics = Arc::new(Metrics::new(&isa));
     let repo = Arc::new(Repository::new(
@@ -57,6 +65,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
         control_mode = opts.control_mode.as_str(),
         kernel_isa = %isa,
         auth = opts.api_key.is_some(),
+        max_connections = opts.conn.max_connections,
         "shiftserve listening"
     );
     println!("shiftserve listening on http://{local}");
@@ -72,13 +81,26 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
     };
 
     // Initial load in the background: liveness answers at once, readiness after warmup.
+    // With --exit-on-error a failed model stops the server.
+    let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel::<String>();
     {
         let repo = repo.clone();
         let state = state.clone();
         let explicit = opts.load_models.clone();
         tokio::spawn(async move {
             let r = repo.clone();
-            let _ = tokio::task::spawn_blocking(move || r.load_initial(&explicit)).await;
+            let failed = tokio::task::spawn_blocking(move || r.load_initial(&explicit))
+                .await
+                .unwrap_or_else(|_| vec![("*".into(), "initial load panicked".into())]);
+            if state.opts.exit_on_error && !failed.is_empty() {
+                let list: Vec<String> = failed.iter().map(|(m, e)| format!("{m}: {e}")).collect();
+                let _ = fatal_tx.send(format!(
+                    "--exit-on-error: {} model(s) failed to load: {}",
+                    failed.len(),
+                    list.join("; ")
+                ));
+                return;
+            }
             state.started.store(true, Ordering::SeqCst);
             let ready: Vec<String> = repo
                 .all_loaded()
@@ -128,7 +150,25 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
             let _ = drained_tx.send(true);
         }
     };
-    let http = axum::serve(listener, router(state.clone())).with_graceful_shutdown(shutdown);
+    if state.opts.log_summary_secs > 0 {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let secs = state.opts.log_summary_secs;
+            let mut tick = tokio::time::interval(Duration::from_secs(secs));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                state.summary.log_and_reset(secs);
+            }
+        });
+    }
+    let http = crate::http::conn::serve(
+        listener,
+        router(state.clone()),
+        state.metrics.clone(),
+        state.opts.conn,
+        shutdown,
+    );
     let grpc = async {
         match grpc_listener {
             Some(l) => {
@@ -141,8 +181,12 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
             None => Ok(()),
         }
     };
+    // Both end after the drain; a gRPC transport error stops the server.
     let server = async {
-        let http = async { http.await.map_err(|e| format!("server error: {e}")) };
+        let http = async {
+            http.await;
+            Ok(())
+        };
         tokio::try_join!(http, grpc).map(|_| ())
     };
     let hard_stop = {
@@ -158,9 +202,21 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
             }
         }
     };
+    let fatal = async {
+        match fatal_rx.await {
+            Ok(msg) => msg,
+            Err(_) => std::future::pending().await,
+        }
+    };
     tokio::select! {
         r = server => r?,
         why = hard_stop => tracing::warn!(cause = why, "stopping with requests or connections still open"),
+        msg = fatal => {
+            tracing::error!(error = %msg, "stopping");
+            let r = repo.clone();
+            let _ = tokio::task::spawn_blocking(move || r.shutdown()).await;
+            return Err(msg);
+        }
     }
     let r = repo.clone();
     let _ = tokio::task::spawn_blocking(move || r.shutdown()).await;

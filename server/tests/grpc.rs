@@ -1184,3 +1184,164 @@ fn grpc_drains_on_sigterm_and_a_taken_port_stops_the_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot listen for gRPC"), "{err}");
 }
+
+/// A model directory whose file is not a model: it fails to load.
+fn broken(repo: &Repo, name: &str) {
+    std::fs::create_dir_all(repo.path().join(name).join("1")).unwrap();
+    std::fs::write(
+        repo.path().join(name).join("1/model.safetensors"),
+        b"not a model",
+    )
+    .unwrap();
+}
+
+/// Waits until the initial load is over (HTTP readiness no longer says "starting").
+fn settled(s: &Server) -> u16 {
+    let t0 = Instant::now();
+    loop {
+        let r = s.client.get(s.url("/v2/health/ready")).send().unwrap();
+        let status = r.status().as_u16();
+        let v: Value = r.json().unwrap();
+        if status == 200 || !v["error"].as_str().unwrap_or("").contains("starting") {
+            return status;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "still starting");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn grpc_readiness_bearer_scheme_and_request_ids_as_http() {
+    let repo = Repo::new();
+    repo.add("tiny", 1, "tiny_w3.safetensors", TINY_CFG);
+    broken(&repo, "bad");
+    let path = repo.path().to_str().unwrap();
+    let s = Server::spawn(&["--model-repository", path, "--api-key", API_KEY], &[]);
+    assert_eq!(settled(&s), 503, "strict readiness: \"bad\" failed");
+    let x = pattern(1, 4);
+    block(async {
+        let mut c = client(&s).await;
+        // --strict-readiness (the default): the server is not ready, as over HTTP, while the
+        // model that loaded is ready and serves.
+        assert!(
+            !c.server_ready(ServerReadyRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .ready
+        );
+        let ready = |name: &str| {
+            with_key(
+                ModelReadyRequest {
+                    name: name.into(),
+                    version: String::new(),
+                },
+                Some(API_KEY),
+            )
+        };
+        assert!(
+            c.model_ready(ready("tiny"))
+                .await
+                .unwrap()
+                .into_inner()
+                .ready
+        );
+        assert!(
+            !c.model_ready(ready("bad"))
+                .await
+                .unwrap()
+                .into_inner()
+                .ready
+        );
+
+        // The bearer scheme in any case and surrounding spaces, as on HTTP; other schemes,
+        // an empty token or the key with a different case are refused.
+        let meta = |auth: &str| {
+            let mut r = tonic::Request::new(ServerMetadataRequest {});
+            r.metadata_mut()
+                .insert("authorization", auth.parse().unwrap());
+            r
+        };
+        for ok in [
+            format!("bearer {API_KEY}"),
+            format!("BEARER {API_KEY}"),
+            format!("Bearer   {API_KEY}  "),
+        ] {
+            c.server_metadata(meta(&ok))
+                .await
+                .unwrap_or_else(|e| panic!("{ok:?}: {e:?}"));
+        }
+        for bad in [
+            format!("Basic {API_KEY}"),
+            "Bearer".to_string(),
+            "Bearer ".to_string(),
+            format!("Bearer {}", API_KEY.to_uppercase()),
+            API_KEY.to_string(),
+        ] {
+            assert_code(
+                c.server_metadata(meta(&bad)).await,
+                Code::Unauthenticated,
+                "API key",
+            );
+        }
+
+        // Request ids: an acceptable one is echoed, an unacceptable one (too long, or with
+        // characters outside the allowed set) is replaced by a new UUID, none gets one.
+        let infer_with_id = |id: Option<&str>| {
+            let mut r = with_key(
+                raw_request("tiny", tensor("input", "FP32", &[1, 28, 28]), f32_le(&x)),
+                Some(API_KEY),
+            );
+            if let Some(id) = id {
+                r.metadata_mut().insert("x-request-id", id.parse().unwrap());
+            }
+            r
+        };
+        let echoed = |r: &tonic::Response<ModelInferResponse>| {
+            r.metadata()
+                .get("x-request-id")
+                .expect("x-request-id on the answer")
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        let r = c
+            .model_infer(infer_with_id(Some("trace-01:ab/cd+=@")))
+            .await
+            .unwrap();
+        assert_eq!(echoed(&r), "trace-01:ab/cd+=@");
+        let long = "a".repeat(200);
+        for bad in [
+            Some("has space"),
+            Some("semi;colon"),
+            Some(long.as_str()),
+            None,
+        ] {
+            let r = c.model_infer(infer_with_id(bad)).await.unwrap();
+            let id = echoed(&r);
+            assert_ne!(Some(id.as_str()), bad);
+            assert!(
+                uuid::Uuid::parse_str(&id).is_ok(),
+                "{bad:?} -> {id:?} is not a UUID"
+            );
+        }
+    });
+    drop(s);
+
+    // Not strict: ready once the initial load is over.
+    let s = Server::spawn(
+        &["--model-repository", path, "--strict-readiness=false"],
+        &[],
+    );
+    assert_eq!(settled(&s), 200);
+    block(async {
+        let mut c = client(&s).await;
+        assert!(
+            c.server_ready(ServerReadyRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .ready
+        );
+    });
+}

@@ -117,3 +117,53 @@ fn huge_bytes_shape_is_refused() {
     );
     assert_still_serving(&s);
 }
+
+/// A binary tensor request whose declared `binary_data_size` exceeds what follows (and `usize`).
+#[test]
+fn binary_sizes_beyond_the_body_are_refused() {
+    let (_repo, s) = start();
+    let (shape, n) = sample_shape(&s);
+    let mut full = vec![1i64];
+    full.extend(&shape);
+    for declared in [u64::MAX, (n * 4 + 4) as u64, 1u64 << 40] {
+        let header = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": full,
+            "parameters": {"binary_data_size": declared}}]})
+        .to_string();
+        let mut body = header.clone().into_bytes();
+        body.extend(std::iter::repeat_n(0u8, n * 4));
+        let r = s
+            .client
+            .post(s.url("/v2/models/tiny/infer"))
+            .header("inference-header-content-length", header.len().to_string())
+            .body(body)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{declared}");
+    }
+    assert_still_serving(&s);
+}
+
+/// The same output requested many times multiplied the answer: each output is named at most
+/// once, and a shape has at most 16 dimensions.
+#[test]
+fn repeated_outputs_and_deep_shapes_are_refused() {
+    let (_repo, s) = start();
+    let (shape, n) = sample_shape(&s);
+    let mut full = vec![1i64];
+    full.extend(&shape);
+    let outputs: Vec<Value> = (0..10_000).map(|_| json!({"name": "logits"})).collect();
+    let (status, v) = post_infer(
+        &s,
+        &json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": full, "data": vec![0.0f32; n]}],
+            "outputs": outputs}),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("outputs"), "{v}");
+    let (status, v) = post_infer(
+        &s,
+        &json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": vec![1i64; 100_000], "data": [0.0]}]}),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("dimensions"), "{v}");
+    assert_still_serving(&s);
+}

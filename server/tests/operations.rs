@@ -39,7 +39,7 @@ fn batches_form_overload_sheds_deadlines_expire_cancelled_never_run() {
         "batch",
         1,
         "tiny_w3.safetensors",
-        "max_batch_size = 4\nmax_queue_delay_us = 3000000\n",
+        "max_batch_size = 4\nmax_queue_delay_us = 3000000\nwait_when_idle = true\n",
     );
     // Waits 6 s for company (a wide window, so a loaded CI machine still sees both requests
     // queued before the batch leaves); only 2 requests fit in the queue.
@@ -47,7 +47,7 @@ fn batches_form_overload_sheds_deadlines_expire_cancelled_never_run() {
         "slowq",
         1,
         "tiny_w3.safetensors",
-        "max_batch_size = 8\nmax_queue_delay_us = 6000000\nqueue_capacity = 2\n",
+        "max_batch_size = 8\nmax_queue_delay_us = 6000000\nwait_when_idle = true\nqueue_capacity = 2\n",
     );
     let s = Server::start(&["--model-repository", repo.path().to_str().unwrap()], &[]);
 
@@ -193,7 +193,7 @@ fn sigterm_drains_accepted_requests() {
         "m",
         1,
         "tiny_w3.safetensors",
-        "max_batch_size = 8\nmax_queue_delay_us = 3000000\n",
+        "max_batch_size = 8\nmax_queue_delay_us = 3000000\nwait_when_idle = true\n",
     );
     let mut s = Server::start(
         &[
@@ -524,8 +524,9 @@ fn json_logs_carry_request_ids() {
             "0",
             "--log-format",
             "json",
+            // One line per request is DEBUG (INFO gets a periodic summary).
             "--log-level",
-            "info",
+            "info,tower_http=debug",
         ])
         .args(["--model-repository", repo.path().to_str().unwrap()])
         .args(["--model-control-mode", "explicit", "--load-model", "tiny"])
@@ -647,7 +648,7 @@ fn admission_places_are_released_on_every_failed_path() {
         "cap2",
         1,
         "tiny_w3.safetensors",
-        "max_batch_size = 8\nmax_queue_delay_us = 3000000\nqueue_capacity = 2\n",
+        "max_batch_size = 8\nmax_queue_delay_us = 3000000\nwait_when_idle = true\nqueue_capacity = 2\n",
     );
     let s = Server::start(&["--model-repository", repo.path().to_str().unwrap()], &[]);
     // Failures after admission: malformed bodies (fail in preprocessing), deadlines that pass

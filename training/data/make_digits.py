@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Spoken-digit data: the Free Spoken Digit Dataset (real speech) plus TTS digits.
 
-    nice -n 10 python training/data/make_digits.py --out /work/data/digits
+    nice -n 10 python training/data/make_digits.py --out "$SHIFTSERVE_DATA/digits"
 
 FSDD is read in place from ``<repo>/../shared/data/fsdd/recordings`` (or ``--fsdd``); it is
 never copied. Speakers jackson, nicolas, theo, yweweler are training speakers (recordings with
@@ -36,7 +36,7 @@ TEST_SPEAKERS = ["george", "lucas"]
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="/work/data/digits")
+    ap.add_argument("--out", default=os.path.join(os.environ.get("SHIFTSERVE_DATA") or os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "data"), "digits"))
     ap.add_argument("--fsdd", default=os.path.join(os.path.dirname(REPO), "shared", "data", "fsdd",
                                                    "recordings"))
     ap.add_argument("--tts-draws", type=int, default=3, help="training-voice draws per digit")

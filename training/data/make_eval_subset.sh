@@ -6,14 +6,12 @@
 #     held-out voice -- pico en-US/en-GB, RHVoice alan/bdl/clb/evgeniy-eng/lyubov/slt, festival
 #     cmu_us_slt_arctic_hts, flite slt) into <repo>/data/eval/intents (git-ignored).
 # FSDD is read from ../shared/data/fsdd by the test itself. About 20 s on 2 cores.
-# Usage: training/data/make_eval_subset.sh [python]   (default python: /opt/venv/bin/python or python3)
+# Usage: training/data/make_eval_subset.sh [python]   (default: python3; it needs numpy)
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 PY=${1:-}
-if [ -z "$PY" ]; then
-    if [ -x /opt/venv/bin/python ]; then PY=/opt/venv/bin/python; else PY=python3; fi
-fi
+[ -n "$PY" ] || PY=python3
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
     sh "$HERE/install_tts.sh"
 fi

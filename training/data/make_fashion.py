@@ -2,7 +2,7 @@
 """Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package into numpy arrays.
 
     apt-get install -y dataset-fashion-mnist
-    python training/data/make_fashion.py --out /work/data/fashion
+    python training/data/make_fashion.py --out "$SHIFTSERVE_DATA/fashion"
 
 Writes ``{train,test}_{images,labels}.npy`` (uint8 [N,28,28] / int64 [N]). The official split is
 kept: 60,000 training images (the last 5,000 are used as validation by train.py) and the 10,000
@@ -35,7 +35,7 @@ def read_idx(path):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--src", default=SRC)
-    ap.add_argument("--out", default="/work/data/fashion")
+    ap.add_argument("--out", default=os.path.join(os.environ.get("SHIFTSERVE_DATA") or os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "data"), "fashion"))
     args = ap.parse_args()
     if not os.path.isdir(args.src):
         raise SystemExit(f"{args.src} missing: apt-get install -y dataset-fashion-mnist")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate the FSC-style spoken-intent data set with Debian TTS engines.
 
-    nice -n 10 python training/data/make_intents.py --out /work/data/intents
+    nice -n 10 python training/data/make_intents.py --out "$SHIFTSERVE_DATA/intents"
 
 Output: ``<out>/wav/<split>/<id>.wav`` (16 kHz mono 16-bit) and ``<out>/manifest.csv`` with
 columns ``path,split,label,engine,voice,text,aug``.
@@ -138,7 +138,7 @@ def main():
         return
 
     tts.check_tools(heldout=True)
-    out = args.out or "/work/data/intents"
+    out = args.out or os.path.join(os.environ.get("SHIFTSERVE_DATA") or os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "data"), "intents")
     for s in ("train", "valid", "test"):
         os.makedirs(os.path.join(out, "wav", s), exist_ok=True)
     rng = random.Random(args.seed)

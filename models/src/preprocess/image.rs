@@ -1,11 +1,13 @@
-//! Image front end: decode (dimension check before decoding) -> channels -> antialiased
-//! bilinear resize in f32 -> center crop -> scale, invert, normalize.
+//! Image front end: decode (dimension check before decoding, EXIF orientation) -> channels ->
+//! antialiased bilinear resize in f32 -> center crop -> scale, invert, normalize; or, with
+//! `background: "auto"`, luma with alpha over the picture's own background, polarity and level
+//! from its border, then (`frame`) the object's bounding box resized and centred.
 
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageFormat, ImageReader, Limits};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits};
 
-use super::{ImageSpec, Media};
+use super::{Frame, ImageSpec, Media};
 use crate::error::{bad_input, internal, too_large, ModelError};
 use crate::InputLimits;
 
@@ -52,10 +54,19 @@ pub fn decode(data: &[u8], media: Media, max_pixels: u64) -> Result<DynamicImage
     limits.max_alloc = Some(pixels.saturating_mul(16).saturating_add(64 << 20));
     let mut reader = ImageReader::with_format(Cursor::new(data), format);
     reader.limits(limits);
-    reader.decode().map_err(|e| match e {
+    let fail = |e: image::ImageError| match e {
         image::ImageError::Limits(l) => too_large(format!("{what}: {l}")),
         other => bad_input(format!("cannot decode {what}: {other}")),
-    })
+    };
+    let mut decoder = reader.into_decoder().map_err(fail)?;
+    // EXIF orientation (JPEG, PNG eXIf, WebP): a phone photo is served upright. An unreadable
+    // EXIF block is treated as no orientation, like a viewer would.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(fail)?;
+    img.apply_orientation(orientation);
+    Ok(img)
 }
 
 /// Converts to `channels` (1: luma `0.299R+0.587G+0.114B`; 3: RGB), alpha composited over black.
@@ -301,9 +312,209 @@ pub fn center_crop(src: &Planar, ch: usize, cw: usize) -> Planar {
     }
 }
 
+/// Luma (not composited; exactly the gray value where R = G = B) and alpha in [0, 1].
+pub fn luma_alpha(img: &DynamicImage) -> (Vec<f32>, Vec<f32>) {
+    let color = img.color();
+    let eight_bit = color.bytes_per_pixel() / color.channel_count() == 1;
+    if !color.has_color() {
+        if eight_bit {
+            img.to_luma_alpha8()
+                .pixels()
+                .map(|p| (p.0[0] as f32, p.0[1] as f32 / 255.0))
+                .unzip()
+        } else {
+            img.to_luma_alpha32f()
+                .pixels()
+                .map(|p| (p.0[0] * 255.0, p.0[1]))
+                .unzip()
+        }
+    } else {
+        let luma = |r: f32, g: f32, b: f32| {
+            if r == g && g == b {
+                r
+            } else {
+                0.299 * r + 0.587 * g + 0.114 * b
+            }
+        };
+        if eight_bit {
+            img.to_rgba8()
+                .pixels()
+                .map(|p| {
+                    let [r, g, b, a] = p.0;
+                    (luma(r as f32, g as f32, b as f32), a as f32 / 255.0)
+                })
+                .unzip()
+        } else {
+            img.to_rgba32f()
+                .pixels()
+                .map(|p| {
+                    let [r, g, b, a] = p.0;
+                    (luma(r * 255.0, g * 255.0, b * 255.0), a)
+                })
+                .unzip()
+        }
+    }
+}
+
+/// Indices of the outermost ring of pixels (each once).
+fn ring(h: usize, w: usize) -> impl Iterator<Item = usize> {
+    (0..h).flat_map(move |y| {
+        let edge_row = y == 0 || y + 1 == h;
+        (0..w)
+            .filter(move |&x| edge_row || x == 0 || x + 1 == w)
+            .map(move |x| y * w + x)
+    })
+}
+
+/// The element at index `(n - 1) / 2` of the sorted values (no averaging). `v` is not empty.
+fn lower_median(mut v: Vec<f32>) -> f32 {
+    let k = (v.len() - 1) / 2;
+    *v.select_nth_unstable_by(k, f32::total_cmp).1
+}
+
+/// `background: "auto"` (docs/format.md): luma plane `[h*w]` in 0..=255 with the object light on
+/// a background of 0. Alpha over the picture's own background (the lower median of the opaque
+/// ring pixels when they are at least half of the ring; for a cut-out on a transparent border,
+/// white if the alpha-weighted mean luma is below 127.5, else black); polarity from the lower
+/// median `b0` of the composited ring (inverted when `b0 > 127.5`); level
+/// `clamp((v - b) * 255 / (255 - b), 0, 255)`.
+pub fn normalize_background(luma: &[f32], alpha: &[f32], h: usize, w: usize) -> Vec<f32> {
+    let mut v = luma.to_vec();
+    if alpha.iter().any(|&a| a < 1.0) {
+        let ring_len = ring(h, w).count();
+        let opaque: Vec<f32> = ring(h, w)
+            .filter(|&i| alpha[i] >= 1.0)
+            .map(|i| luma[i])
+            .collect();
+        let bgc = if 2 * opaque.len() >= ring_len {
+            lower_median(opaque)
+        } else {
+            let (mut sum_la, mut sum_a) = (0f64, 0f64);
+            for (&l, &a) in luma.iter().zip(alpha) {
+                sum_la += l as f64 * a as f64;
+                sum_a += a as f64;
+            }
+            let mean = if sum_a > 0.0 { sum_la / sum_a } else { 255.0 };
+            if mean < 127.5 {
+                255.0
+            } else {
+                0.0
+            }
+        };
+        for (x, &a) in v.iter_mut().zip(alpha) {
+            if a < 1.0 {
+                *x = *x * a + bgc * (1.0 - a);
+            }
+        }
+    }
+    let b0 = lower_median(ring(h, w).map(|i| v[i]).collect());
+    let b = if b0 > 127.5 {
+        for x in v.iter_mut() {
+            *x = 255.0 - *x;
+        }
+        255.0 - b0
+    } else {
+        b0
+    };
+    let gain = 255.0 - b;
+    for x in v.iter_mut() {
+        *x = ((*x - b) * 255.0 / gain).clamp(0.0, 255.0);
+    }
+    v
+}
+
+/// Bounding box `(top, left, height, width)` of the pixels above `threshold`, counting a row
+/// (column) when it holds at least `ceil(w / 100)` (`ceil(h / 100)`) of them; the whole plane
+/// when none does.
+pub fn object_box(z: &[f32], h: usize, w: usize, threshold: f32) -> (usize, usize, usize, usize) {
+    let mut rows = vec![0usize; h];
+    let mut cols = vec![0usize; w];
+    for (y, row) in z.chunks_exact(w).enumerate() {
+        for (x, &v) in row.iter().enumerate() {
+            if v > threshold {
+                rows[y] += 1;
+                cols[x] += 1;
+            }
+        }
+    }
+    let span = |counts: &[usize], need: usize| {
+        let first = counts.iter().position(|&c| c >= need)?;
+        let last = counts.iter().rposition(|&c| c >= need)?;
+        Some((first, last + 1 - first))
+    };
+    match (span(&rows, w.div_ceil(100)), span(&cols, h.div_ceil(100))) {
+        (Some((top, bh)), Some((left, bw))) => (top, left, bh, bw),
+        _ => (0, 0, h, w),
+    }
+}
+
+/// Size of a `h x w` box once its longer side is `fit`: the shorter side is
+/// `max(1, floor(fit * short / long + 1/2))`.
+pub fn fit_size(h: usize, w: usize, fit: usize) -> (usize, usize) {
+    if h >= w {
+        (fit, ((2 * fit * w + h) / (2 * h)).max(1))
+    } else {
+        (((2 * fit * h + w) / (2 * w)).max(1), fit)
+    }
+}
+
+/// `frame`: the object's box of `z` resized (antialiased bilinear, aspect kept) so that its
+/// longer side is `frame.fit`, centred on a `crop` canvas of background (0) at offset
+/// `((ch - h) / 2, (cw - w) / 2)`.
+pub fn frame_object(
+    z: &[f32],
+    h: usize,
+    w: usize,
+    frame: &Frame,
+    crop: (usize, usize),
+) -> Vec<f32> {
+    let (top, left, bh, bw) = object_box(z, h, w, frame.threshold);
+    let mut data = Vec::with_capacity(bh * bw);
+    for y in top..top + bh {
+        data.extend_from_slice(&z[y * w + left..y * w + left + bw]);
+    }
+    let boxed = Planar {
+        channels: 1,
+        height: bh,
+        width: bw,
+        data,
+    };
+    let (nh, nw) = fit_size(bh, bw, frame.fit);
+    let sized = if (nh, nw) != (bh, bw) {
+        resize(&boxed, nh, nw)
+    } else {
+        boxed
+    };
+    let (ch, cw) = crop;
+    let mut out = vec![0f32; ch * cw];
+    let (oy, ox) = ((ch - nh) / 2, (cw - nw) / 2);
+    for (y, row) in sized.data.chunks_exact(nw).enumerate() {
+        let d = (oy + y) * cw + ox;
+        out[d..d + nw].copy_from_slice(row);
+    }
+    out
+}
+
 /// Everything after decoding: channels, resize, crop, scale, invert, normalize.
 pub fn featurize(img: &DynamicImage, spec: &ImageSpec) -> Vec<f32> {
-    let planar = to_planar(img, spec.channels);
+    let planar = if spec.auto_background {
+        let (h, w) = (img.height() as usize, img.width() as usize);
+        let (luma, alpha) = luma_alpha(img);
+        let z = normalize_background(&luma, &alpha, h, w);
+        if let Some(frame) = &spec.frame {
+            let mut out = frame_object(&z, h, w, frame, spec.crop);
+            normalize(&mut out, spec);
+            return out;
+        }
+        Planar {
+            channels: 1,
+            height: h,
+            width: w,
+            data: z,
+        }
+    } else {
+        to_planar(img, spec.channels)
+    };
     let (h, w) = (planar.height, planar.width);
     let (rh, rw) = match spec.resize {
         Some(s) => shorter_side_size(h, w, s),
@@ -358,8 +569,14 @@ pub fn featurize(img: &DynamicImage, spec: &ImageSpec) -> Vec<f32> {
             data,
         }
     };
-    let plane = spec.crop.0 * spec.crop.1;
     let mut out = cropped.data;
+    normalize(&mut out, spec);
+    out
+}
+
+/// `x / 255`, `1 - x` if `invert`, `(x - mean[c]) / std[c]`, in place over `[C, crop]`.
+fn normalize(out: &mut [f32], spec: &ImageSpec) {
+    let plane = spec.crop.0 * spec.crop.1;
     for (c, chunk) in out.chunks_exact_mut(plane).enumerate() {
         let (m, s) = (spec.mean[c], spec.std[c]);
         for v in chunk.iter_mut() {
@@ -370,7 +587,6 @@ pub fn featurize(img: &DynamicImage, spec: &ImageSpec) -> Vec<f32> {
             *v = (x - m) / s;
         }
     }
-    out
 }
 
 /// The whole image front end.
@@ -471,10 +687,123 @@ mod tests {
             invert: false,
             mean: vec![0.0],
             std: vec![1.0],
+            auto_background: false,
+            frame: None,
         };
         let out = featurize(&img, &spec);
         assert_eq!(out.len(), 224 * 224);
         assert!(out.iter().all(|v| v.is_finite() && *v >= 0.0 && *v <= 1.0));
+    }
+
+    fn opaque(n: usize) -> Vec<f32> {
+        vec![1.0; n]
+    }
+
+    #[test]
+    fn light_background_is_inverted_and_levelled() {
+        let (h, w) = (6, 7);
+        let mut img = vec![235f32; h * w];
+        for y in 2..4 {
+            for x in 2..5 {
+                img[y * w + x] = 35.0; // dark object on off-white
+            }
+        }
+        let z = normalize_background(&img, &opaque(h * w), h, w);
+        assert_eq!((z[0], z[w + 3]), (0.0, 0.0));
+        // 255 - 35 = 220 on a background of 20: (220 - 20) * 255 / 235
+        assert!((z[2 * w + 2] - 200.0 * 255.0 / 235.0).abs() < 1e-4);
+        let inverted: Vec<f32> = img.iter().map(|v| 255.0 - v).collect();
+        assert_eq!(normalize_background(&inverted, &opaque(h * w), h, w), z);
+    }
+
+    #[test]
+    fn lower_median_of_the_ring_decides_the_polarity() {
+        let mut img = vec![0f32; 25];
+        img[..5].fill(255.0); // 5 of 16 ring pixels light: still a dark background
+        assert_eq!(normalize_background(&img, &opaque(25), 5, 5), img);
+        for y in 0..5 {
+            img[y * 5] = 255.0;
+            img[y * 5 + 4] = 255.0;
+        } // 13 of 16: light background, inverted
+        let z = normalize_background(&img, &opaque(25), 5, 5);
+        assert_eq!(z[..5].iter().sum::<f32>(), 0.0);
+        assert_eq!(z[12], 255.0);
+    }
+
+    #[test]
+    fn alpha_is_composited_over_the_pictures_own_background() {
+        let mut luma = vec![240f32; 36];
+        let mut alpha = vec![1f32; 36];
+        for i in [14, 15, 20, 21] {
+            luma[i] = 40.0;
+            alpha[i] = 0.5; // 40 / 2 + 240 / 2 = 140 on an off-white border
+        }
+        let z = normalize_background(&luma, &alpha, 6, 6);
+        assert!((z[14] - (255.0 - 140.0 - 15.0) * 255.0 / 240.0).abs() < 1e-4);
+        assert_eq!(z[0], 0.0);
+        // a cut-out on a transparent border: a dark object goes over white, a light one over black
+        let mut cut_l = vec![0f32; 36];
+        let mut cut_a = vec![0f32; 36];
+        for i in [14, 15, 20, 21] {
+            cut_l[i] = 30.0;
+            cut_a[i] = 1.0;
+        }
+        let z = normalize_background(&cut_l, &cut_a, 6, 6);
+        assert_eq!((z[0], z[14]), (0.0, 225.0));
+        for i in [14, 15, 20, 21] {
+            cut_l[i] = 220.0;
+        }
+        let z = normalize_background(&cut_l, &cut_a, 6, 6);
+        assert_eq!((z[0], z[14]), (0.0, 220.0));
+    }
+
+    #[test]
+    fn object_box_ignores_strays_and_fit_size_rounds_half_up() {
+        let (h, w) = (300, 200);
+        let mut z = vec![0f32; h * w];
+        for y in 50..150 {
+            for x in 20..60 {
+                z[y * w + x] = 100.0;
+            }
+        }
+        z[h * w - 1] = 255.0; // a stray pixel: fewer than ceil(200 / 100) = 2 in its row
+        assert_eq!(object_box(&z, h, w, 24.0), (50, 20, 100, 40));
+        assert_eq!(object_box(&[0.0; 16], 4, 4, 24.0), (0, 0, 4, 4));
+        assert_eq!(fit_size(100, 40, 28), (28, 11));
+        assert_eq!(fit_size(40, 100, 28), (11, 28));
+        assert_eq!(fit_size(8, 3, 28), (28, 11)); // 10.5 rounds up
+        assert_eq!(fit_size(1000, 1, 28), (28, 1));
+    }
+
+    #[test]
+    fn frame_centres_the_box_on_the_canvas() {
+        let (h, w) = (40, 60);
+        let mut z = vec![0f32; h * w];
+        for y in 10..30 {
+            for x in 5..15 {
+                z[y * w + x] = 200.0; // a 20 x 10 box
+            }
+        }
+        let frame = Frame {
+            fit: 10,
+            threshold: 24.0,
+        };
+        let out = frame_object(&z, h, w, &frame, (12, 14));
+        // 10 x 5 at ((12 - 10) / 2, (14 - 5) / 2)
+        for y in 0..12 {
+            for x in 0..14 {
+                let inside = (1..11).contains(&y) && (4..9).contains(&x);
+                let v = out[y * 14 + x];
+                assert!(
+                    if inside {
+                        (v - 200.0).abs() < 1e-3
+                    } else {
+                        v == 0.0
+                    },
+                    "({y}, {x}) = {v}"
+                );
+            }
+        }
     }
 
     #[test]

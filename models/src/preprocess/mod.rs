@@ -26,6 +26,20 @@ pub struct ImageSpec {
     pub invert: bool,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+    /// `background: "auto"`: alpha over the picture's own background, polarity and level decided
+    /// from its border (channels 1 only).
+    pub auto_background: bool,
+    /// `frame`: the object's bounding box resized and centred (needs `auto_background`).
+    pub frame: Option<Frame>,
+}
+
+/// `frame` of an image spec: the object (pixels more than `threshold` levels above the
+/// normalised background) is cut to its bounding box, resized so that its longer side is `fit`
+/// (aspect kept) and centred on the crop canvas.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Frame {
+    pub fit: usize,
+    pub threshold: f32,
 }
 
 /// Feature normalisation of the audio front end.
@@ -134,6 +148,53 @@ impl PreprocessSpec {
                 {
                     return Err(invalid("preprocess: std values must be positive"));
                 }
+                let auto_background = match o.get("background") {
+                    None | Some(Value::Null) => false,
+                    Some(v) => match v.as_str() {
+                        Some("auto") => true,
+                        Some("none") => false,
+                        _ => {
+                            return Err(invalid(
+                                "preprocess: background must be \"auto\" or \"none\"",
+                            ))
+                        }
+                    },
+                };
+                if auto_background && (channels != 1 || invert) {
+                    return Err(invalid(
+                        "preprocess: background \"auto\" needs channels 1 and no invert (it decides the polarity)",
+                    ));
+                }
+                let frame =
+                    match o.get("frame") {
+                        None | Some(Value::Null) => None,
+                        Some(Value::Object(fo)) => {
+                            let ff = Fields(fo);
+                            let fit = ff.uint("fit", 1, crop.0.min(crop.1)).map_err(|_| {
+                                invalid("preprocess: frame.fit must be an integer in 1..=min(crop)")
+                            })?;
+                            let threshold = ff.float("threshold").map_err(|_| {
+                                invalid("preprocess: frame.threshold must be a number in [0, 255)")
+                            })?;
+                            if !(0.0..255.0).contains(&threshold) {
+                                return Err(invalid(
+                                    "preprocess: frame.threshold must be a number in [0, 255)",
+                                ));
+                            }
+                            if !auto_background || resize.is_some() {
+                                return Err(invalid(
+                                "preprocess: frame needs background \"auto\" and replaces resize",
+                            ));
+                            }
+                            Some(Frame {
+                                fit,
+                                threshold: threshold as f32,
+                            })
+                        }
+                        Some(_) => return Err(invalid(
+                            "preprocess: frame must be an object {\"fit\": n, \"threshold\": t}",
+                        )),
+                    };
                 Ok(PreprocessSpec::Image(ImageSpec {
                     channels,
                     resize,
@@ -141,6 +202,8 @@ impl PreprocessSpec {
                     invert,
                     mean,
                     std,
+                    auto_background,
+                    frame,
                 }))
             }
             "audio" => {
@@ -439,5 +502,45 @@ mod tests {
         )
         .is_err());
         assert!(PreprocessSpec::parse(r#"{"kind":"video"}"#).is_err());
+    }
+
+    #[test]
+    fn parses_and_checks_object_specs() {
+        let base =
+            r#""kind": "image", "channels": 1, "crop": [28, 28], "mean": [0.3], "std": [0.3]"#;
+        let parse = |extra: &str| PreprocessSpec::parse(&format!("{{{base}{extra}}}"));
+        let PreprocessSpec::Image(s) =
+            parse(r#", "background": "auto", "frame": {"fit": 20, "threshold": 24}"#).unwrap()
+        else {
+            panic!("not an image spec")
+        };
+        assert!(s.auto_background);
+        assert_eq!(
+            s.frame,
+            Some(Frame {
+                fit: 20,
+                threshold: 24.0
+            })
+        );
+        let PreprocessSpec::Image(s) = parse("").unwrap() else {
+            panic!("not an image spec")
+        };
+        assert!(!s.auto_background && s.frame.is_none());
+        for bad in [
+            r#", "background": "white""#,
+            r#", "background": "auto", "invert": true"#,
+            r#", "frame": {"fit": 20, "threshold": 24}"#,
+            r#", "background": "auto", "resize": 32, "frame": {"fit": 20, "threshold": 24}"#,
+            r#", "background": "auto", "frame": {"fit": 29, "threshold": 24}"#,
+            r#", "background": "auto", "frame": {"fit": 0, "threshold": 24}"#,
+            r#", "background": "auto", "frame": {"fit": 20, "threshold": 255}"#,
+            r#", "background": "auto", "frame": {"fit": 20}"#,
+            r#", "background": "auto", "frame": 28"#,
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.to_string().contains("preprocess"), "{bad}: {e}");
+        }
+        let rgb = r#"{"kind": "image", "channels": 3, "crop": [8, 8], "mean": [0, 0, 0], "std": [1, 1, 1], "background": "auto"}"#;
+        assert!(PreprocessSpec::parse(rgb).is_err());
     }
 }

@@ -24,6 +24,19 @@ pub mod proto {
 
 pub use service::InferenceService;
 
+/// Entry point for fuzzing the gRPC request decoder (as `crate::http::decode::fuzzing`): the
+/// bytes are a `ModelInferRequest` message, decoded by prost (as tonic decodes it) and then by
+/// the shared v2 decoder against `fuzzing::SHAPE`.
+pub mod fuzzing {
+    use crate::http::decode::fuzzing::{check_v2, SHAPE};
+
+    pub fn model_infer(data: &[u8]) {
+        if let Ok(r) = <super::proto::ModelInferRequest as prost::Message>::decode(data) {
+            check_v2(super::tensors::decode(r, &SHAPE));
+        }
+    }
+}
+
 /// The gRPC status for an error of the shared pipeline. The HTTP status of the same error maps
 /// as in Google's API design guide (400 INVALID_ARGUMENT, 404 NOT_FOUND, 429 RESOURCE_EXHAUSTED,
 /// 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED ...); an input over a content limit (HTTP 413: pixels,
@@ -67,6 +80,19 @@ fn too_large_is_resource_exhausted(
     r
 }
 
+/// Removes an `x-request-id` the HTTP server would not keep (too long, or characters outside
+/// `crate::http::acceptable_request_id`), so that the next layer gives the call a new one.
+fn drop_unacceptable_request_id<B>(mut req: axum::http::Request<B>) -> axum::http::Request<B> {
+    if req
+        .headers()
+        .get("x-request-id")
+        .is_some_and(|v| !crate::http::acceptable_request_id(v.as_bytes()))
+    {
+        req.headers_mut().remove("x-request-id");
+    }
+    req
+}
+
 /// Binds the gRPC listener (before serving, so a port in use stops the start like HTTP's).
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
     tokio::net::TcpListener::bind(addr)
@@ -91,6 +117,10 @@ pub async fn serve(
     .max_encoding_message_size(usize::MAX);
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
+        // Request ids as on HTTP: a client's id is kept when acceptable, else replaced.
+        .layer(tower::util::MapRequestLayer::new(
+            drop_unacceptable_request_id,
+        ))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
@@ -105,9 +135,10 @@ pub async fn serve(
                 })
                 .on_request(())
                 .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG))
+                // One line per call at DEBUG, as HTTP requests.
                 .on_response(
                     tower_http::trace::DefaultOnResponse::new()
-                        .level(tracing::Level::INFO)
+                        .level(tracing::Level::DEBUG)
                         .latency_unit(tower_http::LatencyUnit::Micros),
                 ),
         )

@@ -5,8 +5,7 @@ use super::proto::*;
 use super::{status_from, tensors};
 use crate::error::ApiError;
 use crate::http::infer::{self, timing_headers, Tracker};
-use crate::http::{authorized, lookup_error, parse_version, request_id, v2, SharedState};
-use crate::repository::LookupError;
+use crate::http::{authorized, request_id, v2, SharedState};
 use crate::stats::{CountNs, ModelStats};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -137,9 +136,18 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(ServerLiveResponse { live: true }))
     }
 
+    /// As `GET /v2/health/ready`: starting, draining, or (with `--strict-readiness`) a model that
+    /// should be served and is not, is "not ready". The reason goes to the log at DEBUG.
     async fn server_ready(&self, _req: Request<ServerReadyRequest>) -> Reply<ServerReadyResponse> {
+        let state = self.state.clone();
+        let why = tokio::task::spawn_blocking(move || state.not_ready())
+            .await
+            .unwrap_or_else(|_| Some("readiness check failed".into()));
+        if let Some(why) = &why {
+            tracing::debug!(reason = %why, "gRPC ServerReady: not ready");
+        }
         Ok(Response::new(ServerReadyResponse {
-            ready: self.state.is_ready(),
+            ready: why.is_none(),
         }))
     }
 
@@ -203,46 +211,24 @@ impl GrpcInferenceService for InferenceService {
         if m.is_empty() {
             return Err(Status::invalid_argument("model_name is empty"));
         }
-        // As the HTTP route: an unknown model or version is refused before it is counted; a
-        // known model without a ready version is counted (and answers UNAVAILABLE).
-        let version = v
-            .as_deref()
-            .map(|v| parse_version(&m, v))
-            .transpose()
-            .map_err(err)?;
-        let lv0 = match st.repo.get(&m, version) {
-            Ok(lv) => Some(lv),
-            Err(e @ (LookupError::UnknownModel | LookupError::UnknownVersion)) => {
-                return Err(err(lookup_error(&m, v.as_deref(), e)))
-            }
-            Err(_) => None,
-        };
-        let mut tracker = Tracker::new(st.clone(), &m, started);
-        if let Some(lv) = &lv0 {
-            tracker.set_version(lv);
-        }
+        // The HTTP route's pipeline: accepted (and counted) once the model is known, decoded
+        // against its shape by the shared decoder, run through the shared batchers.
+        let mut acc = v2::accept(st, &m, v.as_deref(), started).map_err(err)?;
         let result = async {
-            let lv = match lv0 {
-                Some(lv) => lv,
-                None => st
-                    .repo
-                    .get(&m, version)
-                    .map_err(|e| lookup_error(&m, v.as_deref(), e))?,
-            };
-            let parsed = tensors::parse_request(r)?;
-            let samples = v2::samples_from_inputs(&lv, parsed.inputs, parsed.binary)?;
-            let specs = v2::output_specs(&parsed.parameters, parsed.outputs)?;
+            let lv = acc.resolve(st, &m, v.as_deref())?;
+            let decoded = tensors::decode(r, &v2::model_shape(&lv))?;
             let target = infer::Target {
                 model: &m,
-                version,
+                version: acc.version,
                 version_str: v.as_deref(),
                 timeout_ms,
                 headers: &headers,
             };
-            let out = infer::run(st, &mut tracker, &target, samples).await?;
-            Ok::<_, ApiError>((parsed.id, specs, out))
+            let out = infer::run(st, &mut acc.tracker, &target, decoded.samples).await?;
+            Ok::<_, ApiError>((decoded.id, decoded.outputs, out))
         }
         .await;
+        let mut tracker = acc.tracker;
         let (id, specs, out) = match result {
             Ok(x) => x,
             Err(e) => {

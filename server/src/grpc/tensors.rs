@@ -1,46 +1,36 @@
-//! gRPC tensors to and from the v2 request form of `crate::http::v2`.
+//! gRPC tensors to and from the v2 pipeline of `crate::http::decode`.
 //!
-//! Every input becomes what an HTTP client sends with Triton's binary tensor extension: numeric
-//! tensors as FP32 little-endian bytes, BYTES tensors as length-prefixed elements, each declared
-//! by a `binary_data_size` parameter. From there the HTTP route's own parsing checks names,
-//! shapes, batch limits and element counts, so both protocols accept and refuse the same requests.
+//! A `ModelInferRequest` is put in the form the HTTP decoder reads (`InferInput`s plus the
+//! binary data of Triton's binary tensor extension) and decoded by the same function,
+//! `decode::samples_from_inputs`, against the model's shape: names, datatypes, shapes, batch
+//! limits and element counts are checked there, before anything is sized from them, so both
+//! protocols accept and refuse the same requests with the same messages.
+//!
+//! - `raw_input_contents[i]` is input i's binary data (`binary_data_size` = its length).
+//! - Typed numeric contents (`fp32_contents`, `int_contents`, ...) are the JSON `data` numbers.
+//! - `bytes_contents` (BYTES) become length-prefixed binary data, as a client would send them raw.
 
+use super::proto::infer_parameter::ParameterChoice;
 use super::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use super::proto::model_infer_response::InferOutputTensor;
-use super::proto::{infer_parameter::ParameterChoice, InferParameter, InferTensorContents};
-use super::proto::{ModelInferRequest, ModelInferResponse};
+use super::proto::{InferParameter, InferTensorContents, ModelInferRequest, ModelInferResponse};
 use crate::error::ApiError;
-use crate::http::v2::{
-    bytes_elements, InferInput, OutputData, OutputSpec, OutputTensor, RequestedOutput, INPUT_RAW,
+use crate::http::decode::{
+    numeric_element_size, output_specs, samples_from_inputs, shape_elems, InferInput,
+    InputParameters, ModelShape, OutputParameters, OutputSpec, RequestParameters, RequestedOutput,
+    TensorData, V2Request, MAX_SHAPE_DIMS,
 };
+use crate::http::v2::{bytes_elements, OutputData, OutputTensor};
 use bytes::{Bytes, BytesMut};
-use serde_json::{Map, Value};
 use std::collections::HashMap;
 
-/// A `ModelInferRequest` in the v2 request form.
-pub struct Parsed {
-    pub id: String,
-    pub parameters: Map<String, Value>,
-    pub inputs: Vec<InferInput>,
-    /// The binary data of `inputs`, in order.
-    pub binary: Bytes,
-    pub outputs: Option<Vec<RequestedOutput>>,
-}
-
-fn parameters(p: HashMap<String, InferParameter>) -> Map<String, Value> {
-    p.into_iter()
-        .filter_map(|(k, v)| {
-            let v = match v.parameter_choice? {
-                ParameterChoice::BoolParam(b) => Value::Bool(b),
-                ParameterChoice::Int64Param(i) => Value::from(i),
-                ParameterChoice::StringParam(s) => Value::String(s),
-            };
-            Some((k, v))
-        })
-        .collect()
-}
-
-pub fn parse_request(r: ModelInferRequest) -> Result<Parsed, ApiError> {
+/// Decodes a `ModelInferRequest` for a model of shape `model`.
+pub fn decode(r: ModelInferRequest, model: &ModelShape) -> Result<V2Request, ApiError> {
+    if r.inputs.iter().any(|t| t.shape.len() > MAX_SHAPE_DIMS) {
+        return Err(ApiError::bad_request(format!(
+            "shape has more than {MAX_SHAPE_DIMS} dimensions"
+        )));
+    }
     let raw = r.raw_input_contents;
     if !raw.is_empty() && raw.len() != r.inputs.len() {
         return Err(ApiError::bad_request(format!(
@@ -49,246 +39,210 @@ pub fn parse_request(r: ModelInferRequest) -> Result<Parsed, ApiError> {
             r.inputs.len()
         )));
     }
-    let mut raw = raw.into_iter();
-    let mut inputs = Vec::with_capacity(r.inputs.len());
-    let mut binary = BytesMut::new();
-    for input in r.inputs {
-        let (input, data) = input_v2(input, raw.next())?;
-        binary.extend_from_slice(&data);
-        inputs.push(input);
+    // Outputs first, as the HTTP decoder reads them: at most one entry per output the models have.
+    if r.outputs.len() > 2 {
+        return Err(ApiError::bad_request(
+            "more than 2 outputs requested (the models have \"logits\" and \"probabilities\")",
+        ));
     }
     let outputs = if r.outputs.is_empty() {
         None
     } else {
-        Some(r.outputs.into_iter().map(output_v2).collect())
+        Some(
+            r.outputs
+                .into_iter()
+                .map(requested_output)
+                .collect::<Result<Vec<_>, _>>()?,
+        )
     };
-    Ok(Parsed {
-        id: r.id,
-        parameters: parameters(r.parameters),
-        inputs,
-        binary: binary.freeze(),
+    let outputs = output_specs(&RequestParameters::default(), outputs)?;
+    let mut inputs = Vec::with_capacity(r.inputs.len().min(2));
+    let binary = if raw.len() == 1 {
+        // The usual request: one input, its raw contents passed on without a copy.
+        let raw = raw.into_iter().next().expect("one entry");
+        let input = r.inputs.into_iter().next().expect("one input");
+        inputs.push(input_v2(input, Some(raw.len()))?.0);
+        raw
+    } else {
+        let mut raw = raw.into_iter();
+        let mut binary = BytesMut::new();
+        for input in r.inputs {
+            let raw = raw.next();
+            let (input, typed_bytes) = input_v2(input, raw.as_ref().map(Bytes::len))?;
+            if let Some(b) = raw.or(typed_bytes) {
+                binary.extend_from_slice(&b);
+            }
+            inputs.push(input);
+        }
+        binary.freeze()
+    };
+    let samples = samples_from_inputs(model, inputs, binary)?;
+    Ok(V2Request {
+        id: (!r.id.is_empty()).then_some(r.id),
         outputs,
+        samples,
     })
 }
 
-fn output_v2(o: InferRequestedOutputTensor) -> RequestedOutput {
-    RequestedOutput {
-        name: o.name,
-        parameters: parameters(o.parameters),
-    }
-}
-
-/// Elements of a shape (the protocol requires the contents to hold exactly that many).
-fn elements(name: &str, shape: &[i64]) -> Result<usize, ApiError> {
-    shape.iter().try_fold(1usize, |n, &d| {
-        let d = usize::try_from(d).map_err(|_| {
-            ApiError::bad_request(format!(
-                "input \"{name}\" shape {shape:?} has a negative dimension"
-            ))
-        })?;
-        n.checked_mul(d).ok_or_else(|| {
-            ApiError::bad_request(format!("input \"{name}\" shape {shape:?} overflows"))
-        })
-    })
-}
-
-/// Bytes per element of a numeric datatype.
-fn element_size(datatype: &str) -> Option<usize> {
-    Some(match datatype {
-        "INT8" | "UINT8" => 1,
-        "INT16" | "UINT16" | "FP16" | "BF16" => 2,
-        "INT32" | "UINT32" | "FP32" => 4,
-        "INT64" | "UINT64" | "FP64" => 8,
-        _ => return None,
-    })
-}
-
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
-    let exp = i32::from((h >> 10) & 0x1f);
-    let frac = f32::from(h & 0x3ff);
-    match exp {
-        0 => sign * frac * (2.0f32).powi(-24),
-        31 if frac == 0.0 => sign * f32::INFINITY,
-        31 => f32::NAN,
-        e => sign * (1.0 + frac / 1024.0) * (2.0f32).powi(e - 15),
-    }
-}
-
-/// Raw little-endian elements of `datatype` as f32 values.
-fn raw_to_f32(datatype: &str, raw: &[u8]) -> Vec<f32> {
-    macro_rules! conv {
-        ($t:ty, $n:expr) => {
-            raw.chunks_exact($n)
-                .map(|c| <$t>::from_le_bytes(c.try_into().expect("chunk size")) as f32)
-                .collect()
+/// One requested output; `classification` (int64) is read, other parameters are ignored as
+/// HTTP ignores them.
+fn requested_output(o: InferRequestedOutputTensor) -> Result<RequestedOutput, ApiError> {
+    let classification =
+        match o.parameters.get("classification") {
+            None => None,
+            Some(p) => match p.parameter_choice {
+                Some(ParameterChoice::Int64Param(k)) => Some(u64::try_from(k).map_err(|_| {
+                    ApiError::bad_request("classification must be a positive integer")
+                })?),
+                _ => return Err(ApiError::bad_request(
+                    "classification must be an int64 parameter (the number of classes to return)",
+                )),
+            },
         };
-    }
-    match datatype {
-        "INT8" => conv!(i8, 1),
-        "UINT8" => conv!(u8, 1),
-        "INT16" => conv!(i16, 2),
-        "UINT16" => conv!(u16, 2),
-        "INT32" => conv!(i32, 4),
-        "UINT32" => conv!(u32, 4),
-        "INT64" => conv!(i64, 8),
-        "UINT64" => conv!(u64, 8),
-        "FP32" => conv!(f32, 4),
-        "FP64" => conv!(f64, 8),
-        "FP16" => raw
-            .chunks_exact(2)
-            .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
-            .collect(),
-        "BF16" => raw
-            .chunks_exact(2)
-            .map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16))
-            .collect(),
-        _ => unreachable!("numeric datatypes only"),
-    }
+    Ok(RequestedOutput {
+        name: o.name,
+        parameters: OutputParameters {
+            classification,
+            binary_data: None,
+        },
+    })
 }
 
-/// The typed contents of a numeric datatype as f32 values, and the number of values given in
-/// fields that do not belong to the datatype (which must be none).
-fn typed_to_f32(datatype: &str, c: InferTensorContents) -> Option<(Vec<f32>, usize)> {
-    let total = c.bool_contents.len()
-        + c.int_contents.len()
-        + c.int64_contents.len()
-        + c.uint_contents.len()
-        + c.uint64_contents.len()
-        + c.fp32_contents.len()
-        + c.fp64_contents.len()
-        + c.bytes_contents.len();
+/// Input `t` in the HTTP form. With raw contents of `raw_len` bytes the data is binary; typed
+/// BYTES contents are returned as binary data too (length-prefixed elements); typed numeric
+/// contents become the `data` numbers.
+fn input_v2(
+    t: InferInputTensor,
+    raw_len: Option<usize>,
+) -> Result<(InferInput, Option<Bytes>), ApiError> {
+    let name = t.name;
+    if t.parameters.contains_key("shared_memory_region") {
+        return Err(ApiError::bad_request(format!(
+            "input \"{name}\": shared memory is not supported; send the data in the request"
+        )));
+    }
+    let mut binary = None;
+    let data = match (raw_len, t.contents) {
+        (Some(_), Some(c)) if !is_empty(&c) => {
+            return Err(ApiError::bad_request(format!(
+                "input \"{name}\" has both contents and raw_input_contents: give one"
+            )))
+        }
+        (Some(n), _) => {
+            binary = Some(n);
+            TensorData::Empty
+        }
+        (None, None) => TensorData::Empty,
+        (None, Some(c)) => {
+            if t.datatype == "BYTES" {
+                if has_numbers(&c) {
+                    return Err(ApiError::bad_request(format!(
+                        "input \"{name}\" is BYTES: its contents go in bytes_contents"
+                    )));
+                }
+                let b = Bytes::from(bytes_elements(&c.bytes_contents));
+                let input = InferInput {
+                    name,
+                    shape: t.shape,
+                    datatype: t.datatype,
+                    parameters: InputParameters {
+                        binary_data_size: Some(b.len() as u64),
+                    },
+                    data: TensorData::Empty,
+                };
+                return Ok((input, Some(b)));
+            }
+            typed_numbers(&name, &t.datatype, &t.shape, c)?
+        }
+    };
+    let input = InferInput {
+        name,
+        shape: t.shape,
+        datatype: t.datatype,
+        parameters: InputParameters {
+            binary_data_size: binary.map(|n| n as u64),
+        },
+        data,
+    };
+    Ok((input, None))
+}
+
+fn has_numbers(c: &InferTensorContents) -> bool {
+    !(c.bool_contents.is_empty()
+        && c.int_contents.is_empty()
+        && c.int64_contents.is_empty()
+        && c.uint_contents.is_empty()
+        && c.uint64_contents.is_empty()
+        && c.fp32_contents.is_empty()
+        && c.fp64_contents.is_empty())
+}
+
+fn is_empty(c: &InferTensorContents) -> bool {
+    !has_numbers(c) && c.bytes_contents.is_empty()
+}
+
+/// The typed contents of a numeric input as numbers. Only the datatype's own field may hold
+/// values; their count must be the shape's, which is compared before anything is converted.
+fn typed_numbers(
+    name: &str,
+    datatype: &str,
+    shape: &[i64],
+    c: InferTensorContents,
+) -> Result<TensorData, ApiError> {
+    if numeric_element_size(datatype).is_none() {
+        return Err(ApiError::bad_request(format!(
+            "input \"{name}\" must be numeric (FP32), got {datatype}"
+        )));
+    }
+    let given = [
+        c.bool_contents.len(),
+        c.int_contents.len(),
+        c.int64_contents.len(),
+        c.uint_contents.len(),
+        c.uint64_contents.len(),
+        c.fp32_contents.len(),
+        c.fp64_contents.len(),
+        c.bytes_contents.len(),
+    ]
+    .iter()
+    .sum::<usize>();
+    let own = match datatype {
+        "INT8" | "INT16" | "INT32" => c.int_contents.len(),
+        "INT64" => c.int64_contents.len(),
+        "UINT8" | "UINT16" | "UINT32" => c.uint_contents.len(),
+        "UINT64" => c.uint64_contents.len(),
+        "FP32" => c.fp32_contents.len(),
+        "FP64" => c.fp64_contents.len(),
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "input \"{name}\": {datatype} has no typed contents field; send it in raw_input_contents"
+            )))
+        }
+    };
+    if given != own {
+        return Err(ApiError::bad_request(format!(
+            "input \"{name}\" is {datatype} but has contents in fields of other datatypes"
+        )));
+    }
+    let expected = shape_elems(shape)?;
+    if own != expected {
+        return Err(ApiError::bad_request(format!(
+            "input \"{name}\" has {own} values, shape {shape:?} needs {expected}"
+        )));
+    }
     let values: Vec<f32> = match datatype {
         "INT8" | "INT16" | "INT32" => c.int_contents.iter().map(|&x| x as f32).collect(),
         "INT64" => c.int64_contents.iter().map(|&x| x as f32).collect(),
         "UINT8" | "UINT16" | "UINT32" => c.uint_contents.iter().map(|&x| x as f32).collect(),
         "UINT64" => c.uint64_contents.iter().map(|&x| x as f32).collect(),
         "FP32" => c.fp32_contents,
-        "FP64" => c.fp64_contents.iter().map(|&x| x as f32).collect(),
-        _ => return None,
+        _ => c.fp64_contents.iter().map(|&x| x as f32).collect(),
     };
-    let other = total - values.len();
-    Some((values, other))
-}
-
-/// One input tensor in the v2 form, with its binary data.
-fn input_v2(t: InferInputTensor, raw: Option<Bytes>) -> Result<(InferInput, Bytes), ApiError> {
-    let name = t.name;
-    let datatype = t.datatype;
-    if t.parameters.contains_key("shared_memory_region") {
-        return Err(ApiError::bad_request(format!(
-            "input \"{name}\": shared memory is not supported; send the data in the request"
-        )));
-    }
-    let n = elements(&name, &t.shape)?;
-    let data: Bytes = if datatype == "BYTES" {
-        match (raw, t.contents) {
-            (Some(_), Some(_)) => return Err(both(&name)),
-            // Length-prefixed elements already; the v2 parser splits and counts them.
-            (Some(raw), None) => raw,
-            (None, Some(c)) => {
-                let others = c.bool_contents.len()
-                    + c.int_contents.len()
-                    + c.int64_contents.len()
-                    + c.uint_contents.len()
-                    + c.uint64_contents.len()
-                    + c.fp32_contents.len()
-                    + c.fp64_contents.len();
-                if others > 0 {
-                    return Err(ApiError::bad_request(format!(
-                        "input \"{name}\" is BYTES: its contents go in bytes_contents"
-                    )));
-                }
-                Bytes::from(bytes_elements(&c.bytes_contents))
-            }
-            (None, None) => return Err(no_data(&name)),
-        }
+    Ok(if values.is_empty() {
+        TensorData::Empty
     } else {
-        if name == INPUT_RAW {
-            return Err(ApiError::bad_request(format!(
-                "input \"{INPUT_RAW}\" must be BYTES, got {datatype}"
-            )));
-        }
-        let Some(size) = element_size(&datatype) else {
-            return Err(ApiError::bad_request(format!(
-                "input \"{name}\" must be numeric (FP32, or another integer or float type), got {datatype:?}"
-            )));
-        };
-        let values = match (raw, t.contents) {
-            (Some(_), Some(_)) => return Err(both(&name)),
-            (Some(raw), None) => {
-                if Some(raw.len()) != n.checked_mul(size) {
-                    return Err(ApiError::bad_request(format!(
-                        "raw contents of input \"{name}\" have {} bytes, shape {:?} of {datatype} needs {}",
-                        raw.len(),
-                        t.shape,
-                        n.saturating_mul(size)
-                    )));
-                }
-                if datatype == "FP32" {
-                    raw
-                } else {
-                    f32_bytes(&raw_to_f32(&datatype, &raw))
-                }
-            }
-            (None, Some(c)) => {
-                let Some((values, other)) = typed_to_f32(&datatype, c) else {
-                    return Err(ApiError::bad_request(format!(
-                        "input \"{name}\": {datatype} has no typed contents field; send it as raw_input_contents"
-                    )));
-                };
-                if other > 0 {
-                    return Err(ApiError::bad_request(format!(
-                        "input \"{name}\" is {datatype} but has contents in fields of other datatypes"
-                    )));
-                }
-                if values.len() != n {
-                    return Err(ApiError::bad_request(format!(
-                        "input \"{name}\" has {} values, shape {:?} needs {n}",
-                        values.len(),
-                        t.shape
-                    )));
-                }
-                f32_bytes(&values)
-            }
-            (None, None) => return Err(no_data(&name)),
-        };
-        debug_assert_eq!(values.len(), n * 4);
-        values
-    };
-    let mut parameters = Map::new();
-    parameters.insert("binary_data_size".into(), Value::from(data.len()));
-    let input = InferInput {
-        name,
-        shape: t.shape,
-        datatype: if datatype == "BYTES" {
-            datatype
-        } else {
-            "FP32".into()
-        },
-        parameters,
-        data: None,
-    };
-    Ok((input, data))
-}
-
-fn f32_bytes(v: &[f32]) -> Bytes {
-    v.iter()
-        .flat_map(|x| x.to_le_bytes())
-        .collect::<Vec<u8>>()
-        .into()
-}
-
-fn both(name: &str) -> ApiError {
-    ApiError::bad_request(format!(
-        "input \"{name}\" has both contents and raw_input_contents: give one"
-    ))
-}
-
-fn no_data(name: &str) -> ApiError {
-    ApiError::bad_request(format!(
-        "input \"{name}\" has no data (neither contents nor raw_input_contents)"
-    ))
+        TensorData::Numbers(values)
+    })
 }
 
 /// The answer, with every output's data in raw_output_contents as Triton answers (FP32
@@ -296,7 +250,7 @@ fn no_data(name: &str) -> ApiError {
 pub fn response(
     model: &str,
     version: &str,
-    id: String,
+    id: Option<String>,
     specs: &[OutputSpec],
     outputs: Vec<OutputTensor>,
 ) -> ModelInferResponse {
@@ -304,21 +258,25 @@ pub fn response(
     let mut raw = Vec::with_capacity(outputs.len());
     for (spec, t) in specs.iter().zip(outputs) {
         raw.push(match &t.data {
-            OutputData::Fp32(v) => f32_bytes(v),
+            OutputData::Fp32(v) => v
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into(),
             OutputData::Bytes(s) => Bytes::from(bytes_elements(s)),
         });
         tensors.push(InferOutputTensor {
             name: spec.name.clone(),
             datatype: t.datatype.to_string(),
             shape: t.shape.iter().map(|&d| d as i64).collect(),
-            parameters: HashMap::new(),
+            parameters: HashMap::<String, InferParameter>::new(),
             contents: None,
         });
     }
     ModelInferResponse {
         model_name: model.to_string(),
         model_version: version.to_string(),
-        id,
+        id: id.unwrap_or_default(),
         parameters: HashMap::new(),
         outputs: tensors,
         raw_output_contents: raw,
@@ -328,92 +286,208 @@ pub fn response(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::infer::Sample;
 
-    #[test]
-    fn half_floats() {
-        assert_eq!(f16_to_f32(0x3c00), 1.0);
-        assert_eq!(f16_to_f32(0xc000), -2.0);
-        assert_eq!(f16_to_f32(0x3555), 0.333_251_95);
-        assert_eq!(f16_to_f32(0x0001), 2f32.powi(-24));
-        assert_eq!(f16_to_f32(0x7c00), f32::INFINITY);
-        assert!(f16_to_f32(0x7e00).is_nan());
-        // bf16 1.5 = 0x3fc0
-        assert_eq!(raw_to_f32("BF16", &0x3fc0u16.to_le_bytes()), vec![1.5]);
-    }
+    const SHAPE: ModelShape = ModelShape {
+        input_shape: &[1, 2, 2],
+        max_batch_size: 4,
+    };
 
-    #[test]
-    fn numeric_inputs_become_fp32_binary() {
-        let t = InferInputTensor {
-            name: "input".into(),
-            datatype: "UINT8".into(),
-            shape: vec![1, 3],
+    fn tensor(name: &str, datatype: &str, shape: &[i64]) -> InferInputTensor {
+        InferInputTensor {
+            name: name.into(),
+            datatype: datatype.into(),
+            shape: shape.to_vec(),
             parameters: HashMap::new(),
             contents: None,
-        };
-        let (i, data) = input_v2(t.clone(), Some(Bytes::from_static(&[0, 128, 255]))).unwrap();
-        assert_eq!(i.datatype, "FP32");
-        assert_eq!(i.parameters["binary_data_size"], 12);
-        assert_eq!(data, f32_bytes(&[0.0, 128.0, 255.0]));
-        // Raw size must match the shape.
-        let e = input_v2(t.clone(), Some(Bytes::from_static(&[0, 1]))).unwrap_err();
-        assert!(e.message.contains("needs 3"), "{}", e.message);
-        // Typed contents in the datatype's field only.
-        let typed = |c: InferTensorContents| InferInputTensor {
-            contents: Some(c),
-            ..t.clone()
-        };
-        let (_, data) = input_v2(
-            typed(InferTensorContents {
-                uint_contents: vec![1, 2, 3],
-                ..Default::default()
-            }),
-            None,
-        )
-        .unwrap();
-        assert_eq!(data, f32_bytes(&[1.0, 2.0, 3.0]));
-        let e = input_v2(
-            typed(InferTensorContents {
-                fp32_contents: vec![1.0, 2.0, 3.0],
-                ..Default::default()
-            }),
-            None,
-        )
-        .unwrap_err();
-        assert!(e.message.contains("other datatypes"), "{}", e.message);
-        let e = input_v2(
-            typed(InferTensorContents {
-                uint_contents: vec![1],
-                ..Default::default()
-            }),
-            Some(Bytes::from_static(&[1])),
-        )
-        .unwrap_err();
-        assert!(e.message.contains("both"), "{}", e.message);
-        let e = input_v2(
-            InferInputTensor {
-                shape: vec![-1, 3],
-                ..t
-            },
-            None,
-        )
-        .unwrap_err();
-        assert!(e.message.contains("negative"), "{}", e.message);
+        }
+    }
+
+    fn request(inputs: Vec<InferInputTensor>, raw: Vec<Bytes>) -> ModelInferRequest {
+        ModelInferRequest {
+            model_name: "m".into(),
+            inputs,
+            raw_input_contents: raw,
+            ..Default::default()
+        }
+    }
+
+    fn tensors(r: &V2Request) -> Vec<Vec<f32>> {
+        r.samples
+            .iter()
+            .map(|s| match s {
+                Sample::Tensor(t) => t.clone(),
+                Sample::Encoded { .. } => panic!("tensor expected"),
+            })
+            .collect()
     }
 
     #[test]
-    fn bytes_contents_become_length_prefixed() {
-        let t = InferInputTensor {
-            name: "raw".into(),
-            datatype: "BYTES".into(),
-            shape: vec![2],
-            parameters: HashMap::new(),
-            contents: Some(InferTensorContents {
-                bytes_contents: vec![Bytes::from_static(b"ab"), Bytes::from_static(b"c")],
-                ..Default::default()
-            }),
+    fn raw_numeric_inputs_of_any_type() {
+        let r = decode(
+            request(
+                vec![tensor("input", "UINT8", &[1, 1, 2, 2])],
+                vec![Bytes::from_static(&[0, 1, 128, 255])],
+            ),
+            &SHAPE,
+        )
+        .unwrap();
+        assert_eq!(tensors(&r), [vec![0.0, 1.0, 128.0, 255.0]]);
+        assert_eq!(r.outputs.len(), 2);
+        // The byte count must match the shape and datatype.
+        let e = decode(
+            request(
+                vec![tensor("input", "FP32", &[1, 1, 2, 2])],
+                vec![Bytes::from_static(&[0; 4])],
+            ),
+            &SHAPE,
+        )
+        .err()
+        .unwrap();
+        assert!(e.message.contains("needs 16"), "{}", e.message);
+    }
+
+    #[test]
+    fn typed_contents() {
+        let mut t = tensor("input", "INT32", &[2, 1, 2, 2]);
+        t.contents = Some(InferTensorContents {
+            int_contents: (1..=8).collect(),
+            ..Default::default()
+        });
+        let r = decode(request(vec![t.clone()], vec![]), &SHAPE).unwrap();
+        assert_eq!(
+            tensors(&r),
+            [vec![1.0, 2.0, 3.0, 4.0], vec![5.0, 6.0, 7.0, 8.0]]
+        );
+        // Values in another datatype's field, or too few, or both typed and raw.
+        let mut other = t.clone();
+        other.contents = Some(InferTensorContents {
+            fp32_contents: vec![0.0; 8],
+            ..Default::default()
+        });
+        let e = decode(request(vec![other], vec![]), &SHAPE).err().unwrap();
+        assert!(e.message.contains("other datatypes"), "{}", e.message);
+        let mut few = t.clone();
+        few.contents = Some(InferTensorContents {
+            int_contents: vec![1],
+            ..Default::default()
+        });
+        let e = decode(request(vec![few], vec![]), &SHAPE).err().unwrap();
+        assert!(e.message.contains("needs 8"), "{}", e.message);
+        let e = decode(request(vec![t], vec![Bytes::from_static(&[0; 32])]), &SHAPE)
+            .err()
+            .unwrap();
+        assert!(e.message.contains("both"), "{}", e.message);
+    }
+
+    #[test]
+    fn sizes_are_checked_by_the_shared_decoder() {
+        for (t, raw, needle) in [
+            (
+                tensor("input", "FP32", &[10_000_000, 1, 2, 2]),
+                vec![Bytes::from_static(&[0; 16])],
+                "max_batch_size",
+            ),
+            (
+                tensor("input", "FP32", &[-1, 1, 2, 2]),
+                vec![Bytes::from_static(&[0; 16])],
+                "negative",
+            ),
+            (
+                tensor("raw", "BYTES", &[1_000_000_000]),
+                vec![Bytes::from_static(&[0; 4])],
+                "max_batch_size",
+            ),
+            (
+                tensor("input", "FP32", &[1; 17]),
+                vec![Bytes::from_static(&[0; 4])],
+                "dimensions",
+            ),
+            (
+                tensor("raw", "FP32", &[1]),
+                vec![Bytes::from_static(&[0; 4])],
+                "must be BYTES",
+            ),
+            (
+                tensor("pixels", "FP32", &[1, 1, 2, 2]),
+                vec![Bytes::from_static(&[0; 16])],
+                "unknown input",
+            ),
+            (
+                tensor("input", "FP32", &[1, 1, 2, 2]),
+                vec![],
+                "has no data",
+            ),
+        ] {
+            let e = decode(request(vec![t], raw), &SHAPE).err().unwrap();
+            assert_eq!(e.status, 400);
+            assert!(e.message.contains(needle), "{needle}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn bytes_contents_become_samples() {
+        let mut t = tensor("raw", "BYTES", &[2]);
+        t.contents = Some(InferTensorContents {
+            bytes_contents: vec![Bytes::from_static(b"ab"), Bytes::from_static(b"c")],
+            ..Default::default()
+        });
+        let r = decode(request(vec![t.clone()], vec![]), &SHAPE).unwrap();
+        let data: Vec<&[u8]> = r
+            .samples
+            .iter()
+            .map(|s| match s {
+                Sample::Encoded { data, .. } => &data[..],
+                Sample::Tensor(_) => panic!("encoded expected"),
+            })
+            .collect();
+        assert_eq!(data, [&b"ab"[..], b"c"]);
+        t.shape = vec![3];
+        let e = decode(request(vec![t], vec![]), &SHAPE).err().unwrap();
+        assert!(e.message.contains("3"), "{}", e.message);
+    }
+
+    #[test]
+    fn outputs() {
+        let mut req = request(
+            vec![tensor("input", "FP32", &[1, 2, 2])],
+            vec![Bytes::from_static(&[0; 16])],
+        );
+        let out = |name: &str, k: Option<i64>| InferRequestedOutputTensor {
+            name: name.into(),
+            parameters: k
+                .map(|k| {
+                    (
+                        "classification".to_string(),
+                        InferParameter {
+                            parameter_choice: Some(ParameterChoice::Int64Param(k)),
+                        },
+                    )
+                })
+                .into_iter()
+                .collect(),
         };
-        let (i, data) = input_v2(t, None).unwrap();
-        assert_eq!(i.datatype, "BYTES");
-        assert_eq!(&data[..], b"\x02\0\0\0ab\x01\0\0\0c");
+        req.outputs = vec![out("probabilities", Some(3))];
+        let r = decode(req.clone(), &SHAPE).unwrap();
+        assert_eq!(r.outputs.len(), 1);
+        assert_eq!(r.outputs[0].classification, Some(3));
+        for (outs, needle) in [
+            (vec![out("logits", None), out("logits", None)], "twice"),
+            (vec![out("scores", None)], "unknown output"),
+            (vec![out("logits", Some(0))], "positive"),
+            (vec![out("logits", Some(-2))], "positive"),
+            (
+                vec![
+                    out("logits", None),
+                    out("probabilities", None),
+                    out("logits", None),
+                ],
+                "more than 2",
+            ),
+        ] {
+            req.outputs = outs;
+            let e = decode(req.clone(), &SHAPE).err().unwrap();
+            assert!(e.message.contains(needle), "{needle}: {}", e.message);
+        }
     }
 }

@@ -542,9 +542,14 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
         match body.frame().await {
             None => return Ok(buf.freeze()),
             Some(Err(e)) => {
+                if super::conn::is_body_timeout(&e) {
+                    return Err(ApiError::request_timeout(
+                        "the request body did not arrive within the server's body timeout",
+                    ));
+                }
                 return Err(ApiError::bad_request(format!(
                     "cannot read request body: {e}"
-                )))
+                )));
             }
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
@@ -556,7 +561,16 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             }
         }
     }
-    let too_large = ApiError::too_large(format!("request body exceeds {limit} bytes"));
+    discard_body(body, limit).await;
+    Err(ApiError::too_large(format!(
+        "request body exceeds {limit} bytes"
+    )))
+}
+
+/// Reads and discards the rest of an oversized body, for at most 4x `limit` (64 MiB at most)
+/// and 2 s, so that clients that send the whole body before reading see the 413.
+pub async fn discard_body(mut body: Body, limit: usize) {
+    use http_body_util::BodyExt;
     let drain_max = limit.saturating_mul(4).min(64 << 20);
     let drain = async {
         let mut drained = 0usize;
@@ -570,7 +584,6 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
-    Err(too_large)
 }
 
 /// Top-k `(index, score)` by descending score (ties: lower index first).

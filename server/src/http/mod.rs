@@ -1,9 +1,12 @@
 //! HTTP front end: routing, middleware (auth, request ids, JSON errors, tracing), shared state.
 
+pub mod conn;
+pub mod decode;
 pub mod infer;
 pub mod openapi;
 pub mod v1;
 pub mod v2;
+pub mod web;
 
 use crate::error::{error_body, ApiError};
 use crate::metrics::Metrics;
@@ -18,11 +21,10 @@ use axum::{Json, Router};
 use models::InputLimits;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 /// Server-wide options (flags, environment, config file).
@@ -42,6 +44,59 @@ pub struct ServeOptions {
     pub limits: InputLimits,
     /// Upper bound on a per-request `timeout_ms`.
     pub max_timeout_ms: u64,
+    /// Ready only when every model that should be served is ready.
+    pub strict_readiness: bool,
+    /// Exit non-zero when a model fails to load at start.
+    pub exit_on_error: bool,
+    /// Connection timeouts and limit.
+    pub conn: conn::ConnLimits,
+    /// Seconds between request summary lines (0: none).
+    pub log_summary_secs: u64,
+}
+
+/// Requests answered since the last summary line.
+#[derive(Default)]
+pub struct RequestSummary {
+    count: AtomicU64,
+    by_class: [AtomicU64; 5],
+    sum_us: AtomicU64,
+    max_us: AtomicU64,
+}
+
+impl RequestSummary {
+    pub fn record(&self, status: StatusCode, latency: Duration) {
+        let us = latency.as_micros().min(u64::MAX as u128) as u64;
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.by_class[class].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// Logs one INFO line with what was answered since the last call (nothing if no request).
+    pub fn log_and_reset(&self, secs: u64) {
+        let count = self.count.swap(0, Ordering::Relaxed);
+        let c: Vec<u64> = self
+            .by_class
+            .iter()
+            .map(|a| a.swap(0, Ordering::Relaxed))
+            .collect();
+        let sum = self.sum_us.swap(0, Ordering::Relaxed);
+        let max = self.max_us.swap(0, Ordering::Relaxed);
+        if count == 0 {
+            return;
+        }
+        tracing::info!(
+            seconds = secs,
+            requests = count,
+            status_2xx = c[1],
+            status_4xx = c[3],
+            status_5xx = c[4],
+            mean_ms = (sum as f64 / count as f64 / 1e3 * 1e3).round() / 1e3,
+            max_ms = max as f64 / 1e3,
+            "requests answered"
+        );
+    }
 }
 
 pub struct AppState {
@@ -57,6 +112,8 @@ pub struct AppState {
     inflight_zero: Notify,
     /// Bounds concurrent decoding/feature extraction on the blocking pool.
     pub preprocess_permits: Arc<Semaphore>,
+    /// Requests answered since the last summary line.
+    pub summary: RequestSummary,
 }
 
 impl AppState {
@@ -76,6 +133,7 @@ impl AppState {
             started: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             inflight_zero: Notify::new(),
+            summary: RequestSummary::default(),
         }
     }
 
@@ -107,8 +165,26 @@ impl AppState {
         }
     }
 
+    /// Why the server is not ready (draining, starting, or with strict readiness a model that
+    /// should be served and is not); `None` when ready.
+    pub fn not_ready(&self) -> Option<String> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Some("server is shutting down".into());
+        }
+        if !self.started.load(Ordering::SeqCst) {
+            return Some("server is starting: models are loading".into());
+        }
+        if self.opts.strict_readiness {
+            let why = self.repo.not_ready();
+            if !why.is_empty() {
+                return Some(format!("not every model is ready: {}", why.join("; ")));
+            }
+        }
+        None
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.started.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
+        self.not_ready().is_none()
     }
 }
 
@@ -144,6 +220,15 @@ pub fn parse_version(name: &str, v: &str) -> Result<u64, ApiError> {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value (the scheme in any case, RFC 9110).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 /// True when no API key is configured, or `headers` carry `Authorization: Bearer <key>` (HTTP
 /// headers, or gRPC metadata).
 pub(crate) fn authorized(st: &AppState, headers: &HeaderMap) -> bool {
@@ -153,11 +238,7 @@ pub(crate) fn authorized(st: &AppState, headers: &HeaderMap) -> bool {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+        .and_then(bearer_token);
     match given {
         Some(g) => {
             use subtle::ConstantTimeEq;
@@ -222,16 +303,19 @@ pub async fn live() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "live": true }))
 }
 
-/// `GET /v2/health/ready`: 200 once the initial models are loaded, 503 while starting or draining.
+/// `GET /v2/health/ready`: 200 once every model that should be served is ready (with
+/// `--strict-readiness=false`: once the initial load finished); 503 while starting or draining,
+/// and while a model that should be served has no ready version or the repository is unreadable.
 #[utoipa::path(get, path = "/v2/health/ready", tag = "health",
-    responses((status = 200, description = "Ready"), (status = 503, description = "Starting or shutting down", body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "Ready"), (status = 503, description = "Starting, shutting down, or a model that should be served is not ready (the reason is in `error`)", body = crate::error::ErrorBody)))]
 pub async fn ready(State(st): State<SharedState>) -> Response {
-    if st.draining.load(Ordering::SeqCst) {
-        ApiError::unavailable("server is shutting down").into_response()
-    } else if !st.started.load(Ordering::SeqCst) {
-        ApiError::unavailable("server is starting: models are loading").into_response()
-    } else {
-        Json(serde_json::json!({ "ready": true })).into_response()
+    let state = st.clone();
+    let why = tokio::task::spawn_blocking(move || state.not_ready())
+        .await
+        .unwrap_or_else(|_| Some("readiness check failed".into()));
+    match why {
+        Some(why) => ApiError::unavailable(why).into_response(),
+        None => Json(serde_json::json!({ "ready": true })).into_response(),
     }
 }
 
@@ -249,14 +333,71 @@ pub async fn metrics(State(st): State<SharedState>) -> Response {
         .into_response()
 }
 
-async fn root() -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "name": "shiftserve",
-        "version": env!("CARGO_PKG_VERSION"),
-        "docs": "/docs",
-        "openapi": "/api-doc/openapi.json",
-        "models": "/v1/models",
-    }))
+/// Longest request id kept from a client; longer or unsafe ones are replaced.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// A client's request id is kept if it is 1 to 128 characters from `A-Z a-z 0-9 - _ . : / + = @`
+/// (UUIDs, W3C trace ids, most tracing systems' ids); otherwise the server makes one.
+pub fn acceptable_request_id(v: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID_LEN).contains(&v.len())
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(b))
+}
+
+/// Gives every request an `x-request-id` (the client's if acceptable, else a new UUID) and
+/// echoes it on the answer.
+async fn request_ids(mut req: Request, next: Next) -> Response {
+    let id = match req.headers().get("x-request-id") {
+        Some(v) if acceptable_request_id(v.as_bytes()) => v.clone(),
+        _ => HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("a UUID is ASCII"),
+    };
+    req.headers_mut().insert("x-request-id", id.clone());
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert("x-request-id", id);
+    resp
+}
+
+/// Refuses a declared body over the limit at once (413, before any `100 Continue`), closes the
+/// connection after answers whose body was not read (408, 413) and every answer while draining,
+/// and counts answers for the summary line.
+async fn connection_policy(State(st): State<SharedState>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let mut resp = match declared {
+        Some(n) if n > st.opts.max_body_bytes as u64 => {
+            // A client waiting for `100 Continue` gets the 413 instead and never sends the body.
+            // One that sends it anyway gets the 413 once a bounded part of it was read and
+            // discarded (never buffered), so that it sees the answer rather than a reset.
+            let expects_continue = req
+                .headers()
+                .get(header::EXPECT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
+            if !expects_continue {
+                infer::discard_body(req.into_body(), st.opts.max_body_bytes).await;
+            }
+            ApiError::too_large(format!(
+                "request body of {n} bytes exceeds {} bytes",
+                st.opts.max_body_bytes
+            ))
+            .into_response()
+        }
+        _ => next.run(req).await,
+    };
+    let status = resp.status();
+    if st.draining.load(Ordering::SeqCst)
+        || status == StatusCode::PAYLOAD_TOO_LARGE
+        || status == StatusCode::REQUEST_TIMEOUT
+    {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    st.summary.record(status, started.elapsed());
+    resp
 }
 
 /// Reads a request id set by the request-id layer.
@@ -308,19 +449,19 @@ pub fn router(state: SharedState) -> Router {
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     let public = Router::new()
-        .route("/", get(root))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/api-doc/openapi.json", get(openapi::openapi_json))
-        .route("/docs", get(openapi::docs_page));
+        .merge(web::routes());
     let body_limit = state.opts.max_body_bytes;
     public
         .merge(protected)
         .fallback(fallback)
-        .with_state(state)
+        .with_state(state.clone())
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn_with_state(state, connection_policy))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
@@ -329,12 +470,12 @@ pub fn router(state: SharedState) -> Router {
                 })
                 .on_request(())
                 .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG))
+                // One line per request at DEBUG; INFO gets the periodic summary line.
                 .on_response(
                     tower_http::trace::DefaultOnResponse::new()
-                        .level(tracing::Level::INFO)
+                        .level(tracing::Level::DEBUG)
                         .latency_unit(tower_http::LatencyUnit::Micros),
                 ),
         )
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(middleware::from_fn(request_ids))
 }

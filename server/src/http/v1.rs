@@ -1,17 +1,17 @@
 //! Task endpoints for people and scripts: `POST /v1/models/{m}/predict`, `GET /v1/models`.
 
+pub use super::decode::B64Body;
+use super::decode::{decode_task, TaskInput};
 use super::infer::{self, ms, read_body, timing_headers, top_k, Sample, Tracker};
 use super::{parse_version, request_id, SharedState};
 use crate::error::{ApiError, ErrorBody, InferenceErrors};
 use crate::repository::LookupError;
 use crate::stats::Percentiles;
-use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine;
-use bytes::Bytes;
-use models::{MediaHint, Task};
+use models::Task;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -25,15 +25,6 @@ pub struct PredictQuery {
     /// at the server's `--max-timeout-ms`).
     #[param(value_type = Option<u64>, minimum = 1, maximum = 4294967295_u64)]
     pub timeout_ms: Option<u32>,
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct B64Body {
-    /// The image or WAV file, base64 (a `data:...;base64,` prefix is accepted).
-    pub b64: String,
-    /// Optional, same as the `top_k` query parameter (which wins when both are given).
-    #[schema(value_type = Option<u64>, minimum = 1, maximum = 4294967295_u64)]
-    pub top_k: Option<u32>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -69,117 +60,16 @@ pub struct PredictResponse {
     pub intent: Option<IntentOut>,
 }
 
-fn hint_for(content_type: &str, filename: Option<&str>) -> Result<MediaHint, ApiError> {
-    let ct = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if ct.starts_with("image/") {
-        return Ok(MediaHint::Image);
-    }
-    if matches!(
-        ct.as_str(),
-        "audio/wav" | "audio/x-wav" | "audio/wave" | "audio/vnd.wave"
-    ) {
-        return Ok(MediaHint::Audio);
-    }
-    if ct.starts_with("audio/") {
-        return Err(ApiError::unsupported_media(format!(
-            "unsupported audio type {ct}: send WAV (audio/wav)"
-        )));
-    }
-    if ct.is_empty() || ct == "application/octet-stream" {
-        let ext = filename
-            .and_then(|f| f.rsplit_once('.'))
-            .map(|(_, e)| e.to_ascii_lowercase());
-        return Ok(match ext.as_deref() {
-            Some("wav" | "wave") => MediaHint::Audio,
-            Some("png" | "jpg" | "jpeg" | "webp" | "bmp" | "gif") => MediaHint::Image,
-            _ => MediaHint::Unknown,
-        });
-    }
-    Err(ApiError::unsupported_media(format!(
-        "unsupported Content-Type {ct}: send image/*, audio/wav, multipart/form-data (field \"file\") or application/json {{\"b64\": ...}}"
-    )))
-}
-
-fn decode_b64(s: &str) -> Result<(Bytes, MediaHint), ApiError> {
-    let (hint, payload) = match s.strip_prefix("data:") {
-        Some(rest) => {
-            let (meta, data) = rest
-                .split_once(',')
-                .ok_or_else(|| ApiError::bad_request("malformed data: URL"))?;
-            (hint_for(meta.trim_end_matches(";base64"), None)?, data)
-        }
-        None => (MediaHint::Unknown, s),
-    };
-    let cleaned: String = payload
-        .chars()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(cleaned.as_bytes())
-        .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(cleaned.as_bytes()))
-        .map_err(|e| ApiError::bad_request(format!("b64 is not valid base64: {e}")))?;
-    Ok((Bytes::from(bytes), hint))
-}
-
-/// Extracts the file from any of the accepted body forms. Returns (data, hint, top_k from body).
-async fn extract_file(
-    state: &SharedState,
-    req: Request,
-) -> Result<(Bytes, MediaHint, Option<u32>), ApiError> {
+/// Reads the body (413 beyond the limit) and decodes it.
+async fn extract_file(state: &SharedState, req: Request) -> Result<TaskInput, ApiError> {
     let ct = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let base = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let limit = state.opts.max_body_bytes;
-    let (parts, body) = req.into_parts();
-    let body = read_body(body, limit).await?;
-    if base == "multipart/form-data" {
-        let req = Request::from_parts(parts, axum::body::Body::from(body));
-        let mut mp = Multipart::from_request(req, &()).await.map_err(|e| {
-            ApiError::bad_request(format!("malformed multipart body: {}", e.body_text()))
-        })?;
-        loop {
-            let field = mp.next_field().await.map_err(|e| {
-                ApiError::bad_request(format!("malformed multipart body: {}", e.body_text()))
-            })?;
-            let Some(field) = field else {
-                return Err(ApiError::bad_request(
-                    "multipart body has no field named \"file\"",
-                ));
-            };
-            if field.name() != Some("file") {
-                continue;
-            }
-            let fct = field.content_type().unwrap_or("").to_string();
-            let fname = field.file_name().map(str::to_string);
-            let hint = hint_for(&fct, fname.as_deref())?;
-            let data = field.bytes().await.map_err(|e| {
-                ApiError::bad_request(format!("cannot read multipart field: {}", e.body_text()))
-            })?;
-            return Ok((data, hint, None));
-        }
-    }
-    if base == "application/json" {
-        let parsed: B64Body = super::json_object(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-        let (data, hint) = decode_b64(&parsed.b64)?;
-        return Ok((data, hint, parsed.top_k));
-    }
-    let hint = hint_for(&base, None)?;
-    Ok((body, hint, None))
+    let body = read_body(req.into_body(), state.opts.max_body_bytes).await?;
+    decode_task(&ct, body).await
 }
 
 /// Classify an image or a WAV file with the latest version of a model.
@@ -243,7 +133,11 @@ async fn predict_common(
     if let Some(lv) = &lv0 {
         tracker.set_version(lv);
     }
-    let (data, hint, body_top_k) = match extract_file(&st, req).await {
+    let TaskInput {
+        data,
+        hint,
+        top_k: body_top_k,
+    } = match extract_file(&st, req).await {
         Ok(x) => x,
         Err(e) => {
             tracker.fail(&e);
@@ -429,38 +323,4 @@ pub async fn list_models(State(st): State<SharedState>) -> Json<ModelList> {
         });
     }
     Json(ModelList { models })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn media_hints() {
-        assert_eq!(hint_for("image/png", None).unwrap(), MediaHint::Image);
-        assert_eq!(hint_for("audio/wav", None).unwrap(), MediaHint::Audio);
-        assert_eq!(
-            hint_for("audio/x-wav; charset=binary", None).unwrap(),
-            MediaHint::Audio
-        );
-        assert_eq!(hint_for("", Some("a.WAV")).unwrap(), MediaHint::Audio);
-        assert_eq!(
-            hint_for("application/octet-stream", Some("x.jpg")).unwrap(),
-            MediaHint::Image
-        );
-        assert_eq!(hint_for("", None).unwrap(), MediaHint::Unknown);
-        assert_eq!(hint_for("audio/mpeg", None).unwrap_err().status, 415);
-        assert_eq!(hint_for("text/plain", None).unwrap_err().status, 415);
-    }
-
-    #[test]
-    fn base64_forms() {
-        let (b, h) = decode_b64("aGVsbG8=").unwrap();
-        assert_eq!(&b[..], b"hello");
-        assert_eq!(h, MediaHint::Unknown);
-        let (b, h) = decode_b64("data:image/png;base64,aGVs\nbG8=").unwrap();
-        assert_eq!(&b[..], b"hello");
-        assert_eq!(h, MediaHint::Image);
-        assert_eq!(decode_b64("%%%").unwrap_err().status, 400);
-    }
 }

@@ -1,7 +1,7 @@
 //! Open Inference Protocol v2 (KServe / Triton REST), with Triton's binary tensor, classification,
 //! statistics and model repository extensions.
 
-use super::infer::{self, read_body, timing_headers, top_k, Sample, Tracker};
+use super::infer::{self, read_body, timing_headers, top_k, Tracker};
 use super::{lookup_error, parse_version, request_id, SharedState};
 use crate::error::{ApiError, ErrorBody, InferenceErrors, ModelReadErrors};
 use crate::repository::{ControlMode, IndexEntry, LoadedVersion, LookupError};
@@ -11,18 +11,16 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine;
 use bytes::Bytes;
-use models::MediaHint;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Instant;
 
-pub const INPUT_TENSOR: &str = "input";
-pub const INPUT_RAW: &str = "raw";
-pub const OUTPUT_LOGITS: &str = "logits";
-pub const OUTPUT_PROBS: &str = "probabilities";
+use super::decode::{decode_v2, ModelShape, OutputSpec};
+pub use super::decode::{
+    InferInput, InferRequest, RequestedOutput, INPUT_RAW, INPUT_TENSOR, OUTPUT_LOGITS, OUTPUT_PROBS,
+};
 pub const HEADER_LEN: &str = "inference-header-content-length";
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -287,325 +285,12 @@ pub async fn model_stats_version(
 
 // ----- inference -----
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct InferInput {
-    /// `input` (a preprocessed numeric tensor) or `raw` (BYTES: encoded image/WAV files).
-    #[schema(pattern = "^(input|raw)$")]
-    pub name: String,
-    pub shape: Vec<i64>,
-    /// `FP32` (other numeric types are converted) for `input`; `BYTES` for `raw`.
-    #[schema(
-        pattern = "^(FP16|FP32|FP64|INT8|INT16|INT32|INT64|UINT8|UINT16|UINT32|UINT64|BYTES)$"
-    )]
-    pub datatype: String,
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub parameters: Map<String, Value>,
-    /// Row-major data (nested arrays accepted); BYTES elements are base64 strings.
-    #[schema(value_type = Object)]
-    pub data: Option<Value>,
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct RequestedOutput {
-    /// `logits` or `probabilities`.
-    #[schema(pattern = "^(logits|probabilities)$")]
-    pub name: String,
-    /// `classification` (int K) and `binary_data` (bool).
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub parameters: Map<String, Value>,
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct InferRequest {
-    pub id: Option<String>,
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub parameters: Map<String, Value>,
-    /// Exactly one input: `input` or `raw`.
-    #[schema(min_items = 1, max_items = 1)]
-    pub inputs: Vec<InferInput>,
-    /// The outputs to return (default: both); if present, not empty.
-    #[schema(min_items = 1)]
-    pub outputs: Option<Vec<RequestedOutput>>,
-}
-
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct InferQuery {
     /// Deadline in milliseconds (overrides `x-request-timeout-ms` and the model default; capped
     /// at the server's `--max-timeout-ms`).
     #[param(value_type = Option<u64>, minimum = 1, maximum = 4294967295_u64)]
     pub timeout_ms: Option<u32>,
-}
-
-fn flatten_json(v: &Value, out: &mut Vec<Value>) {
-    match v {
-        Value::Array(a) => a.iter().for_each(|x| flatten_json(x, out)),
-        other => out.push(other.clone()),
-    }
-}
-
-fn shape_elems(shape: &[i64]) -> Result<usize, ApiError> {
-    let mut n: usize = 1;
-    for &d in shape {
-        if d < 0 {
-            return Err(ApiError::bad_request(
-                "input shape has a negative dimension",
-            ));
-        }
-        n = n
-            .checked_mul(d as usize)
-            .ok_or_else(|| ApiError::bad_request("input shape overflows"))?;
-    }
-    Ok(n)
-}
-
-/// A request's declared batch must fit the model before anything is sized from it.
-fn check_batch(lv: &LoadedVersion, batch: usize) -> Result<(), ApiError> {
-    let max = lv.config.max_batch_size;
-    if batch == 0 || batch > max {
-        return Err(ApiError::bad_request(format!(
-            "batch of {batch} is outside 1..={max} (the model's max_batch_size)"
-        )));
-    }
-    Ok(())
-}
-
-fn param_u64(p: &Map<String, Value>, key: &str) -> Option<u64> {
-    p.get(key).and_then(|v| v.as_u64())
-}
-
-fn param_bool(p: &Map<String, Value>, key: &str) -> bool {
-    p.get(key).and_then(|v| v.as_bool()).unwrap_or(false)
-}
-
-/// Splits BYTES binary data: each element is a 4-byte little-endian length then the bytes.
-fn split_bytes_elements(mut data: &[u8]) -> Result<Vec<Bytes>, ApiError> {
-    let mut out = Vec::new();
-    while !data.is_empty() {
-        if data.len() < 4 {
-            return Err(ApiError::bad_request("truncated BYTES element length"));
-        }
-        let n = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
-        data = &data[4..];
-        if data.len() < n {
-            return Err(ApiError::bad_request(
-                "BYTES element longer than the binary data",
-            ));
-        }
-        out.push(Bytes::copy_from_slice(&data[..n]));
-        data = &data[n..];
-    }
-    Ok(out)
-}
-
-/// Turns the request's inputs into samples. `binary` holds the binary data of the inputs that
-/// declare a `binary_data_size` parameter, in order (the gRPC front end passes its raw contents
-/// this way).
-pub(crate) fn samples_from_inputs(
-    lv: &LoadedVersion,
-    inputs: Vec<InferInput>,
-    mut binary: Bytes,
-) -> Result<Vec<Sample>, ApiError> {
-    if inputs.len() != 1 {
-        return Err(ApiError::bad_request(format!(
-            "expected exactly one input, \"{INPUT_TENSOR}\" (FP32 tensor) or \"{INPUT_RAW}\" (BYTES, encoded image/WAV); got {}",
-            inputs.len()
-        )));
-    }
-    let input = inputs.into_iter().next().expect("one input");
-    let bin: Option<Bytes> = match param_u64(&input.parameters, "binary_data_size") {
-        Some(n) => {
-            let n = n as usize;
-            if n > binary.len() {
-                return Err(ApiError::bad_request(format!(
-                    "input \"{}\" declares binary_data_size {n} but only {} binary bytes follow the header",
-                    input.name,
-                    binary.len()
-                )));
-            }
-            Some(binary.split_to(n))
-        }
-        None => None,
-    };
-    if !binary.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "{} unclaimed bytes of binary data after the header",
-            binary.len()
-        )));
-    }
-    let info = lv.model.info();
-    match (input.name.as_str(), input.datatype.as_str()) {
-        (INPUT_TENSOR, dt) => {
-            let per = lv.input_len;
-            let total = shape_elems(&input.shape)?;
-            let dims: Vec<usize> = input.shape.iter().map(|&d| d as usize).collect();
-            let batch = if dims == info.input_shape {
-                1
-            } else if dims.len() == info.input_shape.len() + 1 && dims[1..] == info.input_shape[..] {
-                dims[0]
-            } else {
-                return Err(ApiError::bad_request(format!(
-                    "input \"{INPUT_TENSOR}\" shape {:?} does not match [-1, {}]",
-                    input.shape,
-                    info.input_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
-                )));
-            };
-            // Every size derived from the request is checked before anything is allocated: the
-            // declared batch against the model's limit, the element count against the shape.
-            check_batch(lv, batch)?;
-            let expected = batch.checked_mul(per).filter(|&e| e == total).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "input \"{INPUT_TENSOR}\" shape {:?} is too large ({total} elements)",
-                    input.shape
-                ))
-            })?;
-            let values: Vec<f32> = match bin {
-                Some(b) => {
-                    if dt != "FP32" {
-                        return Err(ApiError::bad_request(format!("binary input \"{INPUT_TENSOR}\" must be FP32, got {dt}")));
-                    }
-                    if b.len() / 4 != expected || b.len() % 4 != 0 {
-                        return Err(ApiError::bad_request(format!(
-                            "binary data of \"{INPUT_TENSOR}\" has {} bytes, shape needs {}",
-                            b.len(),
-                            expected.saturating_mul(4)
-                        )));
-                    }
-                    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-                }
-                None => {
-                    if !matches!(
-                        dt,
-                        "FP32" | "FP64" | "FP16" | "INT8" | "INT16" | "INT32" | "INT64" | "UINT8" | "UINT16" | "UINT32" | "UINT64"
-                    ) {
-                        return Err(ApiError::bad_request(format!("input \"{INPUT_TENSOR}\" must be numeric (FP32), got {dt}")));
-                    }
-                    let data = input.data.ok_or_else(|| ApiError::bad_request(format!("input \"{INPUT_TENSOR}\" has no data")))?;
-                    // Capacity from the declared shape only once the data is known to match it.
-                    let mut flat = Vec::new();
-                    flatten_json(&data, &mut flat);
-                    if flat.len() != expected {
-                        return Err(ApiError::bad_request(format!(
-                            "input \"{INPUT_TENSOR}\" has {} values, shape {:?} needs {expected}",
-                            flat.len(),
-                            input.shape
-                        )));
-                    }
-                    flat.iter()
-                        .map(|v| v.as_f64().map(|x| x as f32))
-                        .collect::<Option<Vec<f32>>>()
-                        .ok_or_else(|| ApiError::bad_request(format!("input \"{INPUT_TENSOR}\" data must be numbers")))?
-                }
-            };
-            if values.len() != total || total != batch * per {
-                return Err(ApiError::bad_request(format!(
-                    "input \"{INPUT_TENSOR}\" has {} values, shape {:?} needs {}",
-                    values.len(),
-                    input.shape,
-                    batch * per
-                )));
-            }
-            Ok(values.chunks(per).map(|c| Sample::Tensor(c.to_vec())).collect())
-        }
-        (INPUT_RAW, "BYTES") => {
-            let total = shape_elems(&input.shape)?;
-            check_batch(lv, total)?;
-            let elems: Vec<Bytes> = match bin {
-                Some(b) => split_bytes_elements(&b)?,
-                None => {
-                    let data = input.data.ok_or_else(|| ApiError::bad_request(format!("input \"{INPUT_RAW}\" has no data")))?;
-                    let mut flat = Vec::new();
-                    flatten_json(&data, &mut flat);
-                    flat.iter()
-                        .map(|v| {
-                            let s = v.as_str().ok_or_else(|| {
-                                ApiError::bad_request(format!("input \"{INPUT_RAW}\" elements must be base64 strings"))
-                            })?;
-                            base64::engine::general_purpose::STANDARD
-                                .decode(s)
-                                .map(Bytes::from)
-                                .map_err(|e| ApiError::bad_request(format!("input \"{INPUT_RAW}\" is not valid base64: {e}")))
-                        })
-                        .collect::<Result<_, _>>()?
-                }
-            };
-            if elems.len() != total {
-                return Err(ApiError::bad_request(format!(
-                    "input \"{INPUT_RAW}\" has {} elements, shape {:?} needs {total}",
-                    elems.len(),
-                    input.shape
-                )));
-            }
-            Ok(elems.into_iter().map(|data| Sample::Encoded { data, hint: MediaHint::Unknown }).collect())
-        }
-        (INPUT_RAW, dt) => Err(ApiError::bad_request(format!("input \"{INPUT_RAW}\" must be BYTES, got {dt}"))),
-        (other, _) => Err(ApiError::bad_request(format!(
-            "unknown input \"{other}\": expected \"{INPUT_TENSOR}\" (FP32 tensor) or \"{INPUT_RAW}\" (BYTES, encoded image/WAV)"
-        ))),
-    }
-}
-
-pub(crate) struct OutputSpec {
-    pub name: String,
-    pub classification: Option<usize>,
-    pub binary: bool,
-}
-
-pub(crate) fn output_specs(
-    req_params: &Map<String, Value>,
-    outputs: Option<Vec<RequestedOutput>>,
-) -> Result<Vec<OutputSpec>, ApiError> {
-    let all_binary = param_bool(req_params, "binary_data_output");
-    let requested = match outputs {
-        None => vec![
-            RequestedOutput {
-                name: OUTPUT_LOGITS.into(),
-                parameters: Map::new(),
-            },
-            RequestedOutput {
-                name: OUTPUT_PROBS.into(),
-                parameters: Map::new(),
-            },
-        ],
-        Some(o) if o.is_empty() => {
-            return Err(ApiError::bad_request("\"outputs\" is empty"));
-        }
-        Some(o) => o,
-    };
-    requested
-        .into_iter()
-        .map(|o| {
-            if o.name != OUTPUT_LOGITS && o.name != OUTPUT_PROBS {
-                return Err(ApiError::bad_request(format!(
-                    "unknown output \"{}\": expected \"{OUTPUT_LOGITS}\" or \"{OUTPUT_PROBS}\"",
-                    o.name
-                )));
-            }
-            let classification = match o.parameters.get("classification") {
-                None => None,
-                Some(v) => match v.as_u64() {
-                    Some(k) if k > 0 => Some(k as usize),
-                    _ => {
-                        return Err(ApiError::bad_request(
-                            "classification must be a positive integer",
-                        ))
-                    }
-                },
-            };
-            let binary = o
-                .parameters
-                .get("binary_data")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(all_binary);
-            Ok(OutputSpec {
-                name: o.name,
-                classification,
-                binary,
-            })
-        })
-        .collect()
 }
 
 /// Inference (latest version). JSON body, or Triton's binary tensor format with
@@ -641,6 +326,69 @@ pub async fn infer_version(
     infer_common(st, m, Some(v), q, req).await
 }
 
+/// A v2 inference request accepted for a model: from here on it is counted (in flight, and its
+/// outcome in the metrics and statistics). Both v2 front ends (HTTP and gRPC) start here.
+pub(crate) struct Accepted {
+    pub tracker: Tracker,
+    /// The version pinned by the request, if any.
+    pub version: Option<u64>,
+    lv: Option<Arc<LoadedVersion>>,
+}
+
+/// Accepts an inference request for model `m` (version `v` if pinned). An unknown model or
+/// version is refused here, before it is counted; a known model without a ready version is
+/// accepted (and answers 503 / UNAVAILABLE from `Accepted::resolve`).
+pub(crate) fn accept(
+    st: &SharedState,
+    m: &str,
+    v: Option<&str>,
+    started: Instant,
+) -> Result<Accepted, ApiError> {
+    let version = v.map(|v| parse_version(m, v)).transpose()?;
+    let lv = match st.repo.get(m, version) {
+        Ok(lv) => Some(lv),
+        Err(e @ (LookupError::UnknownModel | LookupError::UnknownVersion)) => {
+            return Err(lookup_error(m, v, e))
+        }
+        Err(_) => None,
+    };
+    let mut tracker = Tracker::new(st.clone(), m, started);
+    if let Some(lv) = &lv {
+        tracker.set_version(lv);
+    }
+    Ok(Accepted {
+        tracker,
+        version,
+        lv,
+    })
+}
+
+impl Accepted {
+    /// The version the request's inputs are decoded against.
+    pub fn resolve(
+        &mut self,
+        st: &SharedState,
+        m: &str,
+        v: Option<&str>,
+    ) -> Result<Arc<LoadedVersion>, ApiError> {
+        match self.lv.take() {
+            Some(lv) => Ok(lv),
+            None => st
+                .repo
+                .get(m, self.version)
+                .map_err(|e| lookup_error(m, v, e)),
+        }
+    }
+}
+
+/// What the decoders need to know of a model version.
+pub(crate) fn model_shape(lv: &LoadedVersion) -> ModelShape<'_> {
+    ModelShape {
+        input_shape: &lv.model.info().input_shape,
+        max_batch_size: lv.config.max_batch_size,
+    }
+}
+
 async fn infer_common(
     st: SharedState,
     m: String,
@@ -651,92 +399,36 @@ async fn infer_common(
     let started = Instant::now();
     let headers = req.headers().clone();
     let rid = request_id(&headers);
-    let version = match v.as_deref().map(|v| parse_version(&m, v)).transpose() {
-        Ok(v) => v,
+    let mut acc = match accept(&st, &m, v.as_deref(), started) {
+        Ok(a) => a,
         Err(e) => return e.into_response(),
     };
-    let lv0 = match st.repo.get(&m, version) {
-        Ok(lv) => Some(lv),
-        Err(e @ (LookupError::UnknownModel | LookupError::UnknownVersion)) => {
-            return lookup_error(&m, v.as_deref(), e).into_response()
-        }
-        Err(_) => None,
-    };
-    let mut tracker = Tracker::new(st.clone(), &m, started);
-    if let Some(lv) = &lv0 {
-        tracker.set_version(lv);
-    }
     let result = async {
         let body = read_body(req.into_body(), st.opts.max_body_bytes).await?;
-        let lv = match lv0 {
-            Some(lv) => lv,
-            None => st
-                .repo
-                .get(&m, version)
-                .map_err(|e| lookup_error(&m, v.as_deref(), e))?,
-        };
-        let header_len = match headers.get(HEADER_LEN) {
-            None => None,
-            Some(h) => Some(
-                h.to_str()
-                    .ok()
-                    .and_then(|s| s.trim().parse::<usize>().ok())
-                    .ok_or_else(|| {
-                        ApiError::bad_request("Inference-Header-Content-Length must be an integer")
-                    })?,
-            ),
-        };
-        let (request, samples) = match header_len {
-            Some(0) => {
-                // Raw binary request: the body is one encoded image or WAV.
-                let ct = headers
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                let hint = if ct.starts_with("image/") {
-                    MediaHint::Image
-                } else if ct.starts_with("audio/") {
-                    MediaHint::Audio
-                } else {
-                    MediaHint::Unknown
-                };
-                (None, vec![Sample::Encoded { data: body, hint }])
-            }
-            Some(n) if n > body.len() => {
-                return Err(ApiError::bad_request(format!(
-                    "Inference-Header-Content-Length {n} exceeds the body ({} bytes)",
-                    body.len()
-                )))
-            }
-            other => {
-                let n = other.unwrap_or(body.len());
-                let request: InferRequest = super::json_object(&body[..n]).map_err(|e| {
-                    ApiError::bad_request(format!("invalid inference request JSON: {e}"))
-                })?;
-                let binary = body.slice(n..);
-                let InferRequest {
-                    id,
-                    parameters,
-                    inputs,
-                    outputs,
-                } = request;
-                let samples = samples_from_inputs(&lv, inputs, binary)?;
-                (Some((id, parameters, outputs)), samples)
-            }
-        };
-        let (id, params, outputs) = request.unwrap_or((None, Map::new(), None));
-        let specs = output_specs(&params, outputs)?;
+        let lv = acc.resolve(&st, &m, v.as_deref())?;
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let decoded = decode_v2(
+            body,
+            headers.get(HEADER_LEN).map(|h| h.as_bytes()),
+            ct,
+            &model_shape(&lv),
+        )?;
+        let (id, specs, samples) = (decoded.id, decoded.outputs, decoded.samples);
         let target = infer::Target {
             model: &m,
-            version,
+            version: acc.version,
             version_str: v.as_deref(),
             timeout_ms: q.timeout_ms,
             headers: &headers,
         };
-        let out = infer::run(&st, &mut tracker, &target, samples).await?;
+        let out = infer::run(&st, &mut acc.tracker, &target, samples).await?;
         Ok((id, specs, out))
     }
     .await;
+    let mut tracker = acc.tracker;
     let (id, specs, out) = match result {
         Ok(x) => x,
         Err(e) => {
@@ -748,14 +440,14 @@ async fn infer_common(
     let mut json_outputs = Vec::new();
     let mut binary_blobs: Vec<Vec<u8>> = Vec::new();
     for (spec, t) in specs.iter().zip(output_tensors(&specs, &out)) {
-        let (data_json, data_bin) = match &t.data {
+        let (datatype, shape) = (t.datatype, t.shape);
+        let (data_json, data_bin): (Value, Vec<u8>) = match &t.data {
             OutputData::Fp32(flat) => (
                 json!(flat),
                 flat.iter().flat_map(|x| x.to_le_bytes()).collect(),
             ),
             OutputData::Bytes(strings) => (json!(strings), bytes_elements(strings)),
         };
-        let (datatype, shape) = (t.datatype, t.shape);
         if spec.binary {
             json_outputs.push(
                 json!({"name": spec.name, "datatype": datatype, "shape": shape,
@@ -812,6 +504,7 @@ pub(crate) enum OutputData {
     Bytes(Vec<String>),
 }
 
+/// One answered output (HTTP JSON or binary, gRPC raw contents).
 pub(crate) struct OutputTensor {
     pub datatype: &'static str,
     pub shape: Vec<usize>,

@@ -1,0 +1,6 @@
+#![no_main]
+//! See `shiftserve::http::decode::fuzzing::task` for the input layout.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    shiftserve::http::decode::fuzzing::task(data);
+});
