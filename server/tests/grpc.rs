@@ -489,12 +489,13 @@ fn grpc_refusals_have_proper_status_codes_and_never_crash() {
     let repo = Repo::new();
     repo.add("tiny", 1, "tiny_w3.safetensors", TINY_CFG);
     repo.add("slu", 1, "slu_w3.safetensors", "max_batch_size = 2\n");
-    // Only one request fits in the queue, and it waits up to 4 s for company.
+    // Only one request fits in the queue, and it waits up to 4 s for company (even when the
+    // worker is idle).
     repo.add(
         "slowq",
         1,
         "tiny_w3.safetensors",
-        "max_batch_size = 8\nmax_queue_delay_us = 4000000\nqueue_capacity = 1\n",
+        "max_batch_size = 8\nmax_queue_delay_us = 4000000\nwait_when_idle = true\nqueue_capacity = 1\n",
     );
     let s = Server::start(
         &[
@@ -1084,7 +1085,7 @@ fn grpc_drains_on_sigterm_and_a_taken_port_stops_the_start() {
         "m",
         1,
         "tiny_w3.safetensors",
-        "max_batch_size = 8\nmax_queue_delay_us = 3000000\n",
+        "max_batch_size = 8\nmax_queue_delay_us = 3000000\nwait_when_idle = true\n",
     );
     let mut s = Server::start(
         &[

@@ -4,7 +4,7 @@ use super::proto::grpc_inference_service_server::GrpcInferenceService;
 use super::proto::*;
 use super::{status_from, tensors};
 use crate::error::ApiError;
-use crate::http::infer::{self, timing_headers, Tracker};
+use crate::http::infer::{self, timing_headers};
 use crate::http::{authorized, request_id, v2, SharedState};
 use crate::stats::{CountNs, ModelStats};
 use std::sync::atomic::Ordering;
