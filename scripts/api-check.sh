@@ -52,7 +52,7 @@ fi
 WORK="$(mktemp -d -t shiftserve-api-check.XXXXXX)"
 LOG="$WORK/server.log"
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-"$BIN" --http-address 127.0.0.1 --http-port "$PORT" \
+"$BIN" --http-address 127.0.0.1 --http-port "$PORT" --grpc-port off \
   --model-repository "$ROOT/models/repository" >"$LOG" 2>&1 &
 SERVER_PID=$!
 cleanup() {

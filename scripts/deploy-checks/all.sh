@@ -40,6 +40,7 @@ run prometheus bash "$HERE/prometheus.sh" "$BIN" "$REPO"
 run dashboard  bash "$HERE/dashboard.sh" "$BIN" "$REPO"
 run entrypoints bash "$HERE/entrypoints.sh" "$BIN" "$REPO"
 run overload   bash "$HERE/overload.sh" "$BIN" "$REPO"
+run tritonclient bash "$HERE/tritonclient.sh" "$BIN" "$REPO"
 
 echo
 [ $failed -eq 0 ] || echo "deploy-checks failed: ${failures[*]}"

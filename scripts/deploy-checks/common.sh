@@ -61,10 +61,12 @@ dc_wait_http() {
   return 1
 }
 
-# dc_start_server BINARY REPOSITORY: starts shiftserve on a free loopback port, waits until
-# /v2/health/ready answers 200. Sets SERVER_PORT, SERVER_URL, SERVER_PID, SERVER_LOG.
+# dc_start_server BINARY REPOSITORY [EXTRA ARGS...]: starts shiftserve on a free loopback port, waits until
+# /v2/health/ready answers 200. Sets SERVER_PORT, SERVER_URL, SERVER_PID, SERVER_LOG, and
+# SERVER_GRPC_PORT (a free port too) when the server has a gRPC listener.
 dc_start_server() {
   local bin=$1 repo=$2 help
+  shift 2
   [ -x "$bin" ] || dc_fail "server binary not executable: $bin"
   [ -d "$repo" ] || dc_fail "model repository not found: $repo"
   SERVER_PORT=$(dc_free_port)
@@ -74,6 +76,12 @@ dc_start_server() {
   help=$("$bin" serve --help 2>&1 || true)
   # Bind to loopback explicitly when the server lets us choose the address.
   if grep -q -- '--http-address' <<<"$help"; then args+=(--http-address 127.0.0.1); fi
+  SERVER_GRPC_PORT=
+  if grep -q -- '--grpc-port' <<<"$help"; then
+    SERVER_GRPC_PORT=$(dc_free_port)
+    args+=(--grpc-port "$SERVER_GRPC_PORT")
+  fi
+  args+=("$@")
   dc_log "starting: $bin ${args[*]}"
   # Per-request logs would cost CPU under load and bury the interesting lines.
   SHIFTSERVE_LOG_LEVEL=${DC_SERVER_LOG_LEVEL:-warn,shiftserve::serve=info,shiftserve::repository=info} \

@@ -58,6 +58,12 @@ g = re.fullmatch(r"(\d+)([sm])", grace)
 grace_s = int(g.group(1)) * (60 if g.group(2) == "m" else 1) if g else 0
 if exit_timeout is None or grace_s <= exit_timeout:
     problems.append(f"stop_grace_period {grace} must exceed --exit-timeout-secs {exit_timeout}")
+if "--grpc-port" in cmd:
+    gport = cmd[cmd.index("--grpc-port") + 1]
+    if not any(str(p.get("target")) == gport for p in srv.get("ports", [])):
+        problems.append(f"shiftserve listens for gRPC on {gport} but does not publish it")
+else:
+    problems.append("shiftserve command sets no --grpc-port")
 build = srv.get("build", {})
 if not os.path.isfile(os.path.join(build.get("context", ""), build.get("dockerfile", ""))):
     problems.append(f"shiftserve build: {build.get('dockerfile')} not found in context {build.get('context')}")

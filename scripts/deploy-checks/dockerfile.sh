@@ -67,6 +67,14 @@ if not hc or "/v2/health/ready" not in hc[-1]:
     problems.append("final stage needs a HEALTHCHECK on /v2/health/ready")
 if not any(i == "EXPOSE" and "8080" in r for i, r in final["instrs"]):
     problems.append("final stage does not EXPOSE 8080")
+# The gRPC port the default command listens on is exposed too.
+cmds = [r for i, r in final["instrs"] if i == "CMD"]
+grpc = re.search(r'"--grpc-port",\s*"(\d+)"', cmds[-1]) if cmds else None
+exposed = {p for i, r in final["instrs"] if i == "EXPOSE" for p in r.split()}
+if not grpc:
+    problems.append("the default CMD sets no --grpc-port")
+elif grpc.group(1) not in exposed:
+    problems.append(f"gRPC port {grpc.group(1)} of the CMD is not EXPOSEd ({sorted(exposed)})")
 builder = stages[0]
 if "TARGET_CPU" not in builder["args"]:
     problems.append("builder stage has no ARG TARGET_CPU")

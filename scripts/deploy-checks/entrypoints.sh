@@ -81,6 +81,7 @@ def setopt(flag, value, required=True):
         sys.exit(f"{c['name']}: no {flag} in {argv}")
 setopt("--http-address", "127.0.0.1")
 setopt("--http-port", port)
+setopt("--grpc-port", "0", required=False)  # a free port: never contend for 8001 on this machine
 setopt("--model-repository", repo)
 exit_timeout = int(argv[argv.index("--exit-timeout-secs") + 1]) if "--exit-timeout-secs" in argv else 30
 probes = [[a.replace(":8080", f":{port}") for a in p] for p in c["probe_cmds"]]

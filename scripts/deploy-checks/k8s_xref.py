@@ -92,6 +92,12 @@ def main():
 
     args = c.get("args", [])
     need("--exit-timeout-secs" in args, "container args lack --exit-timeout-secs")
+    # gRPC: the port the server listens on is the container port `grpc`, and the Service has it.
+    if need("--grpc-port" in args, "container args lack --grpc-port"):
+        need(str(ports.get("grpc")) == args[args.index("--grpc-port") + 1],
+             f"container port grpc {ports.get('grpc')} != --grpc-port {args[args.index('--grpc-port') + 1]}")
+        need(any(sp["targetPort"] in ("grpc", ports.get("grpc")) for sp in svc["spec"]["ports"]),
+             "the Service does not expose the grpc port")
     exit_timeout = int(args[args.index("--exit-timeout-secs") + 1]) if "--exit-timeout-secs" in args else 0
     pre = c.get("lifecycle", {}).get("preStop", {})
     sleep = 0

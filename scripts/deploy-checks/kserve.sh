@@ -12,7 +12,9 @@
 #     read-only copy of the repository, with only the listen address, the ports and the
 #     repository path (the image's bundled one, or /mnt/models where the storage initializer puts
 #     storageUri) rewritten; it must become ready, answer its probe paths and a prediction per
-#     model, listen on the gRPC port, and exit 0 on SIGTERM within --exit-timeout-secs.
+#     model, serve the Open Inference Protocol on the gRPC port where the runtime declares one
+#     (tritonclient.grpc: readiness and metadata of every model), and exit 0 on SIGTERM within
+#     --exit-timeout-secs.
 #   scripts/deploy-checks/kserve.sh <shiftserve binary> <model repository>
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -34,16 +36,10 @@ for c in json.load(open(sys.argv[1])):
             print(a.split("=", 1)[0])' "$DC_WORK/cases.json" | sort -u)
 GRPC=0 KNOWN=()
 for f in "${FLAGS[@]}"; do
-  if grep -q -- "$f\b" <<<"$HELP"; then
-    KNOWN+=("$f")
-    [ "$f" != --grpc-port ] || GRPC=1
-  elif [ "$f" = --grpc-port ]; then
-    # gRPC (issue 13 item 3) lands separately; until this binary has it, the runs below drop
-    # the flag and say so. Every other flag must exist.
-    echo "  NOTE: this shiftserve has no --grpc-port yet: the runtime's gRPC port is not exercised"
-  else
+  grep -q -- "$f\b" <<<"$HELP" ||
     dc_fail "the runtime passes $f, which \`shiftserve serve --help\` does not list"
-  fi
+  KNOWN+=("$f")
+  [ "$f" != --grpc-port ] || GRPC=1
 done
 echo "  runtime flags listed by shiftserve serve --help: ${KNOWN[*]}"
 
@@ -110,9 +106,20 @@ PY
   [ "$served" = "$MODELS" ] || dc_fail "$NAME: serves [$(echo $served)], the repository has [$(echo $MODELS)]"
   dc_exercise "$(dc_models_spec)"
   if [ "$GRPC" = 1 ]; then
-    "$DC_PY" -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=3).close()' "$GPORT" ||
-      dc_fail "$NAME: nothing listens on the gRPC port"
-    echo "  gRPC port accepts connections"
+    # The declared gRPC port speaks the Open Inference Protocol: the real tritonclient.grpc asks
+    # for server readiness and each model's readiness and metadata.
+    "$DC_PY" - "127.0.0.1:$GPORT" $MODELS <<'PY' || dc_fail "$NAME: the gRPC port does not serve"
+import sys
+import tritonclient.grpc as g
+url, models = sys.argv[1], sys.argv[2:]
+c = g.InferenceServerClient(url=url)
+assert c.is_server_live() and c.is_server_ready(), "gRPC: server not live/ready"
+for m in models:
+    assert c.is_model_ready(m), f"gRPC: {m} not ready"
+    meta = c.get_model_metadata(m, as_json=True)
+    assert meta["name"] == m and {i["name"] for i in meta["inputs"]} == {"input", "raw"}, meta
+print(f"  gRPC on {url}: live, ready, {len(models)} models ready with metadata (tritonclient.grpc)")
+PY
   fi
   kill -TERM "$PID"
   deadline=$((SECONDS + EXIT_TIMEOUT + 5))

@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// HTTP port [default: 8080]; 0 picks a free port (printed on stdout).
     #[arg(long, env = "SHIFTSERVE_HTTP_PORT")]
     pub http_port: Option<u16>,
+    /// gRPC port (Open Inference Protocol v2, `inference.GRPCInferenceService`), or `off`
+    /// [default: 8001, as Triton; 0 (a free port, printed on stdout) when --http-port is 0].
+    #[arg(long, env = "SHIFTSERVE_GRPC_PORT", value_parser = parse_grpc_port)]
+    pub grpc_port: Option<GrpcPort>,
     /// Model repository [default: models/repository, searched from the current directory, then
     /// from the executable's location].
     #[arg(long, env = "SHIFTSERVE_MODEL_REPOSITORY")]
@@ -118,6 +122,7 @@ impl ServeArgs {
             config: self.config,
             http_address: self.http_address.or(f.http_address),
             http_port: self.http_port.or(f.http_port),
+            grpc_port: self.grpc_port.or(f.grpc_port),
             model_repository: self.model_repository.or(f.model_repository),
             model_control_mode: self.model_control_mode.or(f.model_control_mode),
             repository_poll_secs: self.repository_poll_secs.or(f.repository_poll_secs),
@@ -179,6 +184,23 @@ impl ServeArgs {
         if max_body_bytes == 0 {
             return Err("--max-body-bytes must be positive".into());
         }
+        let address = self
+            .http_address
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let http_port = self.http_port.unwrap_or(8080);
+        let grpc_port = match self.grpc_port {
+            Some(GrpcPort::Off) => None,
+            Some(GrpcPort::Port(p)) => Some(p),
+            // A server asked to pick a free HTTP port (tests, several servers on one machine)
+            // picks a free gRPC port as well rather than contending for 8001.
+            None if http_port == 0 => Some(0),
+            None => Some(DEFAULT_GRPC_PORT),
+        };
+        if grpc_port.is_some_and(|p| p != 0 && p == http_port) {
+            return Err(format!(
+                "--grpc-port {http_port} is the HTTP port; give another or `off`"
+            ));
+        }
         let secs = |v: Option<u64>, default: u64, flag: &str| -> Result<Duration, String> {
             match v.unwrap_or(default) {
                 n @ 1..=86_400 => Ok(Duration::from_secs(n)),
@@ -200,11 +222,8 @@ impl ServeArgs {
             },
         };
         Ok(ServeOptions {
-            addr: SocketAddr::new(
-                self.http_address
-                    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-                self.http_port.unwrap_or(8080),
-            ),
+            addr: SocketAddr::new(address, http_port),
+            grpc_addr: grpc_port.map(|p| SocketAddr::new(address, p)),
             model_repository,
             control_mode: self.model_control_mode.unwrap_or(ControlMode::None),
             poll_secs: self.repository_poll_secs.unwrap_or(15).max(1),
@@ -223,6 +242,42 @@ impl ServeArgs {
             conn,
             log_summary_secs: self.log_summary_secs.unwrap_or(60),
         })
+    }
+}
+
+/// Triton's gRPC port.
+pub const DEFAULT_GRPC_PORT: u16 = 8001;
+
+/// `--grpc-port`: a port, or `off` for no gRPC listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcPort {
+    Off,
+    Port(u16),
+}
+
+fn parse_grpc_port(s: &str) -> Result<GrpcPort, String> {
+    match s.trim() {
+        "off" | "none" | "false" => Ok(GrpcPort::Off),
+        p => p
+            .parse::<u16>()
+            .map(GrpcPort::Port)
+            .map_err(|_| format!("expected a port (0-65535) or `off`, got {s:?}")),
+    }
+}
+
+impl<'de> Deserialize<'de> for GrpcPort {
+    /// `grpc_port = 8001` or `grpc_port = "off"` in the config file.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<GrpcPort, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Port(u16),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Port(p) => Ok(GrpcPort::Port(p)),
+            Raw::Text(t) => parse_grpc_port(&t).map_err(serde::de::Error::custom),
+        }
     }
 }
 
@@ -272,6 +327,44 @@ mod tests {
         assert_eq!(opts.poll_secs, 3);
         assert_eq!(opts.api_key.as_deref(), Some("k"));
         assert_eq!(opts.model_repository, dir.path());
+    }
+
+    #[test]
+    fn grpc_port_defaults_and_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = |http: Option<u16>, grpc: Option<GrpcPort>| ServeArgs {
+            model_repository: Some(dir.path().to_path_buf()),
+            http_port: http,
+            grpc_port: grpc,
+            ..Default::default()
+        };
+        let port = |a: ServeArgs| a.resolve().unwrap().grpc_addr.map(|a| a.port());
+        assert_eq!(port(args(None, None)), Some(8001));
+        assert_eq!(port(args(Some(0), None)), Some(0));
+        assert_eq!(
+            port(args(Some(9000), Some(GrpcPort::Port(9001)))),
+            Some(9001)
+        );
+        assert_eq!(port(args(None, Some(GrpcPort::Off))), None);
+        let err = args(Some(9000), Some(GrpcPort::Port(9000)))
+            .resolve()
+            .unwrap_err();
+        assert!(err.contains("HTTP port"), "{err}");
+        assert_eq!(parse_grpc_port("off"), Ok(GrpcPort::Off));
+        assert!(parse_grpc_port("70000").is_err());
+        let cfg = dir.path().join("c.toml");
+        for (text, want) in [
+            ("grpc_port = 9100\n", Some(9100)),
+            ("grpc_port = \"off\"\n", None),
+        ] {
+            std::fs::write(&cfg, text).unwrap();
+            let a = ServeArgs {
+                config: Some(cfg.clone()),
+                model_repository: Some(dir.path().to_path_buf()),
+                ..Default::default()
+            };
+            assert_eq!(port(a.with_config_file().unwrap()), want, "{text}");
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `shiftserve serve`: binds, loads the repository, serves, and drains on SIGTERM/SIGINT.
+//! `shiftserve serve`: binds (HTTP, and gRPC unless off), loads the repository, serves, and
+//! drains on SIGTERM/SIGINT.
 
 use crate::http::{router, AppState, ServeOptions};
 use crate::metrics::Metrics;
@@ -68,6 +69,16 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
         "shiftserve listening"
     );
     println!("shiftserve listening on http://{local}");
+    let grpc_listener = match opts.grpc_addr {
+        Some(addr) => {
+            let l = crate::grpc::bind(addr).await?;
+            let local = l.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!(address = %local, "shiftserve gRPC listening");
+            println!("shiftserve gRPC listening on {local}");
+            Some(l)
+        }
+        None => None,
+    };
 
     // Initial load in the background: liveness answers at once, readiness after warmup.
     // With --exit-on-error a failed model stops the server.
@@ -112,6 +123,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
     }
 
     let drain_started = Arc::new(Notify::new());
+    // Set once the drain is over: the gRPC server then stops as the HTTP server does.
+    let (drained_tx, drained_rx) = tokio::sync::watch::channel(false);
     let shutdown = {
         let state = state.clone();
         let drain_started = drain_started.clone();
@@ -134,6 +147,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
                     "exit timeout reached with requests still in flight"
                 );
             }
+            let _ = drained_tx.send(true);
         }
     };
     if state.opts.log_summary_secs > 0 {
@@ -148,13 +162,33 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
             }
         });
     }
-    let server = crate::http::conn::serve(
+    let http = crate::http::conn::serve(
         listener,
         router(state.clone()),
         state.metrics.clone(),
         state.opts.conn,
         shutdown,
     );
+    let grpc = async {
+        match grpc_listener {
+            Some(l) => {
+                let mut drained = drained_rx;
+                let stop = async move {
+                    let _ = drained.wait_for(|d| *d).await;
+                };
+                crate::grpc::serve(l, state.clone(), stop).await
+            }
+            None => Ok(()),
+        }
+    };
+    // Both end after the drain; a gRPC transport error stops the server.
+    let server = async {
+        let http = async {
+            http.await;
+            Ok(())
+        };
+        tokio::try_join!(http, grpc).map(|_| ())
+    };
     let hard_stop = {
         let drain_started = drain_started.clone();
         let secs = opts.exit_timeout_secs;
@@ -175,7 +209,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
         }
     };
     tokio::select! {
-        _ = server => {}
+        r = server => r?,
         why = hard_stop => tracing::warn!(cause = why, "stopping with requests or connections still open"),
         msg = fatal => {
             tracing::error!(error = %msg, "stopping");

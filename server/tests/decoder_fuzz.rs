@@ -139,6 +139,15 @@ fn v2_binary_decoder() {
 }
 
 #[test]
+fn grpc_model_infer_decoder() {
+    fuzz(
+        "grpc_infer",
+        shiftserve::grpc::fuzzing::model_infer,
+        0x2545f4914f6cdd1d,
+    );
+}
+
+#[test]
 fn task_body_decoder() {
     fuzz("task_body", fuzzing::task, 0xabad1dea12345678);
 }

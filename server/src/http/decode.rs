@@ -300,7 +300,7 @@ pub struct InferInput {
     pub shape: Vec<i64>,
     /// `FP32` (other numeric types are converted) for `input`; `BYTES` for `raw`.
     #[schema(
-        pattern = "^(FP16|FP32|FP64|INT8|INT16|INT32|INT64|UINT8|UINT16|UINT32|UINT64|BYTES)$"
+        pattern = "^(FP16|BF16|FP32|FP64|INT8|INT16|INT32|INT64|UINT8|UINT16|UINT32|UINT64|BYTES)$"
     )]
     pub datatype: String,
     /// `binary_data_size` (binary tensor extension); other keys are ignored.
@@ -454,8 +454,67 @@ pub fn decode_v2(
     }
 }
 
-/// Turns the request's inputs into samples.
-fn samples_from_inputs(
+/// Bytes per element of a numeric tensor datatype; `None` for anything else.
+pub fn numeric_element_size(datatype: &str) -> Option<usize> {
+    Some(match datatype {
+        "INT8" | "UINT8" => 1,
+        "INT16" | "UINT16" | "FP16" | "BF16" => 2,
+        "INT32" | "UINT32" | "FP32" => 4,
+        "INT64" | "UINT64" | "FP64" => 8,
+        _ => return None,
+    })
+}
+
+/// An IEEE 754 half-precision value.
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let exp = i32::from((h >> 10) & 0x1f);
+    let frac = f32::from(h & 0x3ff);
+    match exp {
+        0 => sign * frac * 2f32.powi(-24),
+        31 if frac == 0.0 => sign * f32::INFINITY,
+        31 => f32::NAN,
+        e => sign * (1.0 + frac / 1024.0) * 2f32.powi(e - 15),
+    }
+}
+
+/// Little-endian elements of a numeric datatype as `f32`s. The caller has checked that `raw`
+/// holds a whole number of elements of a datatype `numeric_element_size` knows.
+fn le_to_f32(datatype: &str, raw: &[u8]) -> Vec<f32> {
+    macro_rules! conv {
+        ($t:ty) => {
+            raw.chunks_exact(std::mem::size_of::<$t>())
+                .map(|c| <$t>::from_le_bytes(c.try_into().expect("chunk size")) as f32)
+                .collect()
+        };
+    }
+    match datatype {
+        "INT8" => conv!(i8),
+        "UINT8" => conv!(u8),
+        "INT16" => conv!(i16),
+        "UINT16" => conv!(u16),
+        "INT32" => conv!(i32),
+        "UINT32" => conv!(u32),
+        "INT64" => conv!(i64),
+        "UINT64" => conv!(u64),
+        "FP32" => conv!(f32),
+        "FP64" => conv!(f64),
+        "FP16" => raw
+            .chunks_exact(2)
+            .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+            .collect(),
+        "BF16" => raw
+            .chunks_exact(2)
+            .map(|c| f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16))
+            .collect(),
+        _ => unreachable!("numeric datatypes only"),
+    }
+}
+
+/// Turns the request's inputs into samples: the one pipeline of the v2 front ends (HTTP JSON,
+/// HTTP binary tensors, gRPC). `binary` holds the binary data of the inputs that declare a
+/// `binary_data_size`, in order (the gRPC front end passes its raw contents this way).
+pub fn samples_from_inputs(
     model: &ModelShape,
     inputs: Vec<InferInput>,
     mut binary: Bytes,
@@ -532,37 +591,23 @@ fn samples_from_inputs(
                 })?;
             let values: Vec<f32> = match bin {
                 Some(b) => {
-                    if dt != "FP32" {
+                    let Some(size) = numeric_element_size(dt) else {
                         return Err(ApiError::bad_request(format!(
-                            "binary input \"{INPUT_TENSOR}\" must be FP32, got {dt}"
+                            "input \"{INPUT_TENSOR}\" must be numeric (FP32), got {dt}"
                         )));
-                    }
-                    if expected.checked_mul(4) != Some(b.len()) {
+                    };
+                    if expected.checked_mul(size) != Some(b.len()) {
                         return Err(ApiError::bad_request(format!(
-                            "binary data of \"{INPUT_TENSOR}\" has {} bytes, shape needs {}",
+                            "binary data of \"{INPUT_TENSOR}\" has {} bytes, shape {:?} of {dt} needs {}",
                             b.len(),
-                            expected.saturating_mul(4)
+                            input.shape,
+                            expected.saturating_mul(size)
                         )));
                     }
-                    b.chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect()
+                    le_to_f32(dt, &b)
                 }
                 None => {
-                    if !matches!(
-                        dt,
-                        "FP32"
-                            | "FP64"
-                            | "FP16"
-                            | "INT8"
-                            | "INT16"
-                            | "INT32"
-                            | "INT64"
-                            | "UINT8"
-                            | "UINT16"
-                            | "UINT32"
-                            | "UINT64"
-                    ) {
+                    if numeric_element_size(dt).is_none() {
                         return Err(ApiError::bad_request(format!(
                             "input \"{INPUT_TENSOR}\" must be numeric (FP32), got {dt}"
                         )));
@@ -843,7 +888,8 @@ pub mod fuzzing {
         "text/plain",
     ];
 
-    fn check_v2(r: Result<V2Request, ApiError>) {
+    /// Panics if an accepted request breaks the sizes the decoders promise for `SHAPE`.
+    pub fn check_v2(r: Result<V2Request, ApiError>) {
         let Ok(r) = r else { return };
         let per = SHAPE.per_sample().unwrap();
         assert!(
@@ -1083,6 +1129,59 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.message.contains("more than the 1"), "{}", e.message);
+    }
+
+    #[test]
+    fn binary_tensors_of_every_numeric_type() {
+        let run = |dt: &str, data: &[u8]| {
+            let header = format!(
+                r#"{{"inputs":[{{"name":"input","datatype":"{dt}","shape":[1,2,2],"parameters":{{"binary_data_size":{}}}}}]}}"#,
+                data.len()
+            );
+            let mut body = header.as_bytes().to_vec();
+            body.extend_from_slice(data);
+            let hl = header.len().to_string();
+            decode_v2(Bytes::from(body), Some(hl.as_bytes()), "", &SHAPE).map(|r| {
+                match &r.samples[0] {
+                    Sample::Tensor(t) => t.clone(),
+                    _ => panic!("tensor expected"),
+                }
+            })
+        };
+        assert_eq!(
+            run("UINT8", &[0, 1, 128, 255]).unwrap(),
+            [0.0, 1.0, 128.0, 255.0]
+        );
+        assert_eq!(
+            run("INT8", &[0, 1, 0x80, 0xff]).unwrap(),
+            [0.0, 1.0, -128.0, -1.0]
+        );
+        let f16: Vec<u8> = [0x3c00u16, 0xc000, 0x3555, 0x0001]
+            .iter()
+            .flat_map(|h| h.to_le_bytes())
+            .collect();
+        assert_eq!(
+            run("FP16", &f16).unwrap(),
+            [1.0, -2.0, 0.333_251_95, 2f32.powi(-24)]
+        );
+        let bf16: Vec<u8> = [0x3fc0u16; 4]
+            .iter()
+            .flat_map(|h| h.to_le_bytes())
+            .collect();
+        assert_eq!(run("BF16", &bf16).unwrap(), [1.5; 4]);
+        let f64s: Vec<u8> = [1.5f64, -2.0, 0.0, 1e3]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(run("FP64", &f64s).unwrap(), [1.5, -2.0, 0.0, 1e3]);
+        // The byte count follows the datatype's element size, checked before converting.
+        let e = run("UINT8", &[0; 16]).err().unwrap();
+        assert!(e.message.contains("needs 4"), "{}", e.message);
+        let e = run("FP64", &[0; 16]).err().unwrap();
+        assert!(e.message.contains("needs 32"), "{}", e.message);
+        let e = run("BOOL", &[0; 4]).err().unwrap();
+        assert!(e.message.contains("numeric"), "{}", e.message);
+        assert!(f16_to_f32(0x7c00).is_infinite() && f16_to_f32(0x7e00).is_nan());
     }
 
     #[test]

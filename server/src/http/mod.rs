@@ -31,6 +31,8 @@ use tower_http::trace::TraceLayer;
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub addr: SocketAddr,
+    /// The gRPC listener's address; `None` with `--grpc-port off`.
+    pub grpc_addr: Option<SocketAddr>,
     pub model_repository: PathBuf,
     pub control_mode: crate::repository::ControlMode,
     pub poll_secs: u64,
@@ -227,26 +229,29 @@ pub fn bearer_token(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-async fn auth(State(st): State<SharedState>, req: Request, next: Next) -> Response {
-    if let Some(key) = &st.opts.api_key {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token);
-        let ok = match given {
-            Some(g) => {
-                use subtle::ConstantTimeEq;
-                bool::from(g.as_bytes().ct_eq(key.as_bytes()))
-            }
-            None => false,
-        };
-        if !ok {
-            return ApiError::unauthorized(
-                "missing or invalid API key (Authorization: Bearer <key>)",
-            )
-            .into_response();
+/// True when no API key is configured, or `headers` carry `Authorization: Bearer <key>` (HTTP
+/// headers, or gRPC metadata).
+pub(crate) fn authorized(st: &AppState, headers: &HeaderMap) -> bool {
+    let Some(key) = &st.opts.api_key else {
+        return true;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token);
+    match given {
+        Some(g) => {
+            use subtle::ConstantTimeEq;
+            bool::from(g.as_bytes().ct_eq(key.as_bytes()))
         }
+        None => false,
+    }
+}
+
+async fn auth(State(st): State<SharedState>, req: Request, next: Next) -> Response {
+    if !authorized(&st, req.headers()) {
+        return ApiError::unauthorized("missing or invalid API key (Authorization: Bearer <key>)")
+            .into_response();
     }
     next.run(req).await
 }

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::decode::{decode_v2, ModelShape};
+use super::decode::{decode_v2, ModelShape, OutputSpec};
 pub use super::decode::{
     InferInput, InferRequest, RequestedOutput, INPUT_RAW, INPUT_TENSOR, OUTPUT_LOGITS, OUTPUT_PROBS,
 };
@@ -52,7 +52,12 @@ pub struct ServerMetadata {
 #[utoipa::path(get, path = "/v2", tag = "v2", responses((status = 200, body = ServerMetadata),
     (status = 401, description = "Missing or wrong API key", body = ErrorBody)))]
 pub async fn server_metadata() -> Json<ServerMetadata> {
-    Json(ServerMetadata {
+    Json(server_metadata_value())
+}
+
+/// The server metadata (shared with the gRPC front end).
+pub(crate) fn server_metadata_value() -> ServerMetadata {
+    ServerMetadata {
         name: "shiftserve".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         extensions: [
@@ -64,15 +69,19 @@ pub async fn server_metadata() -> Json<ServerMetadata> {
         .iter()
         .map(|s| s.to_string())
         .collect(),
-    })
+    }
 }
 
-fn get_lv(st: &SharedState, m: &str, v: Option<&str>) -> Result<Arc<LoadedVersion>, ApiError> {
+pub(crate) fn get_lv(
+    st: &SharedState,
+    m: &str,
+    v: Option<&str>,
+) -> Result<Arc<LoadedVersion>, ApiError> {
     let version = v.map(|v| parse_version(m, v)).transpose()?;
     st.repo.get(m, version).map_err(|e| lookup_error(m, v, e))
 }
 
-fn metadata(st: &SharedState, lv: &LoadedVersion) -> ModelMetadata {
+pub(crate) fn metadata(st: &SharedState, lv: &LoadedVersion) -> ModelMetadata {
     let info = lv.model.info();
     let mut shape: Vec<i64> = vec![-1];
     shape.extend(info.input_shape.iter().map(|&d| d as i64));
@@ -317,6 +326,69 @@ pub async fn infer_version(
     infer_common(st, m, Some(v), q, req).await
 }
 
+/// A v2 inference request accepted for a model: from here on it is counted (in flight, and its
+/// outcome in the metrics and statistics). Both v2 front ends (HTTP and gRPC) start here.
+pub(crate) struct Accepted {
+    pub tracker: Tracker,
+    /// The version pinned by the request, if any.
+    pub version: Option<u64>,
+    lv: Option<Arc<LoadedVersion>>,
+}
+
+/// Accepts an inference request for model `m` (version `v` if pinned). An unknown model or
+/// version is refused here, before it is counted; a known model without a ready version is
+/// accepted (and answers 503 / UNAVAILABLE from `Accepted::resolve`).
+pub(crate) fn accept(
+    st: &SharedState,
+    m: &str,
+    v: Option<&str>,
+    started: Instant,
+) -> Result<Accepted, ApiError> {
+    let version = v.map(|v| parse_version(m, v)).transpose()?;
+    let lv = match st.repo.get(m, version) {
+        Ok(lv) => Some(lv),
+        Err(e @ (LookupError::UnknownModel | LookupError::UnknownVersion)) => {
+            return Err(lookup_error(m, v, e))
+        }
+        Err(_) => None,
+    };
+    let mut tracker = Tracker::new(st.clone(), m, started);
+    if let Some(lv) = &lv {
+        tracker.set_version(lv);
+    }
+    Ok(Accepted {
+        tracker,
+        version,
+        lv,
+    })
+}
+
+impl Accepted {
+    /// The version the request's inputs are decoded against.
+    pub fn resolve(
+        &mut self,
+        st: &SharedState,
+        m: &str,
+        v: Option<&str>,
+    ) -> Result<Arc<LoadedVersion>, ApiError> {
+        match self.lv.take() {
+            Some(lv) => Ok(lv),
+            None => st
+                .repo
+                .get(m, self.version)
+                .map_err(|e| lookup_error(m, v, e)),
+        }
+    }
+}
+
+/// What the decoders need to know of a model version.
+pub(crate) fn model_shape(lv: &LoadedVersion) -> ModelShape<'_> {
+    ModelShape {
+        input_shape: &lv.model.info().input_shape,
+        max_batch_size: lv.config.max_batch_size,
+    }
+}
+
 async fn infer_common(
     st: SharedState,
     m: String,
@@ -327,57 +399,36 @@ async fn infer_common(
     let started = Instant::now();
     let headers = req.headers().clone();
     let rid = request_id(&headers);
-    let version = match v.as_deref().map(|v| parse_version(&m, v)).transpose() {
-        Ok(v) => v,
+    let mut acc = match accept(&st, &m, v.as_deref(), started) {
+        Ok(a) => a,
         Err(e) => return e.into_response(),
     };
-    let lv0 = match st.repo.get(&m, version) {
-        Ok(lv) => Some(lv),
-        Err(e @ (LookupError::UnknownModel | LookupError::UnknownVersion)) => {
-            return lookup_error(&m, v.as_deref(), e).into_response()
-        }
-        Err(_) => None,
-    };
-    let mut tracker = Tracker::new(st.clone(), &m, started);
-    if let Some(lv) = &lv0 {
-        tracker.set_version(lv);
-    }
     let result = async {
         let body = read_body(req.into_body(), st.opts.max_body_bytes).await?;
-        let lv = match lv0 {
-            Some(lv) => lv,
-            None => st
-                .repo
-                .get(&m, version)
-                .map_err(|e| lookup_error(&m, v.as_deref(), e))?,
-        };
+        let lv = acc.resolve(&st, &m, v.as_deref())?;
         let ct = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let info = lv.model.info();
-        let shape = ModelShape {
-            input_shape: &info.input_shape,
-            max_batch_size: lv.config.max_batch_size,
-        };
         let decoded = decode_v2(
             body,
             headers.get(HEADER_LEN).map(|h| h.as_bytes()),
             ct,
-            &shape,
+            &model_shape(&lv),
         )?;
         let (id, specs, samples) = (decoded.id, decoded.outputs, decoded.samples);
         let target = infer::Target {
             model: &m,
-            version,
+            version: acc.version,
             version_str: v.as_deref(),
             timeout_ms: q.timeout_ms,
             headers: &headers,
         };
-        let out = infer::run(&st, &mut tracker, &target, samples).await?;
+        let out = infer::run(&st, &mut acc.tracker, &target, samples).await?;
         Ok((id, specs, out))
     }
     .await;
+    let mut tracker = acc.tracker;
     let (id, specs, out) = match result {
         Ok(x) => x,
         Err(e) => {
@@ -386,45 +437,17 @@ async fn infer_common(
         }
     };
     let post = Instant::now();
-    let info = out.lv.model.info();
-    let n = out.logits.len();
-    let classes = info.labels.len();
     let mut json_outputs = Vec::new();
     let mut binary_blobs: Vec<Vec<u8>> = Vec::new();
-    for spec in &specs {
-        let rows: Vec<Vec<f32>> = if spec.name == OUTPUT_PROBS {
-            out.logits.iter().map(|l| models::softmax(l)).collect()
-        } else {
-            out.logits.clone()
+    for (spec, t) in specs.iter().zip(output_tensors(&specs, &out)) {
+        let (datatype, shape) = (t.datatype, t.shape);
+        let (data_json, data_bin): (Value, Vec<u8>) = match &t.data {
+            OutputData::Fp32(flat) => (
+                json!(flat),
+                flat.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
+            OutputData::Bytes(strings) => (json!(strings), bytes_elements(strings)),
         };
-        let (datatype, shape, data_json, data_bin): (&str, Vec<usize>, Value, Vec<u8>) =
-            match spec.classification {
-                Some(k) => {
-                    let k = k.min(classes);
-                    let strings: Vec<String> = rows
-                        .iter()
-                        .flat_map(|r| {
-                            top_k(r, k).into_iter().map(|(i, s)| {
-                                format!(
-                                    "{s}:{i}:{}",
-                                    info.labels.get(i).map(String::as_str).unwrap_or("")
-                                )
-                            })
-                        })
-                        .collect();
-                    let mut bin = Vec::new();
-                    for s in &strings {
-                        bin.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                        bin.extend_from_slice(s.as_bytes());
-                    }
-                    ("BYTES", vec![n, k], json!(strings), bin)
-                }
-                None => {
-                    let flat: Vec<f32> = rows.into_iter().flatten().collect();
-                    let bin = flat.iter().flat_map(|x| x.to_le_bytes()).collect();
-                    ("FP32", vec![n, classes], json!(flat), bin)
-                }
-            };
         if spec.binary {
             json_outputs.push(
                 json!({"name": spec.name, "datatype": datatype, "shape": shape,
@@ -472,6 +495,75 @@ async fn infer_common(
     };
     timing_headers(response.headers_mut(), &rid, &timing, out.batch_size);
     response
+}
+
+/// The data of one output tensor, flattened row-major.
+pub(crate) enum OutputData {
+    Fp32(Vec<f32>),
+    /// Classification results, `score:index:label`.
+    Bytes(Vec<String>),
+}
+
+/// One answered output (HTTP JSON or binary, gRPC raw contents).
+pub(crate) struct OutputTensor {
+    pub datatype: &'static str,
+    pub shape: Vec<usize>,
+    pub data: OutputData,
+}
+
+/// The requested outputs of an answered request, in the order of `specs`: logits or
+/// probabilities, as FP32 `[batch, classes]` or, with `classification` K, BYTES `[batch, K]`.
+pub(crate) fn output_tensors(specs: &[OutputSpec], out: &infer::InferOutcome) -> Vec<OutputTensor> {
+    let info = out.lv.model.info();
+    let n = out.logits.len();
+    let classes = info.labels.len();
+    specs
+        .iter()
+        .map(|spec| {
+            let rows: Vec<Vec<f32>> = if spec.name == OUTPUT_PROBS {
+                out.logits.iter().map(|l| models::softmax(l)).collect()
+            } else {
+                out.logits.clone()
+            };
+            match spec.classification {
+                Some(k) => {
+                    let k = k.min(classes);
+                    let strings: Vec<String> = rows
+                        .iter()
+                        .flat_map(|r| {
+                            top_k(r, k).into_iter().map(|(i, s)| {
+                                format!(
+                                    "{s}:{i}:{}",
+                                    info.labels.get(i).map(String::as_str).unwrap_or("")
+                                )
+                            })
+                        })
+                        .collect();
+                    OutputTensor {
+                        datatype: "BYTES",
+                        shape: vec![n, k],
+                        data: OutputData::Bytes(strings),
+                    }
+                }
+                None => OutputTensor {
+                    datatype: "FP32",
+                    shape: vec![n, classes],
+                    data: OutputData::Fp32(rows.into_iter().flatten().collect()),
+                },
+            }
+        })
+        .collect()
+}
+
+/// BYTES elements in the binary tensor format: each a 4-byte little-endian length, then the bytes.
+pub(crate) fn bytes_elements<S: AsRef<[u8]>>(elements: &[S]) -> Vec<u8> {
+    let mut bin = Vec::new();
+    for e in elements {
+        let e = e.as_ref();
+        bin.extend_from_slice(&(e.len() as u32).to_le_bytes());
+        bin.extend_from_slice(e);
+    }
+    bin
 }
 
 // ----- repository extension -----
@@ -546,19 +638,25 @@ pub async fn repository_load(
     State(st): State<SharedState>,
     Path(m): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_explicit(&st)?;
-    if !crate::repository::valid_model_name(&m) || !st.repo.root().join(&m).is_dir() {
+    load_model(&st, &m).await?;
+    Ok(Json(json!({})))
+}
+
+/// Loads (or reloads) a model from the repository directory (explicit mode), shared with gRPC.
+pub(crate) async fn load_model(st: &SharedState, m: &str) -> Result<(), ApiError> {
+    require_explicit(st)?;
+    if !crate::repository::valid_model_name(m) || !st.repo.root().join(m).is_dir() {
         return Err(ApiError::not_found(format!(
             "model \"{m}\" not found in the model repository"
         )));
     }
     let repo = st.repo.clone();
-    let name = m.clone();
+    let name = m.to_string();
     let res = tokio::task::spawn_blocking(move || repo.sync_model(&name, true))
         .await
         .map_err(|_| ApiError::internal("load panicked"))?;
     match res {
-        Ok(()) => Ok(Json(json!({}))),
+        Ok(()) => Ok(()),
         Err(e) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             crate::error::Reason::Internal,
@@ -576,14 +674,20 @@ pub async fn repository_unload(
     State(st): State<SharedState>,
     Path(m): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    require_explicit(&st)?;
+    unload_model(&st, &m).await?;
+    Ok(Json(json!({})))
+}
+
+/// Unloads a model (explicit mode), shared with gRPC.
+pub(crate) async fn unload_model(st: &SharedState, m: &str) -> Result<(), ApiError> {
+    require_explicit(st)?;
     let repo = st.repo.clone();
-    let name = m.clone();
+    let name = m.to_string();
     let known = tokio::task::spawn_blocking(move || repo.unload(&name))
         .await
         .map_err(|_| ApiError::internal("unload panicked"))?;
     if !known {
         return Err(ApiError::not_found(format!("unknown model \"{m}\"")));
     }
-    Ok(Json(json!({})))
+    Ok(())
 }

@@ -58,6 +58,9 @@ pub struct Server {
     pub child: Option<Child>,
     pub base: String,
     pub client: reqwest::blocking::Client,
+    /// The lines the server prints on stdout after the first.
+    stdout: std::sync::Mutex<std::sync::mpsc::Receiver<String>>,
+    grpc: std::sync::OnceLock<String>,
 }
 
 pub fn bin() -> &'static str {
@@ -94,7 +97,12 @@ impl Server {
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .to_string();
         // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in reader.lines() {});
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in reader.lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
@@ -103,7 +111,26 @@ impl Server {
             child: Some(child),
             base,
             client,
+            stdout: std::sync::Mutex::new(rx),
+            grpc: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The gRPC listener's `host:port`, from the line the server prints after the HTTP one.
+    pub fn grpc_addr(&self) -> String {
+        self.grpc
+            .get_or_init(|| {
+                let rx = self.stdout.lock().unwrap();
+                loop {
+                    let line = rx
+                        .recv_timeout(Duration::from_secs(30))
+                        .expect("no \"shiftserve gRPC listening on\" line on stdout");
+                    if let Some(a) = line.trim().strip_prefix("shiftserve gRPC listening on ") {
+                        return a.to_string();
+                    }
+                }
+            })
+            .clone()
     }
 
     /// Spawns and waits until `/v2/health/ready` answers 200.
