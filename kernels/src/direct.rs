@@ -264,14 +264,25 @@ pub(crate) fn forward_pool_u8(
     let nob = g.out_c.div_ceil(OCB);
     let co = g.out_c;
     let threads = workers.threads();
-    // Bands of pooled rows: enough tasks to balance the workers, at most FUSED_BAND rows so a
-    // band's convolution rows stay in L2.
-    let per_image = (threads * 4).div_ceil(n).clamp(1, poh);
-    let band = poh.div_ceil(per_image).min(FUSED_BAND);
+    // Bands of pooled rows, each computed in order through a ring of `pk` convolution rows (a
+    // pooling window's rows), so a convolution row is computed once per band and stays in L1/L2
+    // until its last pooled row is done; only the `pk - ps` rows shared by two bands are
+    // computed twice. One band per image on one thread; a few per worker otherwise, to balance.
+    let per_image = if threads == 1 {
+        1
+    } else {
+        (threads * 3).div_ceil(n).clamp(1, poh)
+    };
+    let band = poh.div_ceil(per_image);
     let bands = poh.div_ceil(band);
     let (pk, ps, pp) = (pool.kernel.0, pool.stride.0, pool.pad.0 as isize);
-    let (row_len, rows_max) = fused_sizes(g, h, w, pool)?;
-    scratch.reserve_rows(threads, row_len, rows_max);
+    let (row_len, ring) = fused_sizes(g, h, w, pool)?;
+    if pk > MAX_POOL_ROWS {
+        return Err(KernelError::shape(format!(
+            "fused stem: pooling window of {pk} rows (at most {MAX_POOL_ROWS})"
+        )));
+    }
+    scratch.reserve_rows(threads, row_len, ring);
     let fq = crate::qconv::FastQuant::new(quant);
     let tasks = TaskCounter::new(n * bands);
     let pad_ptr = SyncPtr(padded.as_mut_ptr());
@@ -284,47 +295,52 @@ pub(crate) fn forward_pool_u8(
     workers.run(&|tid| {
         // SAFETY: worker `tid` owns its slice of the row scratch.
         let rows = unsafe {
-            std::slice::from_raw_parts_mut(
-                r_ptr.get().add(tid * rows_max * row_len),
-                rows_max * row_len,
-            )
+            std::slice::from_raw_parts_mut(r_ptr.get().add(tid * ring * row_len), ring * row_len)
         };
         while let Some(t) = tasks.next() {
             let (b, bi) = (t / bands, t % bands);
             let (py0, py1) = (bi * band, ((bi + 1) * band).min(poh));
-            let y_lo = (py0 as isize * ps as isize - pp).max(0) as usize;
-            let y_hi = (((py1 - 1) * ps) as isize - pp + pk as isize).min(oh as isize) as usize;
-            for y in y_lo..y_hi {
-                let row = rows[(y - y_lo) * row_len..].as_mut_ptr();
-                for ob in 0..nob {
-                    let oc0 = ob * OCB;
-                    let wb = dw.w[ob * k * OCB..].as_ptr();
-                    let mut sink = Sink::block(bias, ob, relu);
-                    let mut x0 = 0;
-                    while x0 < ow {
-                        let np = np_tile.min(ow - x0);
-                        let mut base = [std::ptr::null::<f32>(); MAX_NP];
-                        for j in 0..np_tile {
-                            // Ragged tail: repeat the last pixel (the same values are stored
-                            // again).
-                            let ox = x0 + j.min(np - 1);
-                            // SAFETY: inside the padded copy and this worker's rows.
-                            unsafe {
-                                base[j] = pad_ptr.get().add(b * psz + y * sh * wp + ox * sw)
-                                    as *const f32;
-                                sink.out[j] = row.add(ox * co + oc0);
-                            }
-                        }
-                        // SAFETY: every tap is inside the padded copy; the CPU supports the
-                        // variant (checked by the caller).
-                        unsafe { run_tile(v, &taps, wb, &base, &sink) };
-                        x0 += np;
-                    }
-                }
-            }
+            // Convolution rows y_done.. are not computed yet in this band.
+            let mut y_done = 0usize;
             for py in py0..py1 {
                 let ys = (py as isize * ps as isize - pp).max(0) as usize
                     ..((py * ps) as isize - pp + pk as isize).min(oh as isize) as usize;
+                for y in ys.start.max(y_done)..ys.end {
+                    let row = rows[(y % ring) * row_len..].as_mut_ptr();
+                    for ob in 0..nob {
+                        let oc0 = ob * OCB;
+                        let wb = dw.w[ob * k * OCB..].as_ptr();
+                        let mut sink = Sink::block(bias, ob, relu);
+                        let mut x0 = 0;
+                        while x0 < ow {
+                            let np = np_tile.min(ow - x0);
+                            let mut base = [std::ptr::null::<f32>(); MAX_NP];
+                            for j in 0..np_tile {
+                                // Ragged tail: repeat the last pixel (the same values are
+                                // stored again).
+                                let ox = x0 + j.min(np - 1);
+                                // SAFETY: inside the padded copy and this worker's rows.
+                                unsafe {
+                                    base[j] = pad_ptr.get().add(b * psz + y * sh * wp + ox * sw)
+                                        as *const f32;
+                                    sink.out[j] = row.add(ox * co + oc0);
+                                }
+                            }
+                            // SAFETY: every tap is inside the padded copy; the CPU supports
+                            // the variant (checked by the caller).
+                            unsafe { run_tile(v, &taps, wb, &base, &sink) };
+                            x0 += np;
+                        }
+                    }
+                }
+                y_done = y_done.max(ys.end);
+                // The window's rows, in order (a window spans at most `ring` rows, so they sit
+                // in distinct ring slots).
+                let mut wrows = [std::ptr::null::<f32>(); MAX_POOL_ROWS];
+                for (i, y) in ys.clone().enumerate() {
+                    wrows[i] = rows[(y % ring) * row_len..].as_ptr();
+                }
+                let wrows = &wrows[..ys.len()];
                 for px in 0..pow {
                     let x_a = px as isize * pool.stride.1 as isize - pool.pad.1 as isize;
                     let xs = x_a.max(0) as usize
@@ -344,17 +360,8 @@ pub(crate) fn forward_pool_u8(
                     };
                     #[cfg(target_arch = "x86_64")]
                     if pool_avx512 {
-                        // SAFETY: AVX-512 F/BW/VL/DQ checked; every tap's row is in this band.
-                        unsafe {
-                            max_pixel_avx512(
-                                rows[(ys.start - y_lo) * row_len..].as_ptr(),
-                                row_len,
-                                co,
-                                ys.len(),
-                                xs.clone(),
-                                df.as_mut_ptr(),
-                            )
-                        };
+                        // SAFETY: AVX-512 F/BW/VL/DQ checked; the window's rows are computed.
+                        unsafe { max_pixel_avx512(wrows, co, xs.clone(), df.as_mut_ptr()) };
                         crate::qconv::quantize_pixel(df, du, &fq);
                         continue;
                     }
@@ -363,9 +370,11 @@ pub(crate) fn forward_pool_u8(
                         let m = (co - c0).min(16);
                         let mut acc = [f32::NEG_INFINITY; 16];
                         let mut nan = [false; 16];
-                        for iy in ys.clone() {
+                        for &r in wrows {
                             for ix in xs.clone() {
-                                let src = &rows[(iy - y_lo) * row_len + ix * co + c0..][..m];
+                                // SAFETY: a computed row of `row_len = ow * co` values.
+                                let src =
+                                    unsafe { std::slice::from_raw_parts(r.add(ix * co + c0), m) };
                                 for l in 0..m {
                                     let v = src[l];
                                     nan[l] |= v.is_nan();
@@ -388,20 +397,17 @@ pub(crate) fn forward_pool_u8(
     Ok(())
 }
 
-/// One pooled pixel of [`forward_pool_u8`] on 16 channels at a time: the maximum over rows
-/// `0..nrows` (from `rows`, `row_len` apart) and columns `xs` with the rules of
-/// `pool::max_row` (strict `>` in row-major tap order, any NaN gives NaN).
+/// One pooled pixel of [`forward_pool_u8`] on 16 channels at a time: the maximum over the rows
+/// `rows` (in window order) and columns `xs` with the rules of `pool::max_row` (strict `>` in
+/// row-major tap order, any NaN gives NaN).
 ///
 /// # Safety
-/// AVX-512 F/BW/VL/DQ; `rows` holds `nrows` rows of `row_len` values covering columns `xs` of
-/// `co` channels; `dst` holds `co` values.
+/// AVX-512 F/BW/VL/DQ; every row holds columns `xs` of `co` channels; `dst` holds `co` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")]
 unsafe fn max_pixel_avx512(
-    rows: *const f32,
-    row_len: usize,
+    rows: &[*const f32],
     co: usize,
-    nrows: usize,
     xs: std::ops::Range<usize>,
     dst: *mut f32,
 ) {
@@ -417,9 +423,9 @@ unsafe fn max_pixel_avx512(
         };
         let mut acc = _mm512_set1_ps(f32::NEG_INFINITY);
         let mut any_nan: __mmask16 = 0;
-        for r in 0..nrows {
+        for &r in rows {
             for ix in xs.clone() {
-                let v = _mm512_maskz_loadu_ps(m, rows.add(r * row_len + ix * co + c0));
+                let v = _mm512_maskz_loadu_ps(m, r.add(ix * co + c0));
                 any_nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
                 acc = _mm512_mask_mov_ps(acc, _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, acc), v);
             }
@@ -429,11 +435,11 @@ unsafe fn max_pixel_avx512(
     }
 }
 
-/// Most pooled rows of one band of [`forward_pool_u8`].
-const FUSED_BAND: usize = 6;
+/// Tallest pooling window [`forward_pool_u8`] takes (its rows are kept in a ring).
+pub(crate) const MAX_POOL_ROWS: usize = 16;
 
-/// Row buffers of one worker of [`forward_pool_u8`]: `(len of a convolution row, most rows of a
-/// band)`.
+/// Row ring of one worker of [`forward_pool_u8`]: `(len of a convolution row, rows in the
+/// ring)`; the ring holds one pooling window.
 pub(crate) fn fused_sizes(
     g: &ConvGeom,
     h: usize,
@@ -441,15 +447,14 @@ pub(crate) fn fused_sizes(
     pool: crate::pool::Pool2d,
 ) -> Result<(usize, usize), KernelError> {
     let (oh, ow) = g.out_hw(h, w)?;
-    let (poh, _) = pool.out_hw(oh, ow)?;
-    let band = poh.clamp(1, FUSED_BAND);
+    pool.out_hw(oh, ow)?;
     Ok((
         mul_dims(&[ow, g.out_c])?,
-        ((band - 1) * pool.stride.0 + pool.kernel.0).min(oh).max(1),
+        pool.kernel.0.clamp(1, MAX_POOL_ROWS),
     ))
 }
 
-/// Scratch of [`forward_pool_u8`]: per-worker `f32` rows of a band (sized by the geometry and the
+/// Scratch of [`forward_pool_u8`]: per-worker `f32` convolution rows (a ring of one pooling window) (sized by the geometry and the
 /// thread count only, so reserving them once means no allocation on any batch size).
 #[derive(Default, Debug)]
 pub struct FusedScratch {

@@ -238,6 +238,12 @@ impl Model {
         self.plan.kernels()
     }
 
+    /// Steps that run sample by sample on a batch (the early, activation-heavy layers, so a
+    /// sample's activations stay in cache); the rest run over the whole batch.
+    pub fn sample_major_steps(&self) -> Vec<String> {
+        self.plan.sample_major_steps()
+    }
+
     /// Every execution step (graph nodes and layout conversions): (name, what runs it).
     pub fn steps(&self) -> Vec<(String, String)> {
         self.plan.steps_info()

@@ -201,6 +201,8 @@ pub struct Plan {
     /// A direct fp32 conv, max pool and quantization to `u8` run as one pass (see
     /// [`find_fused_stem`]).
     fused_stem: Option<FusedStem>,
+    /// Steps `0..sample_major` run one sample at a time on a batch (see [`sample_major_prefix`]).
+    sample_major: usize,
 }
 
 /// Steps `conv`, `conv + 1` (max pool into NHWC buffer `pooled`) and `conv + 2` (quantization
@@ -270,6 +272,55 @@ fn find_fused_stem(steps: &[Step]) -> Option<FusedStem> {
         });
     }
     None
+}
+
+/// How many leading steps of a batch run one sample at a time (each sample through all of them,
+/// then the next sample) instead of one step over the whole batch: a fused stem at step 0 and the
+/// quantized convolutions after it, as long as a layer touches more activation bytes per sample
+/// than it has weight bytes (the early, wide layers of a CNN). Their working set is then one
+/// sample's activations, which stay in the core's L2 cache, while the later layers (small
+/// activations, large weights) still run over the whole batch and reuse their weights across it.
+///
+/// Every such step reads and writes only its sample's part of padded NHWC buffers whose layout
+/// is fixed per buffer (or, for the stem, the input slot), in the same order per sample, so the
+/// bits are those of batch-major execution; steps that write an NCHW slot end the prefix (a slot
+/// may hold values of different per-sample sizes). Returns 0 when there is no such prefix.
+fn sample_major_prefix(
+    steps: &[Step],
+    fused: Option<FusedStem>,
+    u8_bufs: &[(U8Layout, u8)],
+    nhwc_bufs: &[F32Layout],
+) -> usize {
+    let Some(f) = fused else { return 0 };
+    if f.conv != 0 {
+        return 0;
+    }
+    let mut end = 3;
+    for s in &steps[3..] {
+        let Kind::QConv(q) = &s.kind else { break };
+        if q.nchw_out.is_some() || s.inputs.iter().any(|b| matches!(b, Buf::Slot(_))) {
+            break;
+        }
+        let mut act = 0usize;
+        for b in s.inputs.iter().copied() {
+            act += match b {
+                Buf::U8(k) => u8_bufs[k].0.sample_len(),
+                Buf::Nhwc(k) => 4 * nhwc_bufs[k].sample_len(),
+                Buf::Slot(_) => 0,
+            };
+        }
+        act += q
+            .u8_outs
+            .iter()
+            .map(|&(k, _)| u8_bufs[k].0.sample_len())
+            .sum::<usize>();
+        act += q.nhwc_out.map_or(0, |k| 4 * nhwc_bufs[k].sample_len());
+        if act < q.layer.weight_bytes() {
+            break;
+        }
+        end += 1;
+    }
+    end
 }
 
 /// Buffers of one kind, assigned by liveness: a free buffer with the same key is reused.
@@ -718,8 +769,10 @@ impl Plan {
                 }
             }
         }
+        let sample_major = sample_major_prefix(&steps, fused_stem, &u8_bufs, &nhwc_bufs);
         Ok(Plan {
             fused_stem,
+            sample_major,
             steps,
             slot_len,
             u8_bufs,
@@ -763,6 +816,15 @@ impl Plan {
     /// The kernel of every layer, in graph order.
     pub fn kernels(&self) -> &[LayerKernel] {
         &self.kernels
+    }
+
+    /// Names of the leading steps that run one sample at a time on a batch (see
+    /// [`sample_major_prefix`]); empty when every step runs over the whole batch.
+    pub fn sample_major_steps(&self) -> Vec<String> {
+        self.steps[..self.sample_major]
+            .iter()
+            .map(|s| s.name.clone())
+            .collect()
     }
 
     /// Every step in execution order: (name, what runs it). Conversion steps between the forms
@@ -1338,6 +1400,31 @@ impl Runner {
         // The fused stem stands for three steps (its time is the first one's); observers see
         // every node's own output, so they get the unfused steps.
         let mut skip_to = 0;
+        if observe.is_none() && b > 1 && plan.sample_major > 0 {
+            for s in 0..b {
+                let mut si = 0;
+                while si < plan.sample_major {
+                    let step = &plan.steps[si];
+                    let t0 = times.as_ref().map(|_| std::time::Instant::now());
+                    match (&step.kind, plan.fused_stem) {
+                        (_, Some(f)) if f.conv == si => {
+                            self.fused_stem(step, f, s, 1)?;
+                        }
+                        (Kind::QConv(q), _) => self.qconv(step, q, s, 1, None)?,
+                        _ => return Err(internal("plan: a sample-major step is not a conv")),
+                    }
+                    if let (Some(t), Some(t0)) = (times.as_mut(), t0) {
+                        t[si] += t0.elapsed().as_secs_f64();
+                    }
+                    si += if plan.fused_stem.is_some_and(|f| f.conv == si) {
+                        3
+                    } else {
+                        1
+                    };
+                }
+            }
+            skip_to = plan.sample_major;
+        }
         for (si, step) in plan.steps.iter().enumerate() {
             if si < skip_to {
                 continue;
@@ -1345,7 +1432,7 @@ impl Runner {
             let t0 = times.as_ref().map(|_| std::time::Instant::now());
             match plan.fused_stem {
                 Some(f) if f.conv == si && observe.is_none() => {
-                    self.fused_stem(step, f, b)?;
+                    self.fused_stem(step, f, 0, b)?;
                     skip_to = si + 3;
                 }
                 _ => self.step(step, b)?,
@@ -1398,7 +1485,7 @@ impl Runner {
                 // Only u8 forms were written: recompute this step with an NCHW output.
                 if let Kind::QConv(q) = &step.kind {
                     let mut out = std::mem::take(&mut self.observe_buf);
-                    let r = self.qconv(step, q, n, Some(&mut out[..len]));
+                    let r = self.qconv(step, q, 0, n, Some(&mut out[..len]));
                     self.observe_buf = out;
                     r?;
                 }
@@ -1407,8 +1494,14 @@ impl Runner {
         Ok(&self.observe_buf[..len])
     }
 
-    /// Runs the fused stem (the conv step and the two after it).
-    fn fused_stem(&mut self, step: &Step, f: FusedStem, n: usize) -> Result<(), ModelError> {
+    /// Runs the fused stem (the conv step and the two after it) on samples `s0..s0 + n`.
+    fn fused_stem(
+        &mut self,
+        step: &Step,
+        f: FusedStem,
+        s0: usize,
+        n: usize,
+    ) -> Result<(), ModelError> {
         let Kind::Conv { layer, relu, .. } = &step.kind else {
             return Err(internal("plan: the fused stem is not a conv"));
         };
@@ -1421,16 +1514,16 @@ impl Runner {
         let isa = self.plan.isa;
         layer
             .forward_nhwc_pool_u8(
-                &self.bufs[x][..n * c * h * w],
+                &self.bufs[x][s0 * c * h * w..(s0 + n) * c * h * w],
                 n,
                 h,
                 w,
                 *relu,
                 f.pool,
                 f.quant,
-                &mut self.nhwc[f.pooled][..n * fl.sample_len()],
+                &mut self.nhwc[f.pooled][s0 * fl.sample_len()..(s0 + n) * fl.sample_len()],
                 fl,
-                &mut self.u8s[f.out][..n * l.sample_len()],
+                &mut self.u8s[f.out][s0 * l.sample_len()..(s0 + n) * l.sample_len()],
                 l,
                 &mut self.padded,
                 &mut self.fused,
@@ -1442,7 +1535,7 @@ impl Runner {
 
     fn step(&mut self, step: &Step, n: usize) -> Result<(), ModelError> {
         if let Kind::QConv(q) = &step.kind {
-            return self.qconv(step, q, n, None);
+            return self.qconv(step, q, 0, n, None);
         }
         let plan = &*self.plan;
         let e = run_err(&step.name);
@@ -1654,14 +1747,23 @@ impl Runner {
         result
     }
 
-    /// Runs a quantized step; `extra_nchw` receives an NCHW copy when observing.
+    /// Runs a quantized step on samples `s0..s0 + n`; `extra_nchw` receives an NCHW copy when
+    /// observing (only with `s0 == 0`).
     fn qconv(
         &mut self,
         step: &Step,
         q: &QStep,
+        s0: usize,
         n: usize,
         extra_nchw: Option<&mut [f32]>,
     ) -> Result<(), ModelError> {
+        // Samples s0..s0+n of a buffer whose samples are `len` elements apart.
+        let part = |len: usize| s0 * len..(s0 + n) * len;
+        if s0 > 0 && (extra_nchw.is_some() || q.nchw_out.is_some()) {
+            return Err(internal(
+                "plan: an NCHW output is written for the whole batch",
+            ));
+        }
         let plan = &*self.plan;
         let Buf::U8(input) = step.inputs[0] else {
             return Err(internal("plan: quantized step without a u8 input"));
@@ -1684,23 +1786,23 @@ impl Runner {
         for (i, &(b, quant)) in q.u8_outs.iter().enumerate() {
             let l = plan.u8_bufs[b].0;
             self.targets.push(U8Target::new(
-                &mut u8_taken[i][..n * l.sample_len()],
+                &mut u8_taken[i][part(l.sample_len())],
                 l,
                 quant,
             ));
         }
-        let x = &self.u8s[input][..n * xl.sample_len()];
+        let x = &self.u8s[input][part(xl.sample_len())];
         let residual = match step.inputs.get(1) {
             Some(&Buf::Nhwc(r)) => {
                 let l = plan.nhwc_bufs[r];
-                Some((&self.nhwc[r][..n * l.sample_len()], l))
+                Some((&self.nhwc[r][part(l.sample_len())], l))
             }
             _ => None,
         };
         let f32_nhwc = match (&mut nhwc_taken, q.nhwc_out) {
             (Some(v), Some(b)) => {
                 let l = plan.nhwc_bufs[b];
-                Some((&mut v[..n * l.sample_len()], l))
+                Some((&mut v[part(l.sample_len())], l))
             }
             _ => None,
         };

@@ -510,7 +510,7 @@ fn synthetic_resnet18_is_a_valid_model() {
 /// the intermediate values and as three steps when something does: the logits are the same bits,
 /// at every batch size and thread count, and the report names the fused kernel.
 #[test]
-fn fused_stem_gives_the_bits_of_the_unfused_steps() {
+fn fused_stem_and_sample_major_batches_give_the_bits_of_the_unfused_batch_major_steps() {
     let cfg = models::synth::SynthConfig {
         resolution: 64,
         classes: 10,
@@ -523,6 +523,14 @@ fn fused_stem_gives_the_bits_of_the_unfused_steps() {
         "{}",
         stem.kernel
     );
+    // A batch runs the stem and layer1 sample by sample (activations larger than weights),
+    // the rest over the whole batch; `run_observed` runs every step over the whole batch.
+    let per_sample = m.sample_major_steps();
+    assert!(
+        per_sample.len() > 3 && per_sample.iter().any(|s| s == "layer1.1.conv2"),
+        "{per_sample:?}"
+    );
+    assert!(!per_sample.iter().any(|s| s.starts_with("layer3")));
     let xs: Vec<Vec<f32>> = (0..5)
         .map(|i| models::synth::random_input(3 * 64 * 64, 40 + i))
         .collect();

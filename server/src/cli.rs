@@ -296,9 +296,11 @@ pub fn bench(
     let load_before = loadavg();
     let mut rows = Vec::new();
     let mut policy = String::new();
+    let mut per_sample = Vec::new();
     for &threads in &spec.threads {
         let model = load(threads)?;
         policy = model.kernel_policy().setting().to_string();
+        per_sample = model.sample_major_steps();
         rows.extend(bench_model(&model, threads, spec)?);
     }
     let mut out = bench_table(name, &policy, &rows);
@@ -307,6 +309,12 @@ pub fn bench(
          paused by this command\n",
         loadavg()
     );
+    if let (Some(first), Some(last)) = (per_sample.first(), per_sample.last()) {
+        out += &format!(
+            "a batch runs steps {first} .. {last} sample by sample (their activations stay in \
+             cache), the rest over the whole batch\n"
+        );
+    }
     for (i, r) in rows.iter().enumerate() {
         if i == 0 || spec.per_layer {
             out += &layer_table(r);

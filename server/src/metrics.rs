@@ -41,6 +41,8 @@ pub struct Metrics {
     pub open_connections: IntGauge,
     pub connections_refused: IntCounter,
     pub connections_closed: IntCounterVec,
+    /// Task-API answers whose top score was below the model's `threshold`.
+    pub not_understood: IntCounterVec,
 }
 
 fn hist(reg: &Registry, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
@@ -155,6 +157,12 @@ impl Metrics {
                 "Failed model loads",
                 &["model"],
             ),
+            not_understood: int_counter(
+                r,
+                "shiftserve_not_understood_total",
+                "Task-API answers whose top score was below the model's threshold",
+                &["model", "version"],
+            ),
             build_info: int_gauge(
                 r,
                 "shiftserve_build_info",
@@ -263,6 +271,7 @@ impl Metrics {
             &self.nv_failure,
             &self.nv_count,
             &self.nv_exec_count,
+            &self.not_understood,
         ] {
             let _ = c.with_label_values(&l);
         }
@@ -344,6 +353,7 @@ mod tests {
             "shiftserve_model_ready",
             "shiftserve_model_load_duration_seconds",
             "shiftserve_model_load_failures_total",
+            "shiftserve_not_understood_total",
             "shiftserve_build_info",
             "nv_inference_request_success",
             "nv_inference_request_failure",

@@ -20,6 +20,10 @@ pub struct ModelConfig {
     pub timeout_ms: u64,
     pub version_policy: VersionPolicy,
     pub warmup: Warmup,
+    /// Minimum top-1 score (softmax probability, in (0, 1]) of a task-API answer: below it the
+    /// answer says the input was not understood (`"understood": false`, no intent) instead of
+    /// naming a class it is unsure of. None: every answer is given.
+    pub threshold: Option<f32>,
 }
 
 impl Default for ModelConfig {
@@ -36,6 +40,7 @@ impl Default for ModelConfig {
             timeout_ms: 10_000,
             version_policy: VersionPolicy::Latest(1),
             warmup: Warmup::default(),
+            threshold: None,
         }
     }
 }
@@ -239,6 +244,11 @@ impl ModelConfig {
         if self.warmup.iterations > 1000 {
             return Err("warmup.iterations must be at most 1000".into());
         }
+        if let Some(t) = self.threshold {
+            if !(t > 0.0 && t <= 1.0) {
+                return Err(format!("threshold must be in (0, 1], got {t}"));
+            }
+        }
         Ok(())
     }
 }
@@ -310,6 +320,14 @@ iterations = 2
             .contains("max_batch"));
         assert!(ModelConfig::parse("queue_capacity = 0").is_err());
         assert!(ModelConfig::parse("[warmup]\nbatch_sizes = [16]").is_err());
+        for bad in ["0.0", "-0.5", "1.5", "nan", "inf"] {
+            let e = ModelConfig::parse(&format!("threshold = {bad}")).unwrap_err();
+            assert!(e.contains("threshold"), "{bad}: {e}");
+        }
+        assert_eq!(
+            ModelConfig::parse("threshold = 1.0").unwrap().threshold,
+            Some(1.0)
+        );
     }
 
     #[test]

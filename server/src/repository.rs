@@ -598,6 +598,7 @@ impl Repository {
                 let l = [lv.name.as_str(), &lv.version_str()];
                 let _ = self.metrics.model_ready.remove_label_values(&l);
                 let _ = self.metrics.model_load_duration.remove_label_values(&l);
+                let _ = self.metrics.not_understood.remove_label_values(&l);
                 for lk in lv.model.layer_kernels() {
                     let _ = self.metrics.layer_kernel_info.remove_label_values(&[
                         &lv.name,

@@ -492,6 +492,12 @@ function showAnswer(body, headers, roundTripMs, model) {
 
   const intent = body.intent;
   $('intent').hidden = !intent;
+  const unsure = $('not-understood');
+  unsure.hidden = body.understood !== false;
+  if (body.understood === false) {
+    unsure.textContent = `Not understood: the top score ${(body.predictions[0].score * 100).toFixed(1)}% ` +
+      `is below this model's threshold of ${(body.threshold * 100).toFixed(1)}%. The scores are shown below.`;
+  }
   if (intent) {
     $('intent-action').textContent = intent.action;
     $('intent-object').textContent = intent.object;

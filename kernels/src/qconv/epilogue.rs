@@ -109,6 +109,64 @@ pub(crate) unsafe fn apply(
     apply_portable(ctx, tile, ocb, oc0, p0, np)
 }
 
+/// Asks the cache for the `f32` lines the epilogue of this tile will touch (the residual it
+/// reads, the `f32` output it writes), so that the loads and the stores' line fills overlap
+/// the tile's arithmetic instead of stalling the epilogue: the residual was written two layers
+/// earlier and is often out of L2 by now. A hint only: no effect on any value.
+///
+/// # Safety
+/// As [`apply`] (the addresses are computed as it computes them; prefetching never faults).
+#[inline]
+pub(crate) unsafe fn prefetch(ctx: &EpiCtx<'_>, ocb: usize, oc0: usize, p0: usize, np: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let ohw = ctx.oh * ctx.ow;
+        let len = (oc0 + ocb).min(ctx.out_c).saturating_sub(oc0);
+        if len == 0 {
+            return;
+        }
+        let lines = |start: *const u8, bytes: usize| {
+            let mut a = start as usize & !63;
+            let end = start as usize + bytes;
+            while a < end {
+                _mm_prefetch::<_MM_HINT_T0>(a as *const i8);
+                a += 64;
+            }
+        };
+        if ctx.residual.is_none() && ctx.f32_nhwc.is_none() {
+            return;
+        }
+        let (mut b, r) = (p0 / ohw, p0 % ohw);
+        let (mut oy, mut ox) = (r / ctx.ow, r % ctx.ow);
+        for _ in 0..np {
+            if let Some((rp, rl)) = ctx.residual {
+                lines(
+                    rp.get().add(rl.offset(b, oy, ox) + oc0) as *const u8,
+                    len * 4,
+                );
+            }
+            if let Some((fp, fl)) = ctx.f32_nhwc {
+                lines(
+                    fp.get().add(fl.offset(b, oy, ox) + oc0) as *const u8,
+                    len * 4,
+                );
+            }
+            ox += 1;
+            if ox == ctx.ow {
+                ox = 0;
+                oy += 1;
+                if oy == ctx.oh {
+                    oy = 0;
+                    b += 1;
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (ctx, ocb, oc0, p0, np);
+}
+
 /// Applies the epilogue to `np` pixels starting at flat output pixel `p0` (over `n*oh*ow`) and
 /// the output channels `oc0..oc0 + ocb` (clipped to `out_c`); `tile[j * ocb + o]` is the sum of
 /// pixel `p0 + j`, channel `oc0 + o`.

@@ -612,6 +612,7 @@ impl QConv2d {
                     // SAFETY: bases are inside x (checked layout and length); the tile buffer
                     // holds np*ocb <= 512 values; this task owns these pixels of block ob.
                     unsafe {
+                        epilogue::prefetch(ctx, ocb, ob * ocb, p0, np);
                         dispatch_tile(
                             self.kernel,
                             shape,

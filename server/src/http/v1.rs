@@ -54,8 +54,16 @@ pub struct PredictResponse {
     pub model: String,
     pub version: String,
     pub predictions: Vec<Prediction>,
+    /// False when the top-1 score is below the model's `threshold` (config.toml): the input was
+    /// not understood, and `predictions` are only the scores (no intent is given). Always true
+    /// for a model without a threshold.
+    pub understood: bool,
+    /// The model's `threshold`, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f32>,
     pub timing: TimingMs,
-    /// Only for `spoken_intent` models: the top-1 intent split into its slots.
+    /// Only for `spoken_intent` models, and only when understood: the top-1 intent split into
+    /// its slots.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub intent: Option<IntentOut>,
 }
@@ -179,7 +187,18 @@ async fn predict_common(
             score: s,
         })
         .collect();
-    let intent = if info.task == Task::SpokenIntent {
+    let threshold = out.lv.config.threshold;
+    let understood = match (threshold, predictions.first()) {
+        (Some(t), Some(p)) => p.score >= t,
+        _ => true,
+    };
+    if !understood {
+        st.metrics
+            .not_understood
+            .with_label_values(&[&m, &out.lv.version_str()])
+            .inc();
+    }
+    let intent = if info.task == Task::SpokenIntent && understood {
         predictions
             .first()
             .and_then(|p| info.intents.get(p.index))
@@ -197,6 +216,8 @@ async fn predict_common(
         model: m.clone(),
         version: out.lv.version_str(),
         predictions,
+        understood,
+        threshold,
         timing: TimingMs {
             queue_ms: ms(timing.queue),
             preprocess_ms: ms(timing.preprocess),
