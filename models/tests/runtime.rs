@@ -531,13 +531,13 @@ fn fused_stem_and_sample_major_batches_give_the_bits_of_the_unfused_batch_major_
         "{per_sample:?}"
     );
     assert!(!per_sample.iter().any(|s| s.starts_with("layer3")));
-    let xs: Vec<Vec<f32>> = (0..5)
+    let xs: Vec<Vec<f32>> = (0..6)
         .map(|i| models::synth::random_input(3 * 64 * 64, 40 + i))
         .collect();
     let refs: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
-    for threads in [1, 2] {
-        for n in [1, 2, 5] {
-            let mut s = m.session(5, threads);
+    for threads in [1, 2, 3] {
+        for n in [1, 2, 5, 6] {
+            let mut s = m.session(6, threads);
             let fused = s.run(&refs[..n]).unwrap().to_vec();
             let mut seen = 0;
             let observed = s

@@ -33,6 +33,16 @@ impl Runner for SessionRunner {
     }
 }
 
+/// Makes a loaded version's runner from its warmed-up session: the real server wraps the
+/// session itself ([`session_runners`]); tests inject a wrapper (a slow or failing runner) to
+/// drive the HTTP layer in-process.
+pub type RunnerFactory = std::sync::Arc<dyn Fn(models::Session) -> Box<dyn Runner> + Send + Sync>;
+
+/// The production factory: every instance runs its `models::Session`.
+pub fn session_runners() -> RunnerFactory {
+    std::sync::Arc::new(|s| Box::new(SessionRunner(s)))
+}
+
 /// Hooks for metrics and statistics.
 pub trait BatchObserver: Send + Sync {
     fn queue_depth(&self, _depth: usize) {}

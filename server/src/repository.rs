@@ -1,7 +1,7 @@
 //! The model repository: scanning `<repo>/<model>/<version>/model.safetensors`, loading with
 //! warmup, atomic version swaps, control modes (none, poll, explicit) and the index.
 
-use crate::batcher::{BatchConfig, BatchObserver, Batcher, Runner, SessionRunner};
+use crate::batcher::{session_runners, BatchConfig, BatchObserver, Batcher, Runner, RunnerFactory};
 use crate::metrics::Metrics;
 use crate::model_config::ModelConfig;
 use crate::stats::VersionStats;
@@ -133,6 +133,8 @@ pub struct Repository {
     /// The last `config.toml` error of each model, with the file it came from (logged and
     /// counted once per change of the file).
     config_errors: Mutex<HashMap<String, (Option<Fingerprint>, String)>>,
+    /// Makes each instance's runner from its session.
+    runners: RunnerFactory,
 }
 
 /// A model name usable as a directory name and URL segment.
@@ -190,6 +192,7 @@ pub fn load_version(
     path: &Path,
     config: &ModelConfig,
     metrics: &Arc<Metrics>,
+    runners_of: &RunnerFactory,
 ) -> Result<LoadedVersion, String> {
     let t0 = Instant::now();
     let fp = fingerprint(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -232,7 +235,7 @@ pub fn load_version(
                 }
             }
         }
-        runners.push(Box::new(SessionRunner(session)));
+        runners.push(runners_of(session));
     }
     let vs = version.to_string();
     metrics.init_version(name, &vs);
@@ -332,7 +335,15 @@ impl Repository {
             expected: Mutex::new(BTreeSet::new()),
             skipped: Mutex::new(HashMap::new()),
             config_errors: Mutex::new(HashMap::new()),
+            runners: session_runners(),
         }
+    }
+
+    /// The same repository with every instance's runner made by `runners` (tests wrap the
+    /// session to slow it down or make it fail; the server uses [`session_runners`]).
+    pub fn with_runners(mut self, runners: RunnerFactory) -> Repository {
+        self.runners = runners;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -497,7 +508,7 @@ impl Repository {
                         }
                     }
                     tracing::info!(model = name, version = v, path = %path.display(), "loading model version");
-                    match load_version(name, v, &path, cfg, &self.metrics) {
+                    match load_version(name, v, &path, cfg, &self.metrics, &self.runners) {
                         Ok(lv) => {
                             tracing::info!(
                                 model = name,

@@ -607,8 +607,11 @@ impl QConv2d {
                 let t0 = chunk * tiles_per_task;
                 let t1 = ((chunk + 1) * tiles_per_task).min(ntiles);
                 for ti in t0..t1 {
-                    let p0 = ti * shape.np;
-                    let np = shape.np.min(p_total - p0);
+                    // Balanced tiles: every tile has np or np - 1 pixels (no 1-pixel tail
+                    // streaming a whole weight block for one pixel, as ResNet-18's 7x7 layers
+                    // had: 49 = 8 x 6 + 1).
+                    let p0 = ti * p_total / ntiles;
+                    let np = (ti + 1) * p_total / ntiles - p0;
                     // SAFETY: bases are inside x (checked layout and length); the tile buffer
                     // holds np*ocb <= 512 values; this task owns these pixels of block ob.
                     unsafe {

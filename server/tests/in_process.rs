@@ -1,0 +1,192 @@
+//! HTTP behaviour in-process: the real router, repository, batcher and models, with the runner
+//! injected (no binary, no port). The injected runner wraps the real session and can be told
+//! to fail, panic or stall, which the end-to-end tests cannot arrange.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use shiftserve::batcher::{Runner, SessionRunner};
+use shiftserve::config::ServeArgs;
+use shiftserve::http::{router, AppState};
+use shiftserve::metrics::Metrics;
+use shiftserve::repository::{ControlMode, Repository};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceExt;
+
+/// What the next runs of the injected runner do: 0 run normally, 1 fail, 2 panic, 3 stall.
+#[derive(Default)]
+struct Script {
+    mode: AtomicUsize,
+    runs: AtomicUsize,
+}
+
+struct Scripted {
+    inner: SessionRunner,
+    script: Arc<Script>,
+}
+
+impl Runner for Scripted {
+    fn run(&mut self, batch: &[&[f32]]) -> Result<Vec<f32>, models::ModelError> {
+        self.script.runs.fetch_add(1, Ordering::SeqCst);
+        match self.script.mode.load(Ordering::SeqCst) {
+            1 => Err(models::ModelError::new(
+                models::ErrorKind::Internal,
+                "injected failure",
+            )),
+            2 => panic!("injected panic"),
+            3 => {
+                std::thread::sleep(Duration::from_millis(400));
+                self.inner.run(batch)
+            }
+            _ => self.inner.run(batch),
+        }
+    }
+}
+
+struct App {
+    router: axum::Router,
+    script: Arc<Script>,
+    _repo: common::Repo,
+}
+
+fn app(config: &str) -> App {
+    let repo = common::Repo::new();
+    repo.add("tiny", 1, "tiny_w3.safetensors", config);
+    let opts = ServeArgs {
+        model_repository: Some(repo.path().to_path_buf()),
+        ..Default::default()
+    }
+    .resolve()
+    .unwrap();
+    let metrics = Arc::new(Metrics::new("test"));
+    let script = Arc::new(Script::default());
+    let s2 = script.clone();
+    let repository = Repository::new(
+        repo.path().to_path_buf(),
+        ControlMode::None,
+        metrics.clone(),
+    )
+    .with_runners(Arc::new(move |session| {
+        Box::new(Scripted {
+            inner: SessionRunner(session),
+            script: s2.clone(),
+        })
+    }));
+    let repository = Arc::new(repository);
+    assert!(repository.load_initial(&[]).is_empty());
+    let state = Arc::new(AppState::new(repository, metrics, opts, "test".into()));
+    state.started.store(true, Ordering::SeqCst);
+    App {
+        router: router(state),
+        script,
+        _repo: repo,
+    }
+}
+
+async fn call(app: &App, req: Request<Body>) -> (StatusCode, Value) {
+    let resp = app.router.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, v)
+}
+
+fn predict(timeout_ms: Option<u64>) -> Request<Body> {
+    let uri = match timeout_ms {
+        Some(t) => format!("/v1/models/tiny/predict?timeout_ms={t}"),
+        None => "/v1/models/tiny/predict".into(),
+    };
+    Request::post(uri)
+        .header("content-type", "image/png")
+        .body(Body::from(common::png(28, 28, 3)))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_and_answering_in_process() {
+    let a = app("");
+    let (st, _) = call(
+        &a,
+        Request::get("/v2/health/ready")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, v) = call(&a, predict(None)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(v["predictions"][0]["label"].is_string(), "{v}");
+    // Warmup runs the session before the factory wraps it: the request is the only run here.
+    assert_eq!(a.script.runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_run_is_a_json_500_and_the_next_request_is_served() {
+    let a = app("");
+    let (_, good) = call(&a, predict(None)).await;
+    a.script.mode.store(1, Ordering::SeqCst);
+    let (st, v) = call(&a, predict(None)).await;
+    assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("injected failure"),
+        "{v}"
+    );
+    a.script.mode.store(0, Ordering::SeqCst);
+    let (st, v) = call(&a, predict(None)).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["predictions"], good["predictions"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_run_is_a_json_500_and_the_worker_survives() {
+    let a = app("");
+    let (_, good) = call(&a, predict(None)).await;
+    a.script.mode.store(2, Ordering::SeqCst);
+    let (st, v) = call(&a, predict(None)).await;
+    assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("panicked"), "{v}");
+    a.script.mode.store(0, Ordering::SeqCst);
+    for _ in 0..3 {
+        let (st, v) = call(&a, predict(None)).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert_eq!(v["predictions"], good["predictions"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_model_times_out_requests_and_sheds_beyond_its_queue() {
+    // One instance, batches of one, room for 2 admitted samples.
+    let a = app("max_batch_size = 1\nqueue_capacity = 2\n");
+    a.script.mode.store(3, Ordering::SeqCst);
+    // A deadline shorter than the stall: 504 with a JSON error.
+    let (st, v) = call(&a, predict(Some(100))).await;
+    assert_eq!(st, StatusCode::GATEWAY_TIMEOUT, "{v}");
+    assert!(v["error"].is_string(), "{v}");
+    // Several at once: the queue admits 2, the rest are refused with 429 at once.
+    let mut calls = Vec::new();
+    for _ in 0..6 {
+        let r = a.router.clone();
+        calls.push(tokio::spawn(async move {
+            let resp = r.oneshot(predict(Some(5000))).await.unwrap();
+            resp.status()
+        }));
+    }
+    let mut ok = 0;
+    let mut shed = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => shed += 1,
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    assert!(
+        ok >= 2 && shed >= 1 && ok + shed == 6,
+        "ok {ok}, shed {shed}"
+    );
+}
