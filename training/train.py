@@ -293,6 +293,10 @@ def run_parallel(args):
                "--qat-steps", str(args.qat_steps), "--width", str(args.width),
                "--tt-rank", str(args.tt_rank), "--first-stride", str(args.first_stride)]
         cmd += ["--finetune-epochs", str(args.finetune_epochs), "--finetune-lr", str(args.finetune_lr)]
+        cmd += ["--continue-epochs", str(args.continue_epochs), "--continue-lr", str(args.continue_lr),
+                "--continue-aug", str(args.continue_aug)]
+        if args.init_from is not None:
+            cmd += [f"--init-from={args.init_from}"]
         for opt in ("epochs", "lr", "max_steps"):
             if getattr(args, opt) is not None:
                 cmd += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
@@ -673,6 +677,38 @@ def fashion_epoch(ep, images, spec, p_aug=0.5):
     return np.load(path)
 
 
+def fashion_cached_mix(images, labels, spec, p_aug, bs, steps):
+    """Batches of continuation epoch ``ep`` built without synthesising new pictures: a share
+    ``p_aug`` of the examples are the synthetic pictures of an already cached epoch
+    (fashion_epoch 0-9, 100-101; which examples of a cached epoch are synthetic follows from its
+    seed), the rest the images as they are, mirrored half the time (both through the served front
+    end, computed once). A function of ``ep``, so resumable like the other schedules."""
+    d = os.path.join(DATA, "fashion", "epochs")
+    cached = []  # (epoch, p_aug it was built with)
+    for ep, p in [(e, 0.5) for e in range(10)] + [(100, 0.3), (101, 0.3)]:
+        if os.path.exists(os.path.join(d, f"ep{ep:03d}-{len(images)}.npy")):
+            cached.append((ep, p))
+    assert cached, "no cached fashion epochs: run the main schedule first"
+    assert p_aug <= min(p for _, p in cached)
+    plain, mirrored = fashion_inputs(images, spec), fashion_inputs(images, spec, np.ones(len(images), bool))
+
+    def batches(ep):
+        cep, cp = cached[ep % len(cached)]
+        aug_src = fashion_epoch(cep, images, spec, p_aug=cp)
+        was_aug = np.random.default_rng(10_000 + cep).random(len(images)) < cp  # fashion_epoch's draw
+        rng = np.random.default_rng(20_000 + ep)
+        use_aug = was_aug & (rng.random(len(images)) < p_aug / cp)
+        flip = rng.random(len(images)) < 0.5
+        perm = rng.permutation(len(images))
+        for i in range(0, min(len(perm) - bs + 1, steps * bs), bs):
+            idx = perm[i:i + bs]
+            x = np.where(flip[idx, None, None, None], mirrored[idx], plain[idx])
+            x = np.where(use_aug[idx, None, None, None], aug_src[idx].astype(np.float32), x)
+            yield torch.from_numpy(x.astype(np.float32)), torch.from_numpy(labels[idx])
+
+    return batches
+
+
 def png_bytes(u8):
     from PIL import Image
 
@@ -719,13 +755,35 @@ def run_fashion(args):
            "(flip, resolution 1-4x, scale 0.85-1.1, aspect 0.9-1.1, rotation +-10 deg, margins 0-30 %, "
            "contrast 0.7-1.15, background level 0-45, noise, either polarity, blur, JPEG q30-95); "
            "the other half as is (mirrored half the time); all through the served front end"}
+    if args.continue_epochs:
+        res["continue_epochs"], res["continue_lr"] = args.continue_epochs, args.continue_lr
+        res["continue_aug"], res["init_from"] = args.continue_aug, args.init_from
+        res["augmentation"] += (f"; then {args.continue_epochs} more epochs (new one-cycle cosine, peak lr "
+                                f"{args.continue_lr}) on the cached epochs' inputs with {args.continue_aug:.0%} "
+                                "synthetic pictures, the rest as is (mirrored half the time)")
+        cont_batches = fashion_cached_mix(Xtr_u8, ytr, spec, args.continue_aug, bs, steps)
     ck = os.path.join(d, "ckpt")
     for kind in kinds_of(args, ("fp32", "shift")):
         torch.manual_seed(0)
         model = build_fashion(kind == "shift", args.width, args.first_stride)
-        t = common.train_loop(model, batches, res["epochs"], lr=args.lr or 3e-3, steps_per_epoch=steps,
-                              eval_fn=lambda: common.acc(common.predict(model, Xva), yva),
-                              desc=f"fashion-{kind}", ckpt=os.path.join(ck, f"fashion{TAG}.{kind}.pt"))
+        if args.init_from is not None:
+            # start from a finished main run (run tag args.init_from) instead of training one
+            st = torch.load(os.path.join(ck, f"fashion{args.init_from}.{kind}.pt"), weights_only=False)
+            assert st["epoch"] == res["epochs"], f"run {args.init_from!r} {kind} is not finished"
+            model.load_state_dict(st["model"])
+            t = st["seconds"]
+            log(f"fashion-{kind}: weights of run {args.init_from!r} after {st['epoch']} epochs "
+                f"({t:.0f}s), valid-acc {common.acc(common.predict(model, Xva), yva):.4f}")
+        else:
+            t = common.train_loop(model, batches, res["epochs"], lr=args.lr or 3e-3, steps_per_epoch=steps,
+                                  eval_fn=lambda: common.acc(common.predict(model, Xva), yva),
+                                  desc=f"fashion-{kind}", ckpt=os.path.join(ck, f"fashion{TAG}.{kind}.pt"))
+        if args.continue_epochs:
+            t += common.train_loop(model, cont_batches, args.continue_epochs, lr=args.continue_lr,
+                                   steps_per_epoch=steps,
+                                   eval_fn=lambda: common.acc(common.predict(model, Xva), yva),
+                                   desc=f"fashion-{kind}-continue",
+                                   ckpt=os.path.join(ck, f"fashion{TAG}.{kind}.continue.pt"))
         if args.finetune_epochs:
             # epochs 100+ are new augmented epochs (their own cache files)
             t += common.train_loop(model, lambda ep: batches(100 + ep, p_aug=0.3), args.finetune_epochs,
@@ -768,6 +826,14 @@ def main():
                          "(a second one-cycle cosine schedule, fresh augmented epochs, 30 %% synthetic "
                          "pictures; checkpointed like the main run)")
     ap.add_argument("--finetune-lr", type=float, default=6e-4)
+    ap.add_argument("--init-from", metavar="TAG", default=None,
+                    help="fashion: start from the finished main run of run tag TAG (its checkpoints "
+                         "fashion<TAG>.<variant>.pt, e.g. '' for the untagged run) instead of training it")
+    ap.add_argument("--continue-epochs", type=int, default=0,
+                    help="fashion: after the main schedule, this many more epochs (new one-cycle cosine "
+                         "at --continue-lr) on the cached epochs' inputs, --continue-aug synthetic share")
+    ap.add_argument("--continue-lr", type=float, default=1e-3)
+    ap.add_argument("--continue-aug", type=float, default=0.25)
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--qat-steps", type=int, default=150)
     ap.add_argument("--threads", type=int, default=2)

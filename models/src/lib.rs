@@ -76,6 +76,34 @@ pub struct ModelInfo {
     /// Numeric path of the shift layers: `"int8"`, `"float"`, `"mixed"` or `"none"`.
     pub numeric_path: String,
     pub description: String,
+    /// Storage of the tensor-train (MPS) matrices of the `lstm_tt` nodes against the dense
+    /// matrices they replace; `None` when the model has none.
+    pub tensor_train: Option<TensorTrainStorage>,
+}
+
+/// The `W_ih` / `W_hh` matrices of every `lstm_tt` node: stored as MPS cores, against the dense
+/// fp32 matrices of the `lstm` they replace (`4H x I` + `4H x H` per node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TensorTrainStorage {
+    /// Parameters of the cores.
+    pub params: u64,
+    /// Bytes of the cores in the file.
+    pub bytes: u64,
+    /// Parameters of the dense matrices: `4H * (I + H)` per node.
+    pub dense_params: u64,
+    /// The dense matrices in fp32.
+    pub dense_bytes: u64,
+}
+
+impl TensorTrainStorage {
+    /// Cores' parameters / dense matrices' parameters.
+    pub fn fraction(&self) -> f64 {
+        if self.dense_params == 0 {
+            0.0
+        } else {
+            self.params as f64 / self.dense_params as f64
+        }
+    }
 }
 
 /// One graph node as `shiftserve inspect` shows it.
@@ -184,6 +212,7 @@ impl Model {
             parameters,
             numeric_path,
             description: file.description.clone(),
+            tensor_train: tensor_train_storage(&file),
         };
         // `file` (and its memory map) is dropped here: the plan owns its weights.
         Ok(Model {
@@ -410,6 +439,40 @@ fn layer_infos(file: &ModelFile) -> Vec<LayerInfo> {
             }
         })
         .collect()
+}
+
+fn tensor_train_storage(file: &ModelFile) -> Option<TensorTrainStorage> {
+    let mut total: Option<TensorTrainStorage> = None;
+    for node in &file.graph.nodes {
+        if let Op::LstmTt {
+            input_size,
+            hidden_size,
+            ih,
+            hh,
+            ..
+        } = &node.op
+        {
+            let t = total.get_or_insert(TensorTrainStorage {
+                params: 0,
+                bytes: 0,
+                dense_params: 0,
+                dense_bytes: 0,
+            });
+            let bytes: u64 = ih
+                .cores
+                .iter()
+                .chain(hh.cores.iter())
+                .filter_map(|n| file.tensor(n))
+                .map(|c| c.data.len() as u64)
+                .sum();
+            let dense = (4 * hidden_size * (input_size + hidden_size)) as u64;
+            t.params += (ih.params() + hh.params()) as u64;
+            t.bytes += bytes;
+            t.dense_params += dense;
+            t.dense_bytes += 4 * dense;
+        }
+    }
+    total
 }
 
 fn path_name(p: &PathSpec) -> &'static str {

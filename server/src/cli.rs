@@ -60,7 +60,9 @@ pub fn inspect(path: &Path) -> Result<String, String> {
     let bits: Vec<String> = info.weight_bits.iter().map(|b| format!("W{b}")).collect();
     out += &format!(
         "weight bits  {}\n",
-        if bits.is_empty() {
+        if bits.is_empty() && info.tensor_train.is_some() {
+            "none (fp32 tensor-train cores)".into()
+        } else if bits.is_empty() {
             "none (fp32 only)".into()
         } else {
             bits.join(", ")
@@ -79,6 +81,24 @@ pub fn inspect(path: &Path) -> Result<String, String> {
         info.fp32_bytes
     );
     out += &format!("compression  {ratio:.2}x vs fp32\n");
+    if let Some(tt) = &info.tensor_train {
+        out += &format!(
+            "tt-lstm      {} params vs {} dense ({:.1} %), {} vs {} fp32\n",
+            tt.params,
+            tt.dense_params,
+            100.0 * tt.fraction(),
+            human_bytes(tt.bytes),
+            human_bytes(tt.dense_bytes)
+        );
+        let dense_model = info.fp32_bytes - 4 * tt.params + tt.dense_bytes;
+        if info.file_bytes > 0 {
+            out += &format!(
+                "vs dense     {:.2}x vs the fp32 model with dense LSTM matrices ({} bytes)\n",
+                dense_model as f64 / info.file_bytes as f64,
+                dense_model
+            );
+        }
+    }
     out += &format!("kernel isa   {}\n\n", models::kernel_isa());
     let layers = model.layers();
     let kernel_of = |node: &str| {

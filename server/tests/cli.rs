@@ -41,6 +41,130 @@ fn inspect_shows_layers_bits_and_compression() {
     }
 }
 
+/// The bundled tensor-train LSTM model.
+fn intent_lstm() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/repository/intent-lstm/1/model.safetensors")
+}
+
+/// (core params, core bytes, dense params) of every `lstm_tt` node, read from the file's own
+/// safetensors header: the cores' shapes and byte ranges, and `4H x (I + H)` with `H` from the
+/// bias `[4H]` and `I` from the product of the `ih` input modes.
+fn tt_storage_from_header(path: &std::path::Path) -> (u64, u64, u64) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let graph: serde_json::Value =
+        serde_json::from_str(header["__metadata__"]["shiftserve.graph"].as_str().unwrap()).unwrap();
+    let (mut params, mut core_bytes, mut dense) = (0u64, 0u64, 0u64);
+    let mut nodes = 0;
+    for node in graph["nodes"].as_array().unwrap() {
+        if node["op"] != "lstm_tt" {
+            continue;
+        }
+        nodes += 1;
+        let name = node["name"].as_str().unwrap();
+        for (key, t) in header.as_object().unwrap() {
+            if key.starts_with(&format!("{name}.ih.core"))
+                || key.starts_with(&format!("{name}.hh.core"))
+            {
+                let shape = t["shape"].as_array().unwrap();
+                params += shape.iter().map(|d| d.as_u64().unwrap()).product::<u64>();
+                let off = t["data_offsets"].as_array().unwrap();
+                core_bytes += off[1].as_u64().unwrap() - off[0].as_u64().unwrap();
+            }
+        }
+        let gates = header[node["bias"].as_str().unwrap()]["shape"][0]
+            .as_u64()
+            .unwrap();
+        let input: u64 = node["ih"]["in_modes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_u64().unwrap())
+            .product();
+        dense += gates * (input + gates / 4);
+    }
+    assert_eq!(nodes, 1, "the bundled intent-lstm has one lstm_tt node");
+    (params, core_bytes, dense)
+}
+
+#[test]
+fn inspect_and_model_list_report_tensor_train_storage_against_the_dense_lstm() {
+    let f = intent_lstm();
+    let (params, core_bytes, dense) = tt_storage_from_header(&f);
+    // intent-lstm: hidden 128, 40 log-mel inputs -> dense W_ih + W_hh = 512 x 168
+    assert_eq!(dense, 512 * 168);
+    assert_eq!(core_bytes, 4 * params);
+    let (ok, out, err) = shiftserve(&["inspect", f.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("weight bits  none (fp32 tensor-train cores)"),
+        "{out}"
+    );
+    let line = out.lines().find(|l| l.starts_with("tt-lstm")).expect(&out);
+    let pct = 100.0 * params as f64 / dense as f64;
+    assert!(
+        line.starts_with(&format!(
+            "tt-lstm      {params} params vs {dense} dense ({pct:.1} %)"
+        )),
+        "{line}"
+    );
+    assert!(pct < 10.0, "{line}");
+    let vs_dense = out.lines().find(|l| l.starts_with("vs dense")).expect(&out);
+    let file_bytes = std::fs::metadata(&f).unwrap().len();
+    let total_params: u64 = out
+        .lines()
+        .find(|l| l.starts_with("parameters"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|x| x.parse().ok())
+        .unwrap();
+    let dense_model = 4 * (total_params - params + dense);
+    assert!(
+        vs_dense.contains(&format!(
+            "{:.2}x vs the fp32 model with dense LSTM matrices ({dense_model} bytes)",
+            dense_model as f64 / file_bytes as f64
+        )),
+        "{vs_dense}"
+    );
+    // A model without lstm_tt has neither line.
+    let (ok, out, _) = shiftserve(&["inspect", fixture("tiny_w3.safetensors").to_str().unwrap()]);
+    assert!(
+        ok && !out.contains("tt-lstm") && !out.contains("vs dense"),
+        "{out}"
+    );
+
+    // /v1/models reports the same figures.
+    let repo = Repo::new();
+    let dir = repo.path().join("intent-lstm");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.toml"), "max_batch_size = 1\n").unwrap();
+    repo.add_bytes_version("intent-lstm", 1, &std::fs::read(&f).unwrap());
+    repo.add("tiny", 1, "tiny_w3.safetensors", "max_batch_size = 1\n");
+    let s = Server::start(&["--model-repository", repo.path().to_str().unwrap()], &[]);
+    let list: serde_json::Value = s
+        .client
+        .get(s.url("/v1/models"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let models = list["models"].as_array().unwrap();
+    let m = models.iter().find(|m| m["name"] == "intent-lstm").unwrap();
+    let tt = &m["tensor_train"];
+    assert_eq!(tt["params"], params, "{m}");
+    assert_eq!(tt["bytes"], core_bytes);
+    assert_eq!(tt["dense_params"], dense);
+    assert_eq!(tt["dense_bytes"], 4 * dense);
+    let frac = tt["storage_fraction"].as_f64().unwrap();
+    assert!(
+        (frac - params as f64 / dense as f64).abs() < 1e-12,
+        "{frac}"
+    );
+    let tiny = models.iter().find(|m| m["name"] == "tiny").unwrap();
+    assert!(tiny.get("tensor_train").is_none(), "{tiny}");
+}
+
 #[test]
 fn inspect_reports_the_kernel_policy_restriction() {
     let f = fixture("tiny_w3.safetensors");

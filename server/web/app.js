@@ -187,6 +187,7 @@ function selectModel(name) {
     ['weights', `${m.weight_bits.map((b) => b + '-bit').join(', ') || 'fp32'} · ${m.numeric_path}`],
     ['size', `${fmtBytes(m.file_bytes)} (${m.compression_ratio.toFixed(1)}× smaller than fp32)`],
     ['parameters', fmtInt(m.parameters)],
+    ...(m.tensor_train ? [['tensor train', `${fmtInt(m.tensor_train.params)} LSTM matrix parameters vs ${fmtInt(m.tensor_train.dense_params)} dense (${(100 * m.tensor_train.storage_fraction).toFixed(1)} %)`]] : []),
     ['kernel ISA', m.kernel_isa],
     ['layer kernels', kernelSummary(m) || '–'],
     ['batching', `max ${m.max_batch_size} · ${m.instances} instance${m.instances === 1 ? '' : 's'} × ${m.threads} thread${m.threads === 1 ? '' : 's'}`],

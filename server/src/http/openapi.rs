@@ -31,7 +31,7 @@ impl Modify for BearerAuth {
     ),
     components(schemas(
         super::v1::PredictResponse, super::v1::Prediction, super::v1::TimingMs, super::v1::IntentOut, super::v1::B64Body,
-        super::v1::ModelList, super::v1::ModelSummary, super::v1::LayerKernelSummary, super::v1::InputSpec,
+        super::v1::ModelList, super::v1::ModelSummary, super::v1::LayerKernelSummary, super::v1::TensorTrainSummary, super::v1::InputSpec,
         super::v2::ServerMetadata, super::v2::ModelMetadata, super::v2::TensorMetadata, super::v2::InferRequest,
         super::v2::InferInput, super::v2::RequestedOutput, super::v2::StatsResponse, super::v2::IndexRequest,
         crate::repository::IndexEntry, crate::stats::ModelStats, crate::stats::Percentiles, crate::error::ErrorBody,

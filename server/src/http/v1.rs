@@ -262,6 +262,10 @@ pub struct ModelSummary {
     /// fp32 size / file size.
     pub compression_ratio: f64,
     pub parameters: u64,
+    /// Tensor-train (MPS) LSTM matrices against the dense LSTM matrices they replace; absent
+    /// when the model has no `lstm_tt` node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tensor_train: Option<TensorTrainSummary>,
     pub kernel_isa: String,
     /// What runs each layer: the kernel measured fastest at load for quantized convolutions
     /// (`dot-avx512vnni`, `shift-avx2`, ...), the implementation of every other layer.
@@ -271,6 +275,20 @@ pub struct ModelSummary {
     pub threads: usize,
     /// End-to-end request latency of the default version over the stats window.
     pub latency: Percentiles,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TensorTrainSummary {
+    /// Parameters of the MPS cores (`W_ih` and `W_hh` of every `lstm_tt` node).
+    pub params: u64,
+    /// Bytes of the cores in the file.
+    pub bytes: u64,
+    /// Parameters of the dense matrices they replace: `4H * (I + H)` per node.
+    pub dense_params: u64,
+    /// The dense matrices in fp32.
+    pub dense_bytes: u64,
+    /// `params / dense_params`.
+    pub storage_fraction: f64,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -327,6 +345,13 @@ pub async fn list_models(State(st): State<SharedState>) -> Json<ModelList> {
                 0.0
             },
             parameters: info.parameters,
+            tensor_train: info.tensor_train.map(|t| TensorTrainSummary {
+                params: t.params,
+                bytes: t.bytes,
+                dense_params: t.dense_params,
+                dense_bytes: t.dense_bytes,
+                storage_fraction: t.fraction(),
+            }),
             kernel_isa: st.kernel_isa.clone(),
             layers: lv
                 .model
