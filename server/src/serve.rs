@@ -68,13 +68,15 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
         max_connections = opts.conn.max_connections,
         "shiftserve listening"
     );
-    println!("shiftserve listening on http://{local}");
+    // The address lines go to stdout for scripts that start the server on port 0. A closed
+    // stdout (the reader went away) must not take the server down: write errors are ignored.
+    stdout_line(&format!("shiftserve listening on http://{local}"));
     let grpc_listener = match opts.grpc_addr {
         Some(addr) => {
             let l = crate::grpc::bind(addr).await?;
             let local = l.local_addr().map_err(|e| e.to_string())?;
             tracing::info!(address = %local, "shiftserve gRPC listening");
-            println!("shiftserve gRPC listening on {local}");
+            stdout_line(&format!("shiftserve gRPC listening on {local}"));
             Some(l)
         }
         None => None,
@@ -222,4 +224,12 @@ pub async fn serve(opts: ServeOptions) -> Result<(), String> {
     let _ = tokio::task::spawn_blocking(move || r.shutdown()).await;
     tracing::info!("shiftserve stopped");
     Ok(())
+}
+
+/// Writes one line to stdout and flushes it, ignoring errors (`println!` panics on a closed pipe).
+fn stdout_line(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
