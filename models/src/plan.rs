@@ -1365,7 +1365,7 @@ impl Runner {
     fn run_inner(
         &mut self,
         batch: &[&[f32]],
-        mut observe: Option<Observer<'_>>,
+        observe: Option<Observer<'_>>,
         mut times: Option<&mut Vec<f64>>,
     ) -> Result<&[f32], ModelError> {
         let plan = Arc::clone(&self.plan);
@@ -1397,58 +1397,60 @@ impl Runner {
                 inp[i * plan.input_len..(i + 1) * plan.input_len].copy_from_slice(x);
             }
         }
-        // The fused stem stands for three steps (its time is the first one's); observers see
-        // every node's own output, so they get the unfused steps.
-        let mut skip_to = 0;
-        if observe.is_none() && b > 1 && plan.sample_major > 0 {
+        // On a batch, the sample-major prefix takes each sample through its steps in turn;
+        // observers see every step over the whole batch.
+        let prefix = if observe.is_none() && b > 1 {
+            plan.sample_major
+        } else {
+            0
+        };
+        if prefix > 0 {
             for s in 0..b {
-                let mut si = 0;
-                while si < plan.sample_major {
-                    let step = &plan.steps[si];
-                    let t0 = times.as_ref().map(|_| std::time::Instant::now());
-                    match (&step.kind, plan.fused_stem) {
-                        (_, Some(f)) if f.conv == si => {
-                            self.fused_stem(step, f, s, 1)?;
-                        }
-                        (Kind::QConv(q), _) => self.qconv(step, q, s, 1, None)?,
-                        _ => return Err(internal("plan: a sample-major step is not a conv")),
-                    }
-                    if let (Some(t), Some(t0)) = (times.as_mut(), t0) {
-                        t[si] += t0.elapsed().as_secs_f64();
-                    }
-                    si += if plan.fused_stem.is_some_and(|f| f.conv == si) {
-                        3
-                    } else {
-                        1
-                    };
-                }
+                self.run_steps(0..prefix, s, 1, None, times.as_deref_mut())?;
             }
-            skip_to = plan.sample_major;
         }
-        for (si, step) in plan.steps.iter().enumerate() {
-            if si < skip_to {
-                continue;
-            }
+        self.run_steps(prefix..plan.steps.len(), 0, b, observe, times)?;
+        Ok(&self.bufs[plan.output_slot][..b * plan.classes])
+    }
+
+    /// Runs steps `steps` on samples `s0..s0 + n`. The fused stem stands for three steps (its
+    /// time is the first one's) unless observing: observers see every node's own output. Only
+    /// the fused stem and quantized convolutions run on a part of the batch (`s0 > 0`).
+    fn run_steps(
+        &mut self,
+        steps: std::ops::Range<usize>,
+        s0: usize,
+        n: usize,
+        mut observe: Option<Observer<'_>>,
+        mut times: Option<&mut Vec<f64>>,
+    ) -> Result<(), ModelError> {
+        let plan = Arc::clone(&self.plan);
+        let mut si = steps.start;
+        while si < steps.end {
+            let step = &plan.steps[si];
             let t0 = times.as_ref().map(|_| std::time::Instant::now());
-            match plan.fused_stem {
-                Some(f) if f.conv == si && observe.is_none() => {
-                    self.fused_stem(step, f, 0, b)?;
-                    skip_to = si + 3;
-                }
-                _ => self.step(step, b)?,
+            let fused = plan
+                .fused_stem
+                .filter(|f| f.conv == si && observe.is_none());
+            match (fused, &step.kind) {
+                (Some(f), _) => self.fused_stem(step, f, s0, n)?,
+                (None, Kind::QConv(q)) => self.qconv(step, q, s0, n, None)?,
+                (None, _) if s0 == 0 => self.step(step, n)?,
+                _ => return Err(internal("plan: only convolutions run on part of a batch")),
             }
             if let (Some(t), Some(t0)) = (times.as_mut(), t0) {
                 t[si] += t0.elapsed().as_secs_f64();
             }
             if let Some(obs) = observe.as_mut() {
                 if step.node {
-                    let n = b * step.out_len();
-                    let data = self.nchw_view(step, b)?;
-                    obs(&step.name, &data[..n]);
+                    let len = n * step.out_len();
+                    let data = self.nchw_view(step, n)?;
+                    obs(&step.name, &data[..len]);
                 }
             }
+            si += if fused.is_some() { 3 } else { 1 };
         }
-        Ok(&self.bufs[plan.output_slot][..b * plan.classes])
+        Ok(())
     }
 
     /// A node's output as NCHW `f32` (converted into a scratch buffer when the step wrote

@@ -134,13 +134,9 @@ pub async fn serve(
                     tracing::info_span!("grpc", path = %req.uri().path(), request_id = %id)
                 })
                 .on_request(())
-                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG))
                 // One line per call at DEBUG, as HTTP requests.
-                .on_response(
-                    tower_http::trace::DefaultOnResponse::new()
-                        .level(tracing::Level::DEBUG)
-                        .latency_unit(tower_http::LatencyUnit::Micros),
-                ),
+                .on_failure(crate::http::debug_on_failure())
+                .on_response(crate::http::debug_on_response()),
         )
         // Innermost, on tonic's own answers.
         .layer(tower::util::MapResponseLayer::new(

@@ -469,13 +469,21 @@ pub fn router(state: SharedState) -> Router {
                     tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
                 })
                 .on_request(())
-                .on_failure(tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG))
                 // One line per request at DEBUG; INFO gets the periodic summary line.
-                .on_response(
-                    tower_http::trace::DefaultOnResponse::new()
-                        .level(tracing::Level::DEBUG)
-                        .latency_unit(tower_http::LatencyUnit::Micros),
-                ),
+                .on_failure(debug_on_failure())
+                .on_response(debug_on_response()),
         )
         .layer(middleware::from_fn(request_ids))
+}
+
+/// Request traces of both protocols: failures logged at DEBUG (the answer carries the error).
+pub(crate) fn debug_on_failure() -> tower_http::trace::DefaultOnFailure {
+    tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG)
+}
+
+/// Request traces of both protocols: one line per request at DEBUG, latency in microseconds.
+pub(crate) fn debug_on_response() -> tower_http::trace::DefaultOnResponse {
+    tower_http::trace::DefaultOnResponse::new()
+        .level(tracing::Level::DEBUG)
+        .latency_unit(tower_http::LatencyUnit::Micros)
 }
