@@ -291,7 +291,9 @@ pub(crate) fn forward_pool_u8(
     let u_ptr = SyncPtr(out_u8.as_mut_ptr());
     let (sh, sw) = g.stride;
     #[cfg(target_arch = "x86_64")]
-    let pool_avx512 = Isa::Avx512.is_supported() && std::arch::is_x86_feature_detected!("avx512dq");
+    let pool_avx512 = isa == Isa::Avx512 && Isa::Avx512.is_supported();
+    #[cfg(target_arch = "x86_64")]
+    let pool_avx2 = isa == Isa::Avx2 && Isa::Avx2.is_supported();
     workers.run(&|tid| {
         // SAFETY: worker `tid` owns its slice of the row scratch.
         let rows = unsafe {
@@ -365,6 +367,13 @@ pub(crate) fn forward_pool_u8(
                         crate::qconv::quantize_pixel(df, du, &fq);
                         continue;
                     }
+                    #[cfg(target_arch = "x86_64")]
+                    if pool_avx2 {
+                        // SAFETY: AVX2 checked; the window's rows are computed.
+                        unsafe { max_pixel_avx2(wrows, co, xs.clone(), df.as_mut_ptr()) };
+                        crate::qconv::quantize_pixel(df, du, &fq);
+                        continue;
+                    }
                     let mut c0 = 0;
                     while c0 < co {
                         let m = (co - c0).min(16);
@@ -432,6 +441,50 @@ unsafe fn max_pixel_avx512(
         }
         _mm512_mask_storeu_ps(dst.add(c0), m, _mm512_mask_mov_ps(acc, any_nan, nan));
         c0 += 16;
+    }
+}
+
+/// [`max_pixel_avx512`] on 8-lane AVX2 registers (same rules: strict `>` in tap order, any NaN
+/// gives the canonical NaN).
+///
+/// # Safety
+/// AVX2; every row holds columns `xs` of `co` channels; `dst` holds `co` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn max_pixel_avx2(
+    rows: &[*const f32],
+    co: usize,
+    xs: std::ops::Range<usize>,
+    dst: *mut f32,
+) {
+    use std::arch::x86_64::*;
+    let nan = _mm256_set1_ps(f32::NAN);
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let mut c0 = 0;
+    while c0 < co {
+        let valid = (co - c0).min(8);
+        let m = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid as i32), lanes);
+        let mut acc = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut any_nan = _mm256_setzero_ps();
+        for &r in rows {
+            for ix in xs.clone() {
+                let p = r.add(ix * co + c0);
+                let v = if valid == 8 {
+                    _mm256_loadu_ps(p)
+                } else {
+                    _mm256_maskload_ps(p, m)
+                };
+                any_nan = _mm256_or_ps(any_nan, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+                acc = _mm256_blendv_ps(acc, v, _mm256_cmp_ps::<_CMP_GT_OQ>(v, acc));
+            }
+        }
+        let y = _mm256_blendv_ps(acc, nan, any_nan);
+        if valid == 8 {
+            _mm256_storeu_ps(dst.add(c0), y);
+        } else {
+            _mm256_maskstore_ps(dst.add(c0), m, y);
+        }
+        c0 += 8;
     }
 }
 

@@ -11,7 +11,9 @@
 mod common;
 use common::Rng;
 use common::*;
-use kernels::qconv::{nchw_to_nhwc, nhwc_to_nchw, quantize_nchw_to_u8, F32Layout, U8Layout};
+use kernels::qconv::{
+    nchw_to_nhwc, nhwc_to_nchw, quantize_nchw_to_u8, EpilogueImpl, F32Layout, U8Layout,
+};
 use kernels::*;
 use proptest::prelude::*;
 
@@ -149,11 +151,13 @@ fn reference(c: &Case) -> (Vec<f32>, Vec<u8>, Vec<u8>) {
 fn run_kernel(
     c: &Case,
     kernel: ConvKernel,
+    epilogue: EpilogueImpl,
     extra_border: usize,
     threads: usize,
 ) -> (Vec<f32>, Vec<f32>, Vec<u8>, Vec<u8>) {
     let g = c.geom;
-    let layer = QConv2d::new(g, &c.packed, &c.scale, &c.bias, c.inq, kernel).unwrap();
+    let mut layer = QConv2d::new(g, &c.packed, &c.scale, &c.bias, c.inq, kernel).unwrap();
+    layer.set_epilogue(epilogue).unwrap();
     let (oh, ow) = g.out_hw(c.h, c.w).unwrap();
     let xl = U8Layout::new(c.h, c.w, g.in_c, g.pad.0.max(g.pad.1) + extra_border);
     let mut xq = vec![c.inq.zero_point as u8; c.n * xl.sample_len()];
@@ -254,18 +258,34 @@ fn check_all_kernels(
         if !kernel.handles(c.packed.code(), c.packed.bits()) {
             continue;
         }
-        let (nchw, nhwc, q0, q1) = run_kernel(c, kernel, extra_border, threads);
-        prop_assert!(
-            bits_eq(&nchw, &f),
-            "{kernel}: f32 NCHW differs from the reference"
-        );
-        prop_assert!(
-            bits_eq(&nhwc, &f),
-            "{kernel}: f32 NHWC differs from the reference"
-        );
-        prop_assert_eq!(&q0, &u0, "{}: requantized output 0 differs", kernel);
-        prop_assert_eq!(&q1, &u1, "{}: requantized output 1 differs", kernel);
-        ran += 1;
+        // Every epilogue implementation this CPU runs, behind every kernel.
+        for epi in EpilogueImpl::supported() {
+            let (nchw, nhwc, q0, q1) = run_kernel(c, kernel, epi, extra_border, threads);
+            let e = epi.name();
+            prop_assert!(
+                bits_eq(&nchw, &f),
+                "{kernel} / {e} epilogue: f32 NCHW differs from the reference"
+            );
+            prop_assert!(
+                bits_eq(&nhwc, &f),
+                "{kernel} / {e} epilogue: f32 NHWC differs from the reference"
+            );
+            prop_assert_eq!(
+                &q0,
+                &u0,
+                "{} / {} epilogue: requantized output 0 differs",
+                kernel,
+                e
+            );
+            prop_assert_eq!(
+                &q1,
+                &u1,
+                "{} / {} epilogue: requantized output 1 differs",
+                kernel,
+                e
+            );
+            ran += 1;
+        }
     }
     Ok(ran)
 }
@@ -348,6 +368,69 @@ fn requantization_ties_round_like_division() {
         fq.quantize16(&y, &mut got);
         for i in 0..16 {
             assert_eq!(got[i], q.quantize(y[i]), "y = {:e}", y[i]);
+        }
+        // The vector implementations, on full groups and ragged tails.
+        for epi in EpilogueImpl::supported() {
+            for len in [16, 11, 8, 3] {
+                let mut v = [0u8; 16];
+                epi.quantize(&y[..len], &mut v[..len], &fq).unwrap();
+                for i in 0..len {
+                    assert_eq!(
+                        v[i],
+                        q.quantize(y[i]),
+                        "{} epilogue, y = {:e}",
+                        epi.name(),
+                        y[i]
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Special values through every requantization implementation: NaN, infinities, signed zeros,
+/// saturation at both ends, subnormals and a scale whose reciprocal is not normal.
+#[test]
+fn requantization_special_values_match_on_every_epilogue() {
+    let ys = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+        1e-40,
+        -1e-40,
+        1e30,
+        -1e30,
+        51.15,
+        -51.15,
+        25.65,
+        0.05,
+        -0.05,
+        0.15,
+        12.75,
+    ];
+    for q in [
+        Quant::new(0.1, 7).unwrap(),
+        Quant::new(0.1, 0).unwrap(),
+        Quant::new(0.05, 255).unwrap(),
+        Quant::new(1e-39, 128).unwrap(),
+        Quant::new(3e38, 3).unwrap(),
+    ] {
+        let fq = kernels::qconv::FastQuant::new(q);
+        for epi in EpilogueImpl::supported() {
+            let mut v = [0u8; 16];
+            epi.quantize(&ys, &mut v, &fq).unwrap();
+            for i in 0..16 {
+                assert_eq!(
+                    v[i],
+                    q.quantize(ys[i]),
+                    "{} epilogue, scale {:e}, y = {:e}",
+                    epi.name(),
+                    q.scale,
+                    ys[i]
+                );
+            }
         }
     }
 }

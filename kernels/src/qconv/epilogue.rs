@@ -3,8 +3,14 @@
 //! as `f32` (NHWC or NCHW) and/or requantized to `u8` for each consumer
 //! (`clamp(round_half_even(y / scale) + zero_point, 0, 255)`). Separate multiply and add (no FMA
 //! contraction), so every target gives the bits of `ops::epilogue_i32` and `Quant::quantize`.
+//!
+//! Three implementations, chosen per layer ([`EpilogueImpl`]): portable code (auto-vectorised per
+//! target), AVX2 on 8-lane registers, and AVX-512 on 16-lane registers with masked tails. They
+//! perform the same operations in the same order, so they give the same bits.
 
 use multiversion::multiversion;
+
+use crate::error::KernelError;
 
 use super::layout::{F32Layout, U8Layout};
 use crate::kern::SyncPtr;
@@ -64,6 +70,119 @@ impl FastQuant {
     }
 }
 
+/// Which implementation of the epilogue (and of the stem's requantization) runs. Every one gives
+/// the same bits; the choice changes speed only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EpilogueImpl {
+    /// Portable code (compiled for AVX2+FMA, AVX-512 and NEON by `multiversion`).
+    Portable,
+    /// 8-lane AVX2 registers.
+    Avx2,
+    /// 16-lane AVX-512 registers with masked tails.
+    Avx512,
+}
+
+impl EpilogueImpl {
+    pub const ALL: [EpilogueImpl; 3] = [
+        EpilogueImpl::Portable,
+        EpilogueImpl::Avx2,
+        EpilogueImpl::Avx512,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EpilogueImpl::Portable => "portable",
+            EpilogueImpl::Avx2 => "avx2",
+            EpilogueImpl::Avx512 => "avx512",
+        }
+    }
+
+    /// Whether this CPU can run it.
+    pub fn is_supported(self) -> bool {
+        match self {
+            EpilogueImpl::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            EpilogueImpl::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            EpilogueImpl::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// Every implementation this CPU can run.
+    pub fn supported() -> Vec<EpilogueImpl> {
+        EpilogueImpl::ALL
+            .into_iter()
+            .filter(|e| e.is_supported())
+            .collect()
+    }
+
+    /// The widest implementation this CPU runs (checked once).
+    pub fn best() -> EpilogueImpl {
+        static BEST: std::sync::OnceLock<EpilogueImpl> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            [EpilogueImpl::Avx512, EpilogueImpl::Avx2]
+                .into_iter()
+                .find(|e| e.is_supported())
+                .unwrap_or(EpilogueImpl::Portable)
+        })
+    }
+
+    /// Requantizes `src` into `dst` (the first `min(len)` values) exactly as
+    /// [`crate::Quant::quantize`], with this implementation.
+    pub fn quantize(self, src: &[f32], dst: &mut [u8], fq: &FastQuant) -> Result<(), KernelError> {
+        if !self.is_supported() {
+            return Err(KernelError::unsupported(format!(
+                "the {} epilogue is not supported by this CPU",
+                self.name()
+            )));
+        }
+        let c = src.len().min(dst.len());
+        // SAFETY: supported (checked above); both slices hold at least `c` values.
+        unsafe { self.quantize_unchecked(src.as_ptr(), dst.as_mut_ptr(), c, fq) };
+        Ok(())
+    }
+
+    /// # Safety
+    /// `self` supported by this CPU; `src` readable and `dst` writable for `c` values.
+    #[inline]
+    pub(crate) unsafe fn quantize_unchecked(
+        self,
+        src: *const f32,
+        dst: *mut u8,
+        c: usize,
+        fq: &FastQuant,
+    ) {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            EpilogueImpl::Avx512 => x86::quantize_row(src, dst, c, fq),
+            #[cfg(target_arch = "x86_64")]
+            EpilogueImpl::Avx2 => x86::quantize_row_avx2(src, dst, c, fq),
+            _ => {
+                let mut y = [0f32; 16];
+                let mut q = [0u8; 16];
+                let mut c0 = 0;
+                while c0 < c {
+                    let m = (c - c0).min(16);
+                    std::ptr::copy_nonoverlapping(src.add(c0), y.as_mut_ptr(), m);
+                    fq.quantize16(&y, &mut q);
+                    std::ptr::copy_nonoverlapping(q.as_ptr(), dst.add(c0), m);
+                    c0 += 16;
+                }
+            }
+        }
+    }
+}
+
 /// A `u8` consumer of the layer's output.
 pub struct U8Target {
     pub(crate) ptr: SyncPtr<u8>,
@@ -84,12 +203,11 @@ pub(crate) struct EpiCtx<'a> {
     pub u8s: &'a [U8Target],
     pub f32_nhwc: Option<(SyncPtr<f32>, F32Layout)>,
     pub f32_nchw: Option<SyncPtr<f32>>,
-    /// Use the AVX-512 epilogue (the CPU has AVX-512 F/BW/VL/DQ).
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    pub avx512: bool,
+    /// The implementation to run (supported by this CPU: checked when the layer was set up).
+    pub level: EpilogueImpl,
 }
 
-/// Applies the epilogue (the AVX-512 version where the CPU has it, else portable code).
+/// Applies the epilogue with the implementation `ctx.level` names.
 ///
 /// # Safety
 /// As [`apply_portable`].
@@ -102,11 +220,13 @@ pub(crate) unsafe fn apply(
     p0: usize,
     np: usize,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if ctx.avx512 {
-        return x86::apply_avx512(ctx, tile, ocb, oc0, p0, np);
+    match ctx.level {
+        #[cfg(target_arch = "x86_64")]
+        EpilogueImpl::Avx512 => x86::apply_avx512(ctx, tile, ocb, oc0, p0, np),
+        #[cfg(target_arch = "x86_64")]
+        EpilogueImpl::Avx2 => x86::apply_avx2(ctx, tile, ocb, oc0, p0, np),
+        _ => apply_portable(ctx, tile, ocb, oc0, p0, np),
     }
-    apply_portable(ctx, tile, ocb, oc0, p0, np)
 }
 
 /// Asks the cache for the `f32` lines the epilogue of this tile will touch (the residual it
@@ -369,6 +489,180 @@ pub(crate) mod x86 {
                     _mm_mask_storeu_epi8(dst as *mut i8, m, bytes);
                 }
                 o += 16;
+            }
+            r += 1;
+            if r == ohw {
+                r = 0;
+                b += 1;
+            }
+        }
+    }
+
+    /// `Quant::quantize` of 8 lanes, the same rule as [`quantize_v`] (a group of 8 with a lane
+    /// near a half-integer is divided exactly; outside that band the reciprocal gives the same
+    /// integer, so the group size does not change any bit). The 8 bytes are in the low half.
+    #[inline(always)]
+    pub(crate) unsafe fn quantize8(y: __m256, q: &super::FastQuant) -> __m128i {
+        const R: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let mut d;
+        let mut rr;
+        if q.fast {
+            d = _mm256_mul_ps(y, _mm256_set1_ps(q.inv));
+            rr = _mm256_round_ps::<R>(d);
+            let e = _mm256_and_ps(_mm256_sub_ps(d, rr), abs);
+            let near = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(
+                e,
+                _mm256_set1_ps(0.5 - 1.0 / 2048.0),
+            ));
+            if near != 0 {
+                d = _mm256_div_ps(y, _mm256_set1_ps(q.quant.scale));
+                rr = _mm256_round_ps::<R>(d);
+            }
+        } else {
+            d = _mm256_div_ps(y, _mm256_set1_ps(q.quant.scale));
+            rr = _mm256_round_ps::<R>(d);
+        }
+        // NaN -> 0 before the zero point; clamp to +-512 (integral, so the conversion is exact).
+        let ord = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_ORD_Q>(rr, rr));
+        let c = _mm256_min_ps(
+            _mm256_max_ps(rr, _mm256_set1_ps(-512.0)),
+            _mm256_set1_ps(512.0),
+        );
+        let v = _mm256_and_si256(_mm256_cvtps_epi32(c), ord);
+        let v = _mm256_add_epi32(v, _mm256_set1_epi32(q.quant.zero_point));
+        // Saturate to u8: i32 -> u16 (negative -> 0), then u16 -> u8 (> 255 -> 255).
+        let w = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        _mm_packus_epi16(w, w)
+    }
+
+    /// Lane mask of the first `valid` (< 8) lanes.
+    #[inline(always)]
+    unsafe fn mask8(valid: usize) -> __m256i {
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(valid as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+
+    /// Stores the low `valid` bytes of `v`.
+    #[inline(always)]
+    unsafe fn store_u8(dst: *mut u8, v: __m128i, valid: usize) {
+        if valid == 8 {
+            _mm_storel_epi64(dst as *mut __m128i, v);
+        } else {
+            let mut b = [0u8; 16];
+            _mm_storeu_si128(b.as_mut_ptr() as *mut __m128i, v);
+            std::ptr::copy_nonoverlapping(b.as_ptr(), dst, valid);
+        }
+    }
+
+    /// Quantizes `c` channels of NHWC `f32` at `src` into `dst` on 8-lane registers.
+    ///
+    /// # Safety
+    /// `src` readable and `dst` writable for `c` values; AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn quantize_row_avx2(
+        src: *const f32,
+        dst: *mut u8,
+        c: usize,
+        q: &super::FastQuant,
+    ) {
+        let mut o = 0;
+        while o < c {
+            let valid = (c - o).min(8);
+            let y = if valid == 8 {
+                _mm256_loadu_ps(src.add(o))
+            } else {
+                _mm256_maskload_ps(src.add(o), mask8(valid))
+            };
+            store_u8(dst.add(o), quantize8(y, q), valid);
+            o += 8;
+        }
+    }
+
+    /// The epilogue on 8-lane AVX2 registers: the operations of the portable version in its
+    /// order (convert, multiply, then add; residual; ReLU by `y < 0` so `-0.0` and NaN pass
+    /// unchanged; requantization as [`quantize8`]).
+    ///
+    /// # Safety
+    /// As `apply_portable`, and the CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn apply_avx2(
+        ctx: &EpiCtx<'_>,
+        tile: &[i32],
+        ocb: usize,
+        oc0: usize,
+        p0: usize,
+        np: usize,
+    ) {
+        let ohw = ctx.oh * ctx.ow;
+        let oc_end = (oc0 + ocb).min(ctx.out_c);
+        let zero = _mm256_setzero_ps();
+        let tp = tile.as_ptr();
+        let mut b = p0 / ohw;
+        let mut r = p0 % ohw;
+        for j in 0..np {
+            let (oy, ox) = (r / ctx.ow, r % ctx.ow);
+            let res = ctx
+                .residual
+                .map(|(rp, rl)| rp.get().add(rl.offset(b, oy, ox)) as *const f32);
+            let fout = ctx
+                .f32_nhwc
+                .map(|(fp, fl)| fp.get().add(fl.offset(b, oy, ox)));
+            let mut o = oc0;
+            while o < oc_end {
+                let valid = (oc_end - o).min(8);
+                let m = mask8(valid);
+                let t = tp.add(j * ocb + (o - oc0));
+                let a = if valid == 8 {
+                    _mm256_loadu_si256(t as *const __m256i)
+                } else {
+                    _mm256_maskload_epi32(t, m)
+                };
+                // corr/mul/bias are padded to a multiple of 16: full loads are in bounds.
+                let a = _mm256_add_epi32(
+                    a,
+                    _mm256_loadu_si256(ctx.corr.as_ptr().add(o) as *const __m256i),
+                );
+                let mut y = _mm256_mul_ps(
+                    _mm256_cvtepi32_ps(a),
+                    _mm256_loadu_ps(ctx.mul.as_ptr().add(o)),
+                );
+                y = _mm256_add_ps(y, _mm256_loadu_ps(ctx.bias.as_ptr().add(o)));
+                if let Some(src) = res {
+                    let rv = if valid == 8 {
+                        _mm256_loadu_ps(src.add(o))
+                    } else {
+                        _mm256_maskload_ps(src.add(o), m)
+                    };
+                    // Lanes past `valid` are never stored: adding 0 there changes nothing.
+                    y = _mm256_add_ps(y, rv);
+                }
+                if ctx.relu {
+                    let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(y, zero);
+                    y = _mm256_blendv_ps(y, zero, neg);
+                }
+                if let Some(dst) = fout {
+                    if valid == 8 {
+                        _mm256_storeu_ps(dst.add(o), y);
+                    } else {
+                        _mm256_maskstore_ps(dst.add(o), m, y);
+                    }
+                }
+                if let Some(np_) = ctx.f32_nchw {
+                    let base = (b * ctx.out_c + o) * ohw + r;
+                    let mut lanes = [0f32; 8];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), y);
+                    for (i, v) in lanes.iter().enumerate().take(valid) {
+                        *np_.get().add(base + i * ohw) = *v;
+                    }
+                }
+                for t in ctx.u8s {
+                    let dst = t.ptr.get().add(t.layout.offset(b, oy, ox) + o);
+                    store_u8(dst, quantize8(y, &t.q), valid);
+                }
+                o += 8;
             }
             r += 1;
             if r == ohw {

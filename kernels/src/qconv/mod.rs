@@ -31,7 +31,7 @@ use crate::prepared::{ActLayout, PreparedShift};
 use crate::workers::{TaskCounter, Workers};
 use crate::workspace::Scratch;
 
-pub use epilogue::{FastQuant, U8Target};
+pub use epilogue::{EpilogueImpl, FastQuant, U8Target};
 pub use layout::{F32Layout, U8Layout, CHANNEL_ALIGN};
 use micro::TileGeom;
 
@@ -248,6 +248,8 @@ pub struct QConv2d {
     bias: Vec<f32>,
     /// Reduction steps the AVX2 kernel may sum in `i16`: `32767 / (2 * 255 * max|w|)`.
     madd_chunk: usize,
+    /// The epilogue implementation (the widest this CPU runs unless set).
+    epilogue: EpilogueImpl,
 }
 
 /// Where a [`QConv2d`] writes: any number of requantized `u8` consumers, and optionally the
@@ -423,7 +425,25 @@ impl QConv2d {
             corr_centred,
             mul,
             bias,
+            epilogue: EpilogueImpl::best(),
         })
+    }
+
+    /// Runs this layer's epilogue with `e` instead of the widest one (tests and benchmarks
+    /// compare them; every implementation gives the same bits).
+    pub fn set_epilogue(&mut self, e: EpilogueImpl) -> Result<(), KernelError> {
+        if !e.is_supported() {
+            return Err(KernelError::unsupported(format!(
+                "the {} epilogue is not supported by this CPU",
+                e.name()
+            )));
+        }
+        self.epilogue = e;
+        Ok(())
+    }
+
+    pub fn epilogue(&self) -> EpilogueImpl {
+        self.epilogue
     }
 
     pub fn geom(&self) -> &ConvGeom {
@@ -534,7 +554,7 @@ impl QConv2d {
             u8s: out.u8s,
             f32_nhwc: out.f32_nhwc.map(|(o, l)| (SyncPtr(o.as_mut_ptr()), l)),
             f32_nchw: out.f32_nchw.map(|o| SyncPtr(o.as_mut_ptr())),
-            avx512: epilogue_avx512(),
+            level: self.epilogue,
         };
         scratch.ensure(workers.threads());
         let geo = PixelGeom {
@@ -725,19 +745,6 @@ impl QConv2d {
             }
         });
     }
-}
-
-/// Whether the AVX-512 epilogue can run here (checked once).
-fn epilogue_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVX512: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVX512.get_or_init(|| {
-            Isa::Avx512.is_supported() && std::arch::is_x86_feature_detected!("avx512dq")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// Maps flat output pixels to input addresses.
@@ -966,22 +973,8 @@ pub fn quantize_nhwc_to_u8(
 #[inline]
 pub(crate) fn quantize_pixel(src: &[f32], dst: &mut [u8], fq: &FastQuant) {
     let c = src.len().min(dst.len());
-    #[cfg(target_arch = "x86_64")]
-    if epilogue_avx512() {
-        // SAFETY: both slices hold at least `c` values.
-        unsafe { epilogue::x86::quantize_row(src.as_ptr(), dst.as_mut_ptr(), c, fq) };
-        return;
-    }
-    let mut y = [0f32; 16];
-    let mut q = [0u8; 16];
-    let mut c0 = 0;
-    while c0 < c {
-        let m = (c - c0).min(16);
-        y[..m].copy_from_slice(&src[c0..c0 + m]);
-        fq.quantize16(&y, &mut q);
-        dst[c0..c0 + m].copy_from_slice(&q[..m]);
-        c0 += 16;
-    }
+    // SAFETY: `best` is supported here; both slices hold at least `c` values.
+    unsafe { EpilogueImpl::best().quantize_unchecked(src.as_ptr(), dst.as_mut_ptr(), c, fq) };
 }
 
 /// NCHW `f32` -> NHWC `f32` (channel padding untouched).
