@@ -7,6 +7,12 @@
 //!
 //! Re-record (only when a change is *meant* to change answers, and say so in the commit):
 //! `SHIFTSERVE_BLESS_ANSWERS=1 cargo test --release -p models --test answers`.
+//!
+//! One file per float class of CPU ([`float_class`]): `answers.json` for AVX-512 CPUs,
+//! `answers-avx2.json` for AVX2-only x86 (recorded 2026-12-02 on a Zen 3 core at commit
+//! `3c4148f`'s runtime plus the bit-identical AVX2 epilogue; the AVX-512 record was checked
+//! unchanged on every landing since it was made). The `f32` layers that use the `gemm` crate
+//! round differently on the two classes, so their bits are not comparable across classes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,8 +27,33 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
+/// The float instruction class of this CPU. The bits of the `f32` layers that go through the
+/// `gemm` crate (classifiers, LSTM matrices, im2col convolutions) depend on the micro-kernel it
+/// picks for the CPU (AVX-512, AVX2+FMA or other), so answers are recorded once per class: the
+/// integer path, the direct stem and every kernel choice are CPU-independent, the `gemm` crate's
+/// summation order is not.
+fn float_class() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "avx512";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return "avx2";
+        }
+    }
+    "other"
+}
+
+/// `answers.json` (AVX-512 CPUs: recorded before the quantized NHWC runtime and the
+/// dot-product kernels existed) or `answers-<class>.json` for other CPU classes.
 fn answers_file() -> PathBuf {
-    workspace().join("models/tests/fixtures/answers.json")
+    let name = match float_class() {
+        "avx512" => "answers.json".to_string(),
+        c => format!("answers-{c}.json"),
+    };
+    workspace().join("models/tests/fixtures").join(name)
 }
 
 /// Deterministic inputs roughly in the range of normalised features.
@@ -171,7 +202,14 @@ fn served_answers_are_bit_identical_to_the_recorded_ones() {
         eprintln!("recorded {} answers in {}", got.len(), path.display());
         return;
     }
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (no answers recorded for this CPU's float class `{}`; record them with \
+             SHIFTSERVE_BLESS_ANSWERS=1 on such a CPU, from a commit whose answers are known good)",
+            path.display(),
+            float_class()
+        )
+    });
     let want: BTreeMap<String, Vec<String>> = serde_json::from_str(&text).unwrap();
     assert_eq!(
         want.keys().collect::<Vec<_>>(),
