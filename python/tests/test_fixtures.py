@@ -45,7 +45,16 @@ def test_tiny_export_regenerates_the_same_model(tmp_path):
     for f in ("tiny_w3.safetensors", "tiny_w3.golden.safetensors"):
         a, b = load_file(str(tmp_path / f)), load_file(str(FIX / f))
         assert a.keys() == b.keys()
-        assert all(np.array_equal(a[k], b[k]) for k in a)
+        for k in a:
+            assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+            if np.issubdtype(a[k].dtype, np.floating):
+                # The folded scales/biases and the golden activations come out of PyTorch's
+                # float kernels, whose rounding depends on the CPU (AVX-512 vs AVX2-only
+                # differ in the last bits): equal to within a few ulps, not bit for bit.
+                assert np.allclose(a[k], b[k], rtol=1e-5, atol=1e-6), k
+            else:
+                # Packed shift codes and every other integer tensor: bit for bit.
+                assert np.array_equal(a[k], b[k]), k
     with safe_open(str(FIX / "tiny_w3.safetensors"), "numpy") as f:
         graph = json.loads(f.metadata()["shiftserve.graph"])
     assert graph["inputs"][0]["shape"] == [1, 28, 28]
