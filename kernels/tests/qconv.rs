@@ -148,6 +148,22 @@ fn reference(c: &Case) -> (Vec<f32>, Vec<u8>, Vec<u8>) {
     (f, u0, u1)
 }
 
+/// Which outputs a run asks the layer for: the model asks for one `u8` consumer and, for a
+/// block output, an NHWC `f32` copy (the epilogue's specialised whole-vector path); the full set
+/// takes the general path.
+#[derive(Clone, Copy, Debug)]
+struct Outs {
+    nchw: bool,
+    nhwc: bool,
+    n_u8: usize,
+}
+
+const ALL_OUTS: Outs = Outs {
+    nchw: true,
+    nhwc: true,
+    n_u8: 2,
+};
+
 fn run_kernel(
     c: &Case,
     kernel: ConvKernel,
@@ -155,6 +171,25 @@ fn run_kernel(
     extra_border: usize,
     threads: usize,
 ) -> (Vec<f32>, Vec<f32>, Vec<u8>, Vec<u8>) {
+    let (nchw, nhwc, mut u) = run_kernel_outs(c, kernel, epilogue, extra_border, threads, ALL_OUTS);
+    let u1 = u.pop().unwrap();
+    let u0 = u.pop().unwrap();
+    (nchw.unwrap(), nhwc.unwrap(), u0, u1)
+}
+
+/// NCHW `f32`, NHWC `f32` converted to NCHW (each absent when not asked for), and the `u8`
+/// outputs converted to NCHW.
+type RunOutputs = (Option<Vec<f32>>, Option<Vec<f32>>, Vec<Vec<u8>>);
+
+/// The layer's outputs in NCHW order (absent when not asked for).
+fn run_kernel_outs(
+    c: &Case,
+    kernel: ConvKernel,
+    epilogue: EpilogueImpl,
+    extra_border: usize,
+    threads: usize,
+    outs: Outs,
+) -> RunOutputs {
     let g = c.geom;
     let mut layer = QConv2d::new(g, &c.packed, &c.scale, &c.bias, c.inq, kernel).unwrap();
     layer.set_epilogue(epilogue).unwrap();
@@ -184,6 +219,7 @@ fn run_kernel(
             U8Target::new(&mut b0[0], ul[0], c.outq[0]),
             U8Target::new(&mut b1[0], ul[1], c.outq[1]),
         ];
+        let targets = &targets[..outs.n_u8];
         let workers = Workers::new(threads);
         let mut scratch = QScratch::new();
         layer
@@ -194,9 +230,9 @@ fn run_kernel(
                 res_nhwc.as_deref().map(|r| (r, fl)),
                 c.relu,
                 QOutputs {
-                    u8s: &targets,
-                    f32_nhwc: Some((&mut fnhwc, fl)),
-                    f32_nchw: Some(&mut fnchw),
+                    u8s: targets,
+                    f32_nhwc: outs.nhwc.then_some((&mut fnhwc[..], fl)),
+                    f32_nchw: outs.nchw.then_some(&mut fnchw[..]),
                 },
                 &mut scratch,
                 &workers,
@@ -207,7 +243,7 @@ fn run_kernel(
     nhwc_to_nchw(&fnhwc, c.n, fl, &mut from_nhwc).unwrap();
     // u8 interiors back to NCHW; borders must still hold the zero point.
     let mut u = Vec::new();
-    for i in 0..2 {
+    for i in 0..outs.n_u8 {
         let l = ul[i];
         let mut v = vec![0u8; c.n * g.out_c * oh * ow];
         for b in 0..c.n {
@@ -238,9 +274,11 @@ fn run_kernel(
         }
         u.push(v);
     }
-    let u1 = u.pop().unwrap();
-    let u0 = u.pop().unwrap();
-    (fnchw, from_nhwc, u0, u1)
+    (
+        outs.nchw.then_some(fnchw),
+        outs.nhwc.then_some(from_nhwc),
+        u,
+    )
 }
 
 fn bits_eq(a: &[f32], b: &[f32]) -> bool {
@@ -312,6 +350,57 @@ proptest! {
         let c = make_case(code, in_c, out_c, (kh, kw), (sh, sw), (ph, pw), (h, w), n, residual, relu, seed);
         if let Some(c) = c {
             let ran = check_all_kernels(&c, extra_border, threads)?;
+            prop_assert!(ran >= 1);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    /// The outputs a model asks for (one `u8` consumer, with or without the NHWC `f32` copy of a
+    /// block output, or the `f32` copy alone), on channel counts that are whole vectors (the
+    /// epilogue's specialised path) and ragged ones (its general path): every kernel and
+    /// epilogue gives the reference's bits.
+    #[test]
+    fn model_output_sets_match_the_format_layer(
+        code in code_strategy(),
+        in_c in prop_oneof![1usize..9, 9usize..70],
+        out_c in prop_oneof![3 => (1usize..9).prop_map(|v| v * 16), 1 => 1usize..140],
+        k in 1usize..4,
+        s in 1usize..3,
+        h in 1usize..12, w in 1usize..12,
+        n in 1usize..4,
+        residual in any::<bool>(),
+        relu in any::<bool>(),
+        outs in prop_oneof![
+            Just(Outs { nchw: false, nhwc: false, n_u8: 1 }),
+            Just(Outs { nchw: false, nhwc: true, n_u8: 1 }),
+            Just(Outs { nchw: false, nhwc: true, n_u8: 0 }),
+        ],
+        threads in 1usize..3,
+        seed in any::<u64>(),
+    ) {
+        let c = make_case(code, in_c, out_c, (k, k), (s, s), (k / 2, k / 2), (h, w), n, residual, relu, seed);
+        if let Some(c) = c {
+            let (f, u0, _) = reference(&c);
+            let mut ran = 0;
+            for kernel in ConvKernel::supported() {
+                if !kernel.handles(c.packed.code(), c.packed.bits()) {
+                    continue;
+                }
+                for epi in EpilogueImpl::supported() {
+                    let (_, nhwc, u) = run_kernel_outs(&c, kernel, epi, 0, threads, outs);
+                    let e = epi.name();
+                    if let Some(nhwc) = nhwc {
+                        prop_assert!(bits_eq(&nhwc, &f), "{kernel} / {e} epilogue, {outs:?}: f32 NHWC differs");
+                    }
+                    if outs.n_u8 == 1 {
+                        prop_assert!(u[0] == u0, "{kernel} / {e} epilogue, {outs:?}: u8 output differs");
+                    }
+                    ran += 1;
+                }
+            }
             prop_assert!(ran >= 1);
         }
     }

@@ -102,17 +102,9 @@ impl EpilogueImpl {
         match self {
             EpilogueImpl::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            EpilogueImpl::Avx2 => {
-                std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-            }
+            EpilogueImpl::Avx2 => crate::isa::Isa::Avx2.is_supported(),
             #[cfg(target_arch = "x86_64")]
-            EpilogueImpl::Avx512 => {
-                std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512bw")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-                    && std::arch::is_x86_feature_detected!("avx512dq")
-            }
+            EpilogueImpl::Avx512 => crate::isa::Isa::Avx512.is_supported(),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -424,6 +416,90 @@ pub(crate) mod x86 {
         }
     }
 
+    /// The common case of [`apply_avx512`], specialised at compile time: every channel group
+    /// is a whole 16-lane vector inside `out_c`, at most one `u8` target, no NCHW output.
+    /// `RES`/`RELU`/`F32`/`U8` say which parts of the epilogue run, so the inner loop has no
+    /// branch on the layer's shape and no lane mask; the pixel's addresses are computed once
+    /// per pixel. The operations and their order are those of `apply_avx512` with an all-ones
+    /// mask, so the bits are the same.
+    ///
+    /// # Safety
+    /// As `apply_avx512`; `ocb % 16 == 0`, `oc0 + ocb <= ctx.out_c`, `ctx.u8s.len() == U8 as
+    /// usize`, `ctx.residual.is_some() == RES`, `ctx.f32_nhwc.is_some() == F32`.
+    #[inline(always)]
+    unsafe fn apply_avx512_whole<
+        const RES: bool,
+        const RELU: bool,
+        const F32: bool,
+        const U8: bool,
+    >(
+        ctx: &EpiCtx<'_>,
+        tile: &[i32],
+        ocb: usize,
+        oc0: usize,
+        p0: usize,
+        np: usize,
+    ) {
+        let ohw = ctx.oh * ctx.ow;
+        let zero = _mm512_setzero_ps();
+        let tp = tile.as_ptr();
+        let corr = ctx.corr.as_ptr().add(oc0);
+        let mul = ctx.mul.as_ptr().add(oc0);
+        let bias = ctx.bias.as_ptr().add(oc0);
+        let (mut b, r) = (p0 / ohw, p0 % ohw);
+        let (mut oy, mut ox) = (r / ctx.ow, r % ctx.ow);
+        for j in 0..np {
+            let res = match ctx.residual {
+                Some((rp, rl)) if RES => rp.get().add(rl.offset(b, oy, ox) + oc0) as *const f32,
+                _ => std::ptr::null(),
+            };
+            let fout = match ctx.f32_nhwc {
+                Some((fp, fl)) if F32 => fp.get().add(fl.offset(b, oy, ox) + oc0),
+                _ => std::ptr::null_mut(),
+            };
+            let (qdst, q) = match ctx.u8s.first() {
+                Some(t) if U8 => (
+                    t.ptr.get().add(t.layout.offset(b, oy, ox) + oc0),
+                    Some(&t.q),
+                ),
+                _ => (std::ptr::null_mut(), None),
+            };
+            let t = tp.add(j * ocb);
+            let mut i = 0;
+            while i < ocb {
+                let a = _mm512_add_epi32(
+                    _mm512_loadu_si512(t.add(i) as *const _),
+                    _mm512_loadu_si512(corr.add(i) as *const _),
+                );
+                let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_loadu_ps(mul.add(i)));
+                y = _mm512_add_ps(y, _mm512_loadu_ps(bias.add(i)));
+                if RES {
+                    y = _mm512_add_ps(y, _mm512_loadu_ps(res.add(i)));
+                }
+                if RELU {
+                    let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(y, zero);
+                    y = _mm512_mask_mov_ps(y, neg, zero);
+                }
+                if F32 {
+                    _mm512_storeu_ps(fout.add(i), y);
+                }
+                if let (true, Some(q)) = (U8, q) {
+                    _mm_storeu_si128(qdst.add(i) as *mut __m128i, quantize_v(y, q));
+                }
+                i += 16;
+            }
+            ox += 1;
+            if ox == ctx.ow {
+                ox = 0;
+                oy += 1;
+                if oy == ctx.oh {
+                    oy = 0;
+                    b += 1;
+                }
+            }
+        }
+    }
+
     /// The epilogue on 16-lane registers; the same operations in the same order as the portable
     /// version (multiply, then add; residual; ReLU by `y < 0` mask so `-0.0` and NaN pass
     /// unchanged; requantization by reciprocal with an exact division for any group near a
@@ -440,6 +516,38 @@ pub(crate) mod x86 {
         p0: usize,
         np: usize,
     ) {
+        if ocb.is_multiple_of(16)
+            && oc0 + ocb <= ctx.out_c
+            && ctx.f32_nchw.is_none()
+            && ctx.u8s.len() <= 1
+        {
+            macro_rules! whole {
+                ($($res:literal $relu:literal $f32:literal $u8:literal),*) => {
+                    match (
+                        ctx.residual.is_some(),
+                        ctx.relu,
+                        ctx.f32_nhwc.is_some(),
+                        !ctx.u8s.is_empty(),
+                    ) {
+                        $(($res, $relu, $f32, $u8) => {
+                            return apply_avx512_whole::<$res, $relu, $f32, $u8>(
+                                ctx, tile, ocb, oc0, p0, np,
+                            )
+                        })*
+                    }
+                };
+            }
+            whole!(
+                false false false false, false false false true,
+                false false true false, false false true true,
+                false true false false, false true false true,
+                false true true false, false true true true,
+                true false false false, true false false true,
+                true false true false, true false true true,
+                true true false false, true true false true,
+                true true true false, true true true true
+            );
+        }
         let ohw = ctx.oh * ctx.ow;
         let oc_end = (oc0 + ocb).min(ctx.out_c);
         let zero = _mm512_setzero_ps();
