@@ -363,15 +363,31 @@ pub(crate) fn forward_pool_u8(
                     #[cfg(target_arch = "x86_64")]
                     if pool_avx512 {
                         // SAFETY: AVX-512 F/BW/VL/DQ checked; the window's rows are computed.
-                        unsafe { max_pixel_avx512(wrows, co, xs.clone(), df.as_mut_ptr()) };
-                        crate::qconv::quantize_pixel(df, du, &fq);
+                        unsafe {
+                            max_pixel_avx512(
+                                wrows,
+                                co,
+                                xs.clone(),
+                                df.as_mut_ptr(),
+                                du.as_mut_ptr(),
+                                &fq,
+                            )
+                        };
                         continue;
                     }
                     #[cfg(target_arch = "x86_64")]
                     if pool_avx2 {
                         // SAFETY: AVX2 checked; the window's rows are computed.
-                        unsafe { max_pixel_avx2(wrows, co, xs.clone(), df.as_mut_ptr()) };
-                        crate::qconv::quantize_pixel(df, du, &fq);
+                        unsafe {
+                            max_pixel_avx2(
+                                wrows,
+                                co,
+                                xs.clone(),
+                                df.as_mut_ptr(),
+                                du.as_mut_ptr(),
+                                &fq,
+                            )
+                        };
                         continue;
                     }
                     let mut c0 = 0;
@@ -408,10 +424,12 @@ pub(crate) fn forward_pool_u8(
 
 /// One pooled pixel of [`forward_pool_u8`] on 16 channels at a time: the maximum over the rows
 /// `rows` (in window order) and columns `xs` with the rules of `pool::max_row` (strict `>` in
-/// row-major tap order, any NaN gives NaN).
+/// row-major tap order, any NaN gives NaN), written to `dst` and, requantized by the
+/// epilogue's rule (`quantize_v`, the very function `quantize_pixel` runs on this CPU), to `udst`.
 ///
 /// # Safety
-/// AVX-512 F/BW/VL/DQ; every row holds columns `xs` of `co` channels; `dst` holds `co` values.
+/// AVX-512 F/BW/VL/DQ; every row holds columns `xs` of `co` channels; `dst` and `udst` hold
+/// `co` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")]
 unsafe fn max_pixel_avx512(
@@ -419,6 +437,8 @@ unsafe fn max_pixel_avx512(
     co: usize,
     xs: std::ops::Range<usize>,
     dst: *mut f32,
+    udst: *mut u8,
+    fq: &crate::qconv::FastQuant,
 ) {
     use std::arch::x86_64::*;
     let nan = _mm512_set1_ps(f32::NAN);
@@ -439,16 +459,19 @@ unsafe fn max_pixel_avx512(
                 acc = _mm512_mask_mov_ps(acc, _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, acc), v);
             }
         }
-        _mm512_mask_storeu_ps(dst.add(c0), m, _mm512_mask_mov_ps(acc, any_nan, nan));
+        let y = _mm512_mask_mov_ps(acc, any_nan, nan);
+        _mm512_mask_storeu_ps(dst.add(c0), m, y);
+        let q = crate::qconv::epilogue::x86::quantize_v(y, fq);
+        _mm_mask_storeu_epi8(udst.add(c0) as *mut i8, m, q);
         c0 += 16;
     }
 }
 
 /// [`max_pixel_avx512`] on 8-lane AVX2 registers (same rules: strict `>` in tap order, any NaN
-/// gives the canonical NaN).
+/// gives the canonical NaN), with the requantized copy in `udst` by the AVX2 epilogue's rule.
 ///
 /// # Safety
-/// AVX2; every row holds columns `xs` of `co` channels; `dst` holds `co` values.
+/// AVX2; every row holds columns `xs` of `co` channels; `dst` and `udst` hold `co` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn max_pixel_avx2(
@@ -456,6 +479,8 @@ unsafe fn max_pixel_avx2(
     co: usize,
     xs: std::ops::Range<usize>,
     dst: *mut f32,
+    udst: *mut u8,
+    fq: &crate::qconv::FastQuant,
 ) {
     use std::arch::x86_64::*;
     let nan = _mm256_set1_ps(f32::NAN);
@@ -484,6 +509,8 @@ unsafe fn max_pixel_avx2(
         } else {
             _mm256_maskstore_ps(dst.add(c0), m, y);
         }
+        let q = crate::qconv::epilogue::x86::quantize8(y, fq);
+        crate::qconv::epilogue::x86::store_u8(udst.add(c0), q, valid);
         c0 += 8;
     }
 }

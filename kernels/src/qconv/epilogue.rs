@@ -655,7 +655,7 @@ pub(crate) mod x86 {
 
     /// Stores the low `valid` bytes of `v`.
     #[inline(always)]
-    unsafe fn store_u8(dst: *mut u8, v: __m128i, valid: usize) {
+    pub(crate) unsafe fn store_u8(dst: *mut u8, v: __m128i, valid: usize) {
         if valid == 8 {
             _mm_storel_epi64(dst as *mut __m128i, v);
         } else {
