@@ -416,18 +416,130 @@ pub(crate) mod x86 {
         }
     }
 
-    /// The common case of [`apply_avx512`], specialised at compile time: every channel group
-    /// is a whole 16-lane vector inside `out_c`, at most one `u8` target, no NCHW output.
-    /// `RES`/`RELU`/`F32`/`U8` say which parts of the epilogue run, so the inner loop has no
-    /// branch on the layer's shape and no lane mask; the pixel's addresses are computed once
-    /// per pixel. The operations and their order are those of `apply_avx512` with an all-ones
-    /// mask, so the bits are the same.
+    /// One register of lanes for the whole-vector epilogue ([`apply_whole`]): the operations
+    /// of `apply_avx512` / `apply_avx2` on a full vector, in their order.
+    pub(crate) trait Lanes {
+        /// `f32`/`i32` lanes per register.
+        const W: usize;
+        type I: Copy;
+        type F: Copy;
+        unsafe fn load_i(p: *const i32) -> Self::I;
+        unsafe fn add_i(a: Self::I, b: Self::I) -> Self::I;
+        unsafe fn cvt(a: Self::I) -> Self::F;
+        unsafe fn load_f(p: *const f32) -> Self::F;
+        unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
+        unsafe fn add(a: Self::F, b: Self::F) -> Self::F;
+        /// `y < 0` lanes to `+0.0` (so `-0.0` and NaN pass unchanged).
+        unsafe fn relu(y: Self::F) -> Self::F;
+        unsafe fn store_f(p: *mut f32, y: Self::F);
+        /// Requantizes and stores `W` bytes.
+        unsafe fn store_q(p: *mut u8, y: Self::F, q: &super::FastQuant);
+    }
+
+    /// 16 lanes of AVX-512.
+    pub(crate) struct Z;
+    impl Lanes for Z {
+        const W: usize = 16;
+        type I = __m512i;
+        type F = __m512;
+        #[inline(always)]
+        unsafe fn load_i(p: *const i32) -> __m512i {
+            _mm512_loadu_si512(p as *const _)
+        }
+        #[inline(always)]
+        unsafe fn add_i(a: __m512i, b: __m512i) -> __m512i {
+            _mm512_add_epi32(a, b)
+        }
+        #[inline(always)]
+        unsafe fn cvt(a: __m512i) -> __m512 {
+            _mm512_cvtepi32_ps(a)
+        }
+        #[inline(always)]
+        unsafe fn load_f(p: *const f32) -> __m512 {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn mul(a: __m512, b: __m512) -> __m512 {
+            _mm512_mul_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m512, b: __m512) -> __m512 {
+            _mm512_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn relu(y: __m512) -> __m512 {
+            let zero = _mm512_setzero_ps();
+            _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask::<_CMP_LT_OQ>(y, zero), zero)
+        }
+        #[inline(always)]
+        unsafe fn store_f(p: *mut f32, y: __m512) {
+            _mm512_storeu_ps(p, y)
+        }
+        #[inline(always)]
+        unsafe fn store_q(p: *mut u8, y: __m512, q: &super::FastQuant) {
+            _mm_storeu_si128(p as *mut __m128i, quantize_v(y, q))
+        }
+    }
+
+    /// 8 lanes of AVX2.
+    pub(crate) struct Y;
+    impl Lanes for Y {
+        const W: usize = 8;
+        type I = __m256i;
+        type F = __m256;
+        #[inline(always)]
+        unsafe fn load_i(p: *const i32) -> __m256i {
+            _mm256_loadu_si256(p as *const __m256i)
+        }
+        #[inline(always)]
+        unsafe fn add_i(a: __m256i, b: __m256i) -> __m256i {
+            _mm256_add_epi32(a, b)
+        }
+        #[inline(always)]
+        unsafe fn cvt(a: __m256i) -> __m256 {
+            _mm256_cvtepi32_ps(a)
+        }
+        #[inline(always)]
+        unsafe fn load_f(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+            _mm256_mul_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m256, b: __m256) -> __m256 {
+            _mm256_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn relu(y: __m256) -> __m256 {
+            let zero = _mm256_setzero_ps();
+            _mm256_blendv_ps(y, zero, _mm256_cmp_ps::<_CMP_LT_OQ>(y, zero))
+        }
+        #[inline(always)]
+        unsafe fn store_f(p: *mut f32, y: __m256) {
+            _mm256_storeu_ps(p, y)
+        }
+        #[inline(always)]
+        unsafe fn store_q(p: *mut u8, y: __m256, q: &super::FastQuant) {
+            _mm_storel_epi64(p as *mut __m128i, quantize8(y, q))
+        }
+    }
+
+    /// The common case of the epilogue, specialised at compile time: every channel group is a
+    /// whole register of `L::W` lanes inside `out_c`, at most one `u8` target, no NCHW output.
+    /// `RES`/`RELU`/`F32`/`U8` say which parts run, so the inner loop has no branch on the
+    /// layer's shape and no lane mask, and a pixel's addresses are computed once per pixel. The
+    /// operations and their order are those of `apply_avx512` / `apply_avx2` on a full vector,
+    /// so the bits are the same. Instantiated inside their `#[target_feature]` bodies.
     ///
     /// # Safety
-    /// As `apply_avx512`; `ocb % 16 == 0`, `oc0 + ocb <= ctx.out_c`, `ctx.u8s.len() == U8 as
-    /// usize`, `ctx.residual.is_some() == RES`, `ctx.f32_nhwc.is_some() == F32`.
+    /// As `apply_portable`; `ocb % L::W == 0`, `oc0 + ocb <= ctx.out_c`, `ctx.u8s.len() == U8
+    /// as usize`, `ctx.residual.is_some() == RES`, `ctx.f32_nhwc.is_some() == F32`; the CPU
+    /// runs `L`'s instructions.
     #[inline(always)]
-    unsafe fn apply_avx512_whole<
+    unsafe fn apply_whole<
+        L: Lanes,
         const RES: bool,
         const RELU: bool,
         const F32: bool,
@@ -441,7 +553,6 @@ pub(crate) mod x86 {
         np: usize,
     ) {
         let ohw = ctx.oh * ctx.ow;
-        let zero = _mm512_setzero_ps();
         let tp = tile.as_ptr();
         let corr = ctx.corr.as_ptr().add(oc0);
         let mul = ctx.mul.as_ptr().add(oc0);
@@ -467,26 +578,22 @@ pub(crate) mod x86 {
             let t = tp.add(j * ocb);
             let mut i = 0;
             while i < ocb {
-                let a = _mm512_add_epi32(
-                    _mm512_loadu_si512(t.add(i) as *const _),
-                    _mm512_loadu_si512(corr.add(i) as *const _),
-                );
-                let mut y = _mm512_mul_ps(_mm512_cvtepi32_ps(a), _mm512_loadu_ps(mul.add(i)));
-                y = _mm512_add_ps(y, _mm512_loadu_ps(bias.add(i)));
+                let a = L::add_i(L::load_i(t.add(i)), L::load_i(corr.add(i)));
+                let mut y = L::mul(L::cvt(a), L::load_f(mul.add(i)));
+                y = L::add(y, L::load_f(bias.add(i)));
                 if RES {
-                    y = _mm512_add_ps(y, _mm512_loadu_ps(res.add(i)));
+                    y = L::add(y, L::load_f(res.add(i)));
                 }
                 if RELU {
-                    let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(y, zero);
-                    y = _mm512_mask_mov_ps(y, neg, zero);
+                    y = L::relu(y);
                 }
                 if F32 {
-                    _mm512_storeu_ps(fout.add(i), y);
+                    L::store_f(fout.add(i), y);
                 }
                 if let (true, Some(q)) = (U8, q) {
-                    _mm_storeu_si128(qdst.add(i) as *mut __m128i, quantize_v(y, q));
+                    L::store_q(qdst.add(i), y, q);
                 }
-                i += 16;
+                i += L::W;
             }
             ox += 1;
             if ox == ctx.ow {
@@ -498,6 +605,45 @@ pub(crate) mod x86 {
                 }
             }
         }
+    }
+
+    /// Runs [`apply_whole`] for lanes `L` and returns from the caller when the tile qualifies
+    /// (whole registers, at most one `u8` target, no NCHW output); otherwise falls through.
+    macro_rules! whole_or_fall_through {
+        ($l:ty, $ctx:expr, $tile:expr, $ocb:expr, $oc0:expr, $p0:expr, $np:expr) => {{
+            let (ctx, ocb, oc0): (&EpiCtx<'_>, usize, usize) = ($ctx, $ocb, $oc0);
+            if ocb.is_multiple_of(<$l as Lanes>::W)
+                && oc0 + ocb <= ctx.out_c
+                && ctx.f32_nchw.is_none()
+                && ctx.u8s.len() <= 1
+            {
+                let key = (
+                    ctx.residual.is_some(),
+                    ctx.relu,
+                    ctx.f32_nhwc.is_some(),
+                    !ctx.u8s.is_empty(),
+                );
+                whole_or_fall_through!(@pick $l, key, ctx, $tile, ocb, oc0, $p0, $np;
+                    (false, false, false, false), (false, false, false, true),
+                    (false, false, true, false), (false, false, true, true),
+                    (false, true, false, false), (false, true, false, true),
+                    (false, true, true, false), (false, true, true, true),
+                    (true, false, false, false), (true, false, false, true),
+                    (true, false, true, false), (true, false, true, true),
+                    (true, true, false, false), (true, true, false, true),
+                    (true, true, true, false), (true, true, true, true));
+            }
+        }};
+        (@pick $l:ty, $key:expr, $ctx:expr, $tile:expr, $ocb:expr, $oc0:expr, $p0:expr, $np:expr;
+         $(($res:literal, $relu:literal, $f32:literal, $u8:literal)),*) => {
+            match $key {
+                $(($res, $relu, $f32, $u8) => {
+                    return apply_whole::<$l, $res, $relu, $f32, $u8>(
+                        $ctx, $tile, $ocb, $oc0, $p0, $np,
+                    )
+                })*
+            }
+        };
     }
 
     /// The epilogue on 16-lane registers; the same operations in the same order as the portable
@@ -516,38 +662,7 @@ pub(crate) mod x86 {
         p0: usize,
         np: usize,
     ) {
-        if ocb.is_multiple_of(16)
-            && oc0 + ocb <= ctx.out_c
-            && ctx.f32_nchw.is_none()
-            && ctx.u8s.len() <= 1
-        {
-            macro_rules! whole {
-                ($($res:literal $relu:literal $f32:literal $u8:literal),*) => {
-                    match (
-                        ctx.residual.is_some(),
-                        ctx.relu,
-                        ctx.f32_nhwc.is_some(),
-                        !ctx.u8s.is_empty(),
-                    ) {
-                        $(($res, $relu, $f32, $u8) => {
-                            return apply_avx512_whole::<$res, $relu, $f32, $u8>(
-                                ctx, tile, ocb, oc0, p0, np,
-                            )
-                        })*
-                    }
-                };
-            }
-            whole!(
-                false false false false, false false false true,
-                false false true false, false false true true,
-                false true false false, false true false true,
-                false true true false, false true true true,
-                true false false false, true false false true,
-                true false true false, true false true true,
-                true true false false, true true false true,
-                true true true false, true true true true
-            );
-        }
+        whole_or_fall_through!(Z, ctx, tile, ocb, oc0, p0, np);
         let ohw = ctx.oh * ctx.ow;
         let oc_end = (oc0 + ocb).min(ctx.out_c);
         let zero = _mm512_setzero_ps();
@@ -704,6 +819,7 @@ pub(crate) mod x86 {
         p0: usize,
         np: usize,
     ) {
+        whole_or_fall_through!(Y, ctx, tile, ocb, oc0, p0, np);
         let ohw = ctx.oh * ctx.ow;
         let oc_end = (oc0 + ocb).min(ctx.out_c);
         let zero = _mm256_setzero_ps();
