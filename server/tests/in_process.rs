@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
 
-/// What the next runs of the injected runner do: 0 run normally, 1 fail, 2 panic, 3 stall.
+/// What the next runs of the injected runner do: 0 run normally, 1 fail, 2 panic, 3 stall,
+/// 4 block until the mode is changed.
 #[derive(Default)]
 struct Script {
     mode: AtomicUsize,
@@ -43,6 +44,12 @@ impl Runner for Scripted {
                 std::thread::sleep(Duration::from_millis(400));
                 self.inner.run(batch)
             }
+            4 => {
+                while self.script.mode.load(Ordering::SeqCst) == 4 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                self.inner.run(batch)
+            }
             _ => self.inner.run(batch),
         }
     }
@@ -50,6 +57,7 @@ impl Runner for Scripted {
 
 struct App {
     router: axum::Router,
+    state: Arc<AppState>,
     script: Arc<Script>,
     _repo: common::Repo,
 }
@@ -82,7 +90,8 @@ fn app(config: &str) -> App {
     let state = Arc::new(AppState::new(repository, metrics, opts, "test".into()));
     state.started.store(true, Ordering::SeqCst);
     App {
-        router: router(state),
+        router: router(state.clone()),
+        state,
         script,
         _repo: repo,
     }
@@ -189,4 +198,100 @@ async fn a_stalled_model_times_out_requests_and_sheds_beyond_its_queue() {
         ok >= 2 && shed >= 1 && ok + shed == 6,
         "ok {ok}, shed {shed}"
     );
+}
+
+/// A body that does not decode (invalid JSON) for the v1 predict and v2 infer routes.
+fn undecodable(uri: &str) -> Request<Body> {
+    Request::post(uri)
+        .header("content-type", "application/json")
+        .body(Body::from("{\"b64\": not json"))
+        .unwrap()
+}
+
+/// Polls `cond` until it holds (the machine may pause the test for a while).
+async fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_queue_answers_429_before_the_body_is_decoded() {
+    // One instance, batches of one, room for 2 admitted samples.
+    let a = app("max_batch_size = 1\nqueue_capacity = 2\ninstances = 1\n");
+    let lv = a.state.repo.get("tiny", None).unwrap();
+    let routes = [
+        "/v1/models/tiny/predict",
+        "/v1/models/tiny/versions/1/predict",
+        "/v2/models/tiny/infer",
+        "/v2/models/tiny/versions/1/infer",
+    ];
+    // With room in the queue these bodies are decoded, and refused as malformed.
+    for uri in routes {
+        let (st, v) = call(&a, undecodable(uri)).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{uri}: {v}");
+    }
+    // One request held in the runner, two more filling the queue.
+    a.script.mode.store(4, Ordering::SeqCst);
+    let spawn = |a: &App| {
+        let r = a.router.clone();
+        tokio::spawn(async move {
+            let resp = r.oneshot(predict(Some(600_000))).await.unwrap();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+            )
+        })
+    };
+    let mut held = vec![spawn(&a)];
+    wait_for("the first request to reach the runner", || {
+        a.script.runs.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    held.push(spawn(&a));
+    held.push(spawn(&a));
+    wait_for("the queue to fill", || lv.batcher.depth() == 2).await;
+    // Full: the same undecodable bodies now get the queue's 429 (not 400), as JSON errors with
+    // Retry-After, and take no place in the queue.
+    for uri in routes {
+        let resp = a.router.clone().oneshot(undecodable(uri)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS, "{uri}");
+        assert_eq!(
+            resp.headers()
+                .get("retry-after")
+                .map(|h| h.to_str().unwrap()),
+            Some("1"),
+            "{uri}"
+        );
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v["error"].as_str(),
+            Some("model \"tiny\" queue is full (2 requests)"),
+            "{uri}: {v}"
+        );
+        assert_eq!(lv.batcher.depth(), 2);
+    }
+    // A valid request is refused the same way while the queue is full.
+    let (st, v) = call(&a, predict(None)).await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    // Released, every accepted request is answered.
+    a.script.mode.store(0, Ordering::SeqCst);
+    for h in held {
+        let (st, v) = h.await.unwrap();
+        assert_eq!(st, StatusCode::OK, "{v}");
+        assert!(v["predictions"][0]["label"].is_string(), "{v}");
+    }
+    assert_eq!(a.script.runs.load(Ordering::SeqCst), 3);
+    assert_eq!(lv.batcher.depth(), 0);
+    // With room again, bodies are decoded again.
+    let (st, v) = call(&a, undecodable(routes[2])).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
 }

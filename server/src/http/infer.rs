@@ -412,6 +412,47 @@ async fn run_inner(
     })
 }
 
+/// The 429 answered when model `model`'s queue has no room for a request.
+fn queue_full(model: &str, lv: &LoadedVersion) -> ApiError {
+    ApiError::overloaded(
+        format!(
+            "model \"{model}\" queue is full ({} requests)",
+            lv.config.queue_capacity
+        ),
+        1,
+    )
+}
+
+/// A cheap early refusal, before a request's body is read or decoded: the same 429 as a
+/// refused admission when `lv`'s queue is already at capacity (it has no room for even one
+/// sample). It reserves nothing: a request that passes still takes its places later (`run`),
+/// and gets the same 429 there if the queue filled up meanwhile.
+pub fn check_queue_room(model: &str, lv: &LoadedVersion) -> Result<(), ApiError> {
+    if lv.batcher.depth() >= lv.batcher.config().queue_capacity {
+        return Err(queue_full(model, lv));
+    }
+    Ok(())
+}
+
+/// Answers `err` without decoding the request's body. The body is read and dropped (bounded,
+/// never buffered, as for a 413) so that a client that sends it before reading sees the
+/// answer rather than a reset connection; a client waiting for `100 Continue` never sends it.
+pub async fn refuse_unread(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    err: ApiError,
+) -> ApiError {
+    let expects_continue = headers
+        .get(axum::http::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
+    if !expects_continue {
+        discard_body(body, limit).await;
+    }
+    err
+}
+
 /// After a refused admission or submission: 429 when the queue is full; when the version is
 /// being retired and the client did not pin one, the current version of the model (at most
 /// three times, and only if it takes inputs of `expected_len` values); 503 otherwise.
@@ -425,13 +466,7 @@ fn retry_target(
 ) -> Result<Arc<LoadedVersion>, ApiError> {
     let model = target.model;
     match err {
-        SubmitError::Full => Err(ApiError::overloaded(
-            format!(
-                "model \"{model}\" queue is full ({} requests)",
-                lv.config.queue_capacity
-            ),
-            1,
-        )),
+        SubmitError::Full => Err(queue_full(model, lv)),
         SubmitError::Closed => {
             *attempt += 1;
             if target.version.is_some()

@@ -140,6 +140,15 @@ async fn predict_common(
     let mut tracker = Tracker::new(st.clone(), &m, started);
     if let Some(lv) = &lv0 {
         tracker.set_version(lv);
+        // A full queue refuses before the body is decoded (the work a 429 is meant to save).
+        if let Err(e) = infer::check_queue_room(&m, lv) {
+            tracker.fail(&e);
+            drop(tracker);
+            let limit = st.opts.max_body_bytes;
+            return infer::refuse_unread(req.into_body(), &headers, limit, e)
+                .await
+                .into_response();
+        }
     }
     let TaskInput {
         data,

@@ -355,6 +355,11 @@ pub(crate) fn accept(
     let mut tracker = Tracker::new(st.clone(), m, started);
     if let Some(lv) = &lv {
         tracker.set_version(lv);
+        // A full queue refuses before the inputs are decoded; counted as a refused request.
+        if let Err(e) = infer::check_queue_room(m, lv) {
+            tracker.fail(&e);
+            return Err(e);
+        }
     }
     Ok(Accepted {
         tracker,
@@ -401,6 +406,12 @@ async fn infer_common(
     let rid = request_id(&headers);
     let mut acc = match accept(&st, &m, v.as_deref(), started) {
         Ok(a) => a,
+        Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS => {
+            let limit = st.opts.max_body_bytes;
+            return infer::refuse_unread(req.into_body(), &headers, limit, e)
+                .await
+                .into_response();
+        }
         Err(e) => return e.into_response(),
     };
     let result = async {
