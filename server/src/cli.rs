@@ -1,7 +1,7 @@
 //! `shiftserve inspect`, `shiftserve run` and `shiftserve bench`.
 
 use crate::stats::percentile;
-use models::{InputLimits, MediaHint, Model, Task};
+use models::{InputLimits, MediaHint, Model};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -180,14 +180,9 @@ pub fn run(
         .map_err(|e| e.message)?
         .to_vec();
     let infer = t1.elapsed();
-    let probs = models::softmax(&logits);
     let info = model.info();
-    let top = crate::http::infer::top_k(&probs, top_k.max(1).min(probs.len()));
-    let intent = if info.task == Task::SpokenIntent {
-        top.first().and_then(|(i, _)| info.intents.get(*i))
-    } else {
-        None
-    };
+    let ranked = crate::http::ranking::rank(info, &logits, top_k, None);
+    let (top, intent) = (ranked.top, ranked.intent);
     if json {
         let preds: Vec<_> = top
             .iter()

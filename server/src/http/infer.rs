@@ -621,26 +621,9 @@ pub async fn discard_body(mut body: Body, limit: usize) {
     let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
 }
 
-/// Top-k `(index, score)` by descending score (ties: lower index first).
-pub fn top_k(scores: &[f32], k: usize) -> Vec<(usize, f32)> {
-    let mut idx: Vec<usize> = (0..scores.len()).collect();
-    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-    idx.truncate(k);
-    idx.into_iter().map(|i| (i, scores[i])).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn top_k_orders_and_truncates() {
-        assert_eq!(
-            top_k(&[0.1, 0.5, 0.2, 0.5], 3),
-            vec![(1, 0.5), (3, 0.5), (2, 0.2)]
-        );
-        assert_eq!(top_k(&[1.0], 5), vec![(0, 1.0)]);
-    }
 
     #[test]
     fn timeout_precedence() {

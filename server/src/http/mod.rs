@@ -4,6 +4,7 @@ pub mod conn;
 pub mod decode;
 pub mod infer;
 pub mod openapi;
+pub mod ranking;
 pub mod v1;
 pub mod v2;
 pub mod web;

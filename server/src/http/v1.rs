@@ -2,7 +2,8 @@
 
 pub use super::decode::B64Body;
 use super::decode::{decode_task, TaskInput};
-use super::infer::{self, ms, read_body, timing_headers, top_k, Sample, Tracker};
+use super::infer::{self, ms, read_body, timing_headers, Sample, Tracker};
+use super::ranking;
 use super::{parse_version, request_id, SharedState};
 use crate::error::{ApiError, ErrorBody, InferenceErrors};
 use crate::repository::LookupError;
@@ -11,7 +12,6 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use models::Task;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -187,38 +187,29 @@ async fn predict_common(
     };
     let post = Instant::now();
     let info = out.lv.model.info();
-    let probs = models::softmax(&out.logits[0]);
-    let predictions: Vec<Prediction> = top_k(&probs, k_req.min(probs.len()))
-        .into_iter()
-        .map(|(i, s)| Prediction {
+    let threshold = out.lv.config.threshold;
+    let ranked = ranking::rank(info, &out.logits[0], k_req, threshold);
+    let predictions: Vec<Prediction> = ranked
+        .top
+        .iter()
+        .map(|&(i, s)| Prediction {
             label: info.labels.get(i).cloned().unwrap_or_else(|| i.to_string()),
             index: i,
             score: s,
         })
         .collect();
-    let threshold = out.lv.config.threshold;
-    let understood = match (threshold, predictions.first()) {
-        (Some(t), Some(p)) => p.score >= t,
-        _ => true,
-    };
+    let understood = ranked.understood;
     if !understood {
         st.metrics
             .not_understood
             .with_label_values(&[&m, &out.lv.version_str()])
             .inc();
     }
-    let intent = if info.task == Task::SpokenIntent && understood {
-        predictions
-            .first()
-            .and_then(|p| info.intents.get(p.index))
-            .map(|it| IntentOut {
-                action: it.action.clone(),
-                object: it.object.clone(),
-                location: it.location.clone(),
-            })
-    } else {
-        None
-    };
+    let intent = ranked.intent.map(|it| IntentOut {
+        action: it.action.clone(),
+        object: it.object.clone(),
+        location: it.location.clone(),
+    });
     let mut timing = out.timing;
     timing.total = started.elapsed();
     let resp = PredictResponse {

@@ -1,7 +1,8 @@
 //! Open Inference Protocol v2 (KServe / Triton REST), with Triton's binary tensor, classification,
 //! statistics and model repository extensions.
 
-use super::infer::{self, read_body, timing_headers, top_k, Tracker};
+use super::infer::{self, read_body, timing_headers, Tracker};
+use super::ranking;
 use super::{lookup_error, parse_version, request_id, SharedState};
 use crate::error::{ApiError, ErrorBody, InferenceErrors, ModelReadErrors};
 use crate::repository::{ControlMode, IndexEntry, LoadedVersion, LookupError};
@@ -541,14 +542,7 @@ pub(crate) fn output_tensors(specs: &[OutputSpec], out: &infer::InferOutcome) ->
                     let k = k.min(classes);
                     let strings: Vec<String> = rows
                         .iter()
-                        .flat_map(|r| {
-                            top_k(r, k).into_iter().map(|(i, s)| {
-                                format!(
-                                    "{s}:{i}:{}",
-                                    info.labels.get(i).map(String::as_str).unwrap_or("")
-                                )
-                            })
-                        })
+                        .flat_map(|r| ranking::classification(&info.labels, r, k))
                         .collect();
                     OutputTensor {
                         datatype: "BYTES",
