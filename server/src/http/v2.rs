@@ -5,6 +5,7 @@ use super::infer::{self, read_body, timing_headers, Tracker};
 use super::ranking;
 use super::{lookup_error, parse_version, request_id, SharedState};
 use crate::error::{ApiError, ErrorBody, InferenceErrors, ModelReadErrors};
+use crate::model_config::{ModelConfig, VersionPolicy, Warmup};
 use crate::repository::{ControlMode, IndexEntry, LoadedVersion, LookupError};
 use crate::stats::ModelStats;
 use axum::body::Body;
@@ -13,6 +14,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
+use models::ModelInfo;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -23,6 +25,121 @@ pub use super::decode::{
     InferInput, InferRequest, RequestedOutput, INPUT_RAW, INPUT_TENSOR, OUTPUT_LOGITS, OUTPUT_PROBS,
 };
 pub const HEADER_LEN: &str = "inference-header-content-length";
+
+// The response bodies below serialize exactly as the `json!` values they replaced did:
+// serde_json (without `preserve_order`) wrote object keys in alphabetical order, so every
+// struct declares its fields alphabetically, and FP32 data goes out as f64 (as `json!`
+// converted it). `typed_bodies_match_the_json_values` checks the bytes.
+
+/// Readiness of a model version.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModelReady {
+    pub name: String,
+    pub ready: bool,
+    pub version: String,
+}
+
+/// A model version's configuration: Triton's shape, plus the task and preprocessing spec.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModelConfigResponse {
+    pub backend: String,
+    pub description: String,
+    pub dynamic_batching: DynamicBatching,
+    pub input: Vec<ConfigTensor>,
+    pub instance_group: Vec<InstanceGroup>,
+    pub max_batch_size: usize,
+    pub model_warmup: Warmup,
+    pub name: String,
+    pub output: Vec<ConfigTensor>,
+    pub parameters: ConfigParameters,
+    pub platform: String,
+    /// The preprocessing spec from the model file.
+    #[schema(value_type = Object)]
+    pub preprocess: Value,
+    pub task: String,
+    pub version: String,
+    /// `"all"`, `{"latest": N}` or `{"specific": [versions]}`.
+    #[schema(value_type = Value)]
+    pub version_policy: VersionPolicy,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConfigTensor {
+    pub data_type: String,
+    pub dims: Vec<usize>,
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DynamicBatching {
+    pub default_queue_policy: QueuePolicy,
+    pub max_queue_delay_microseconds: u64,
+    pub preferred_batch_size: Vec<usize>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct QueuePolicy {
+    pub default_timeout_microseconds: u64,
+    pub max_queue_size: usize,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct InstanceGroup {
+    pub count: usize,
+    pub kind: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ConfigParameters {
+    pub threads: StringValue,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StringValue {
+    pub string_value: String,
+}
+
+/// The JSON part of an inference answer (with the binary tensor extension, the binary outputs
+/// follow it in the body).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct InferResponse {
+    /// The request's `id`, when it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub model_name: String,
+    pub model_version: String,
+    pub outputs: Vec<InferOutput>,
+}
+
+/// One output tensor: `data` inline, or `parameters.binary_data_size` bytes after the JSON.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct InferOutput {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<OutputValues>,
+    /// `FP32`, or `BYTES` for classification results.
+    pub datatype: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<BinaryDataSize>,
+    pub shape: Vec<usize>,
+}
+
+/// Output data, flattened row-major: numbers (FP32), or `score:index:label` strings (BYTES).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum OutputValues {
+    Fp32(Vec<f64>),
+    Bytes(Vec<String>),
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BinaryDataSize {
+    pub binary_data_size: usize,
+}
+
+/// The answer of a repository load or unload: an empty object.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RepositoryActionResponse {}
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TensorMetadata {
@@ -153,9 +270,12 @@ pub async fn model_metadata_version(
 
 fn ready_response(st: &SharedState, m: &str, v: Option<&str>) -> Response {
     match get_lv(st, m, v) {
-        Ok(lv) if !st.draining.load(std::sync::atomic::Ordering::SeqCst) => {
-            Json(json!({"name": m, "version": lv.version_str(), "ready": true})).into_response()
-        }
+        Ok(lv) if !st.draining.load(std::sync::atomic::Ordering::SeqCst) => Json(ModelReady {
+            name: m.to_string(),
+            ready: true,
+            version: lv.version_str(),
+        })
+        .into_response(),
         Ok(_) => ApiError::unavailable("server is shutting down").into_response(),
         Err(e) => e.into_response(),
     }
@@ -163,14 +283,14 @@ fn ready_response(st: &SharedState, m: &str, v: Option<&str>) -> Response {
 
 /// Model readiness: 200 when a warmed-up version serves, 503 otherwise.
 #[utoipa::path(get, path = "/v2/models/{m}/ready", tag = "v2", params(("m" = String, Path)),
-    responses((status = 200, description = "Ready"), ModelReadErrors))]
+    responses((status = 200, description = "Ready", body = ModelReady), ModelReadErrors))]
 pub async fn model_ready(State(st): State<SharedState>, Path(m): Path<String>) -> Response {
     ready_response(&st, &m, None)
 }
 
 /// Readiness of one version.
 #[utoipa::path(get, path = "/v2/models/{m}/versions/{v}/ready", tag = "v2", params(("m" = String, Path), ("v" = String, Path)),
-    responses((status = 200, description = "Ready"), ModelReadErrors))]
+    responses((status = 200, description = "Ready", body = ModelReady), ModelReadErrors))]
 pub async fn model_ready_version(
     State(st): State<SharedState>,
     Path((m, v)): Path<(String, String)>,
@@ -178,61 +298,84 @@ pub async fn model_ready_version(
     ready_response(&st, &m, Some(&v))
 }
 
-fn config_json(lv: &LoadedVersion) -> Value {
-    let info = lv.model.info();
-    let c = &lv.config;
-    json!({
-        "name": lv.name,
-        "version": lv.version_str(),
-        "platform": "shiftserve",
-        "backend": "shiftserve",
-        "max_batch_size": c.max_batch_size,
-        "input": [
-            {"name": INPUT_TENSOR, "data_type": "TYPE_FP32", "dims": info.input_shape},
-            {"name": INPUT_RAW, "data_type": "TYPE_STRING", "dims": [1]},
+fn config_response(lv: &LoadedVersion) -> ModelConfigResponse {
+    config_of(&lv.name, lv.version_str(), &lv.config, lv.model.info())
+}
+
+fn config_of(
+    name: &str,
+    version: String,
+    c: &ModelConfig,
+    info: &ModelInfo,
+) -> ModelConfigResponse {
+    let tensor = |name: &str, data_type: &str, dims: Vec<usize>| ConfigTensor {
+        data_type: data_type.into(),
+        dims,
+        name: name.into(),
+    };
+    let classes = info.labels.len();
+    ModelConfigResponse {
+        backend: "shiftserve".into(),
+        description: c
+            .description
+            .clone()
+            .unwrap_or_else(|| info.description.clone()),
+        dynamic_batching: DynamicBatching {
+            default_queue_policy: QueuePolicy {
+                default_timeout_microseconds: c.timeout_ms * 1000,
+                max_queue_size: c.queue_capacity,
+            },
+            max_queue_delay_microseconds: c.max_queue_delay_us,
+            preferred_batch_size: c.preferred_batch_sizes.clone(),
+        },
+        input: vec![
+            tensor(INPUT_TENSOR, "TYPE_FP32", info.input_shape.clone()),
+            tensor(INPUT_RAW, "TYPE_STRING", vec![1]),
         ],
-        "output": [
-            {"name": OUTPUT_LOGITS, "data_type": "TYPE_FP32", "dims": [info.labels.len()]},
-            {"name": OUTPUT_PROBS, "data_type": "TYPE_FP32", "dims": [info.labels.len()]},
+        instance_group: vec![InstanceGroup {
+            count: c.instances,
+            kind: "KIND_CPU".into(),
+        }],
+        max_batch_size: c.max_batch_size,
+        model_warmup: c.warmup.clone(),
+        name: name.into(),
+        output: vec![
+            tensor(OUTPUT_LOGITS, "TYPE_FP32", vec![classes]),
+            tensor(OUTPUT_PROBS, "TYPE_FP32", vec![classes]),
         ],
-        "dynamic_batching": {
-            "preferred_batch_size": c.preferred_batch_sizes,
-            "max_queue_delay_microseconds": c.max_queue_delay_us,
-            "default_queue_policy": {
-                "max_queue_size": c.queue_capacity,
-                "default_timeout_microseconds": c.timeout_ms * 1000,
+        parameters: ConfigParameters {
+            threads: StringValue {
+                string_value: c.threads.to_string(),
             },
         },
-        "instance_group": [{"count": c.instances, "kind": "KIND_CPU"}],
-        "version_policy": c.version_policy,
-        "parameters": {"threads": {"string_value": c.threads.to_string()}},
-        "model_warmup": c.warmup,
-        "description": c.description.clone().unwrap_or_else(|| info.description.clone()),
-        "task": info.task.as_str(),
-        "preprocess": serde_json::from_str::<Value>(&info.preprocess_json).unwrap_or(Value::Null),
-    })
+        platform: "shiftserve".into(),
+        preprocess: serde_json::from_str::<Value>(&info.preprocess_json).unwrap_or(Value::Null),
+        task: info.task.as_str().into(),
+        version,
+        version_policy: c.version_policy.clone(),
+    }
 }
 
 /// Model configuration (Triton's shape plus the preprocessing spec).
 #[utoipa::path(get, path = "/v2/models/{m}/config", tag = "v2", params(("m" = String, Path)),
-    responses((status = 200, description = "Configuration"), ModelReadErrors))]
+    responses((status = 200, description = "Configuration", body = ModelConfigResponse), ModelReadErrors))]
 pub async fn model_config(
     State(st): State<SharedState>,
     Path(m): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModelConfigResponse>, ApiError> {
     let lv = get_lv(&st, &m, None)?;
-    Ok(Json(config_json(&lv)))
+    Ok(Json(config_response(&lv)))
 }
 
 /// Configuration of one version.
 #[utoipa::path(get, path = "/v2/models/{m}/versions/{v}/config", tag = "v2", params(("m" = String, Path), ("v" = String, Path)),
-    responses((status = 200, description = "Configuration"), ModelReadErrors))]
+    responses((status = 200, description = "Configuration", body = ModelConfigResponse), ModelReadErrors))]
 pub async fn model_config_version(
     State(st): State<SharedState>,
     Path((m, v)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModelConfigResponse>, ApiError> {
     let lv = get_lv(&st, &m, Some(&v))?;
-    Ok(Json(config_json(&lv)))
+    Ok(Json(config_response(&lv)))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -300,7 +443,8 @@ pub struct InferQuery {
         ("x-request-timeout-ms" = Option<u64>, Header, description = "Deadline in milliseconds (used when the `timeout_ms` query parameter is absent)", minimum = 1, maximum = 4294967295_u64),
         ("Inference-Header-Content-Length" = Option<u64>, Header, description = "Binary tensor extension: length of the JSON header; 0 for a raw binary request", minimum = 0, maximum = 4294967295_u64)),
     request_body(content = InferRequest, description = "Inference request"),
-    responses((status = 200, description = "Outputs (JSON, or JSON header + binary with Inference-Header-Content-Length)"),
+    responses((status = 200, description = "Outputs (JSON, or JSON header + binary with Inference-Header-Content-Length)",
+            content((InferResponse = "application/json"), (Vec<u8> = "application/octet-stream"))),
         InferenceErrors))]
 pub async fn infer(
     State(st): State<SharedState>,
@@ -316,7 +460,8 @@ pub async fn infer(
         ("x-request-timeout-ms" = Option<u64>, Header, description = "Deadline in milliseconds (used when the `timeout_ms` query parameter is absent)", minimum = 1, maximum = 4294967295_u64),
         ("Inference-Header-Content-Length" = Option<u64>, Header, description = "Binary tensor extension: length of the JSON header; 0 for a raw binary request", minimum = 0, maximum = 4294967295_u64)),
     request_body(content = InferRequest, description = "Inference request"),
-    responses((status = 200, description = "Outputs (JSON, or JSON header + binary with Inference-Header-Content-Length)"),
+    responses((status = 200, description = "Outputs (JSON, or JSON header + binary with Inference-Header-Content-Length)",
+            content((InferResponse = "application/json"), (Vec<u8> = "application/octet-stream"))),
         InferenceErrors))]
 pub async fn infer_version(
     State(st): State<SharedState>,
@@ -449,41 +594,17 @@ async fn infer_common(
         }
     };
     let post = Instant::now();
-    let mut json_outputs = Vec::new();
-    let mut binary_blobs: Vec<Vec<u8>> = Vec::new();
-    for (spec, t) in specs.iter().zip(output_tensors(&specs, &out)) {
-        let (datatype, shape) = (t.datatype, t.shape);
-        let (data_json, data_bin): (Value, Vec<u8>) = match &t.data {
-            OutputData::Fp32(flat) => (
-                json!(flat),
-                flat.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            ),
-            OutputData::Bytes(strings) => (json!(strings), bytes_elements(strings)),
-        };
-        if spec.binary {
-            json_outputs.push(
-                json!({"name": spec.name, "datatype": datatype, "shape": shape,
-                "parameters": {"binary_data_size": data_bin.len()}}),
-            );
-            binary_blobs.push(data_bin);
-        } else {
-            json_outputs.push(
-                json!({"name": spec.name, "datatype": datatype, "shape": shape, "data": data_json}),
-            );
-        }
-    }
-    let mut body = json!({
-        "model_name": m,
-        "model_version": out.lv.version_str(),
-        "outputs": json_outputs,
-    });
-    if let Some(id) = id {
-        body["id"] = json!(id);
-    }
+    let (body, binary_blobs) = infer_response(
+        &m,
+        out.lv.version_str(),
+        id,
+        &specs,
+        output_tensors(&specs, &out),
+    );
     let mut timing = out.timing;
     timing.total = started.elapsed();
     tracker.succeed(&timing, post.elapsed());
-    let header_bytes = body.to_string().into_bytes();
+    let header_bytes = serde_json::to_vec(&body).expect("an inference answer serializes");
     let mut response = if binary_blobs.is_empty() {
         let mut r = Response::new(Body::from(header_bytes));
         r.headers_mut().insert(
@@ -507,6 +628,53 @@ async fn infer_common(
     };
     timing_headers(response.headers_mut(), &rid, &timing, out.batch_size);
     response
+}
+
+/// The JSON part of an inference answer, and the binary outputs that follow it (in order).
+fn infer_response(
+    model: &str,
+    version: String,
+    id: Option<String>,
+    specs: &[OutputSpec],
+    tensors: Vec<OutputTensor>,
+) -> (InferResponse, Vec<Vec<u8>>) {
+    let mut outputs = Vec::with_capacity(specs.len());
+    let mut binary_blobs: Vec<Vec<u8>> = Vec::new();
+    for (spec, t) in specs.iter().zip(tensors) {
+        let (data, parameters) = if spec.binary {
+            let bin: Vec<u8> = match &t.data {
+                OutputData::Fp32(flat) => flat.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                OutputData::Bytes(strings) => bytes_elements(strings),
+            };
+            let size = BinaryDataSize {
+                binary_data_size: bin.len(),
+            };
+            binary_blobs.push(bin);
+            (None, Some(size))
+        } else {
+            let values = match t.data {
+                OutputData::Fp32(flat) => {
+                    OutputValues::Fp32(flat.into_iter().map(f64::from).collect())
+                }
+                OutputData::Bytes(strings) => OutputValues::Bytes(strings),
+            };
+            (Some(values), None)
+        };
+        outputs.push(InferOutput {
+            data,
+            datatype: t.datatype.into(),
+            name: spec.name.clone(),
+            parameters,
+            shape: t.shape,
+        });
+    }
+    let body = InferResponse {
+        id,
+        model_name: model.into(),
+        model_version: version,
+        outputs,
+    };
+    (body, binary_blobs)
 }
 
 /// The data of one output tensor, flattened row-major.
@@ -635,16 +803,16 @@ fn require_explicit(st: &SharedState) -> Result<(), ApiError> {
 
 /// Loads (or reloads changed versions of) a model; answers once it is warmed up (explicit mode).
 #[utoipa::path(post, path = "/v2/repository/models/{m}/load", tag = "repository", params(("m" = String, Path)),
-    responses((status = 200, description = "Loaded"), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+    responses((status = 200, description = "Loaded", body = RepositoryActionResponse), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "Not in the repository", body = ErrorBody),
         (status = 409, description = "The server does not run in explicit model control mode", body = ErrorBody),
         (status = 500, description = "Load failed (details in error)", body = ErrorBody)))]
 pub async fn repository_load(
     State(st): State<SharedState>,
     Path(m): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RepositoryActionResponse>, ApiError> {
     load_model(&st, &m).await?;
-    Ok(Json(json!({})))
+    Ok(Json(RepositoryActionResponse {}))
 }
 
 /// Loads (or reloads) a model from the repository directory (explicit mode), shared with gRPC.
@@ -672,15 +840,15 @@ pub(crate) async fn load_model(st: &SharedState, m: &str) -> Result<(), ApiError
 
 /// Unloads a model; queued requests still complete (explicit mode).
 #[utoipa::path(post, path = "/v2/repository/models/{m}/unload", tag = "repository", params(("m" = String, Path)),
-    responses((status = 200, description = "Unloaded"), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+    responses((status = 200, description = "Unloaded", body = RepositoryActionResponse), (status = 401, description = "Missing or wrong API key", body = ErrorBody),
         (status = 404, description = "Unknown model", body = ErrorBody),
         (status = 409, description = "The server does not run in explicit model control mode", body = ErrorBody)))]
 pub async fn repository_unload(
     State(st): State<SharedState>,
     Path(m): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RepositoryActionResponse>, ApiError> {
     unload_model(&st, &m).await?;
-    Ok(Json(json!({})))
+    Ok(Json(RepositoryActionResponse {}))
 }
 
 /// Unloads a model (explicit mode), shared with gRPC.
@@ -695,4 +863,183 @@ pub(crate) async fn unload_model(st: &SharedState, m: &str) -> Result<(), ApiErr
         return Err(ApiError::not_found(format!("unknown model \"{m}\"")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> ModelInfo {
+        ModelInfo {
+            name: "m".into(),
+            task: models::Task::SpokenIntent,
+            labels: vec!["a".into(), "b".into(), "c".into()],
+            intents: Vec::new(),
+            input_shape: vec![1, 40, 101],
+            preprocess_json: r#"{"z": 1, "kind": "mfcc", "mean": [0.1, 0.25]}"#.into(),
+            input_kind: "audio",
+            weight_bits: vec![3],
+            file_bytes: 10,
+            fp32_bytes: 40,
+            parameters: 10,
+            numeric_path: "int8".into(),
+            description: "from the file".into(),
+            tensor_train: None,
+        }
+    }
+
+    /// The `json!` configuration the typed body replaced, verbatim.
+    fn config_json_before(name: &str, version: String, c: &ModelConfig, info: &ModelInfo) -> Value {
+        json!({
+            "name": name,
+            "version": version,
+            "platform": "shiftserve",
+            "backend": "shiftserve",
+            "max_batch_size": c.max_batch_size,
+            "input": [
+                {"name": INPUT_TENSOR, "data_type": "TYPE_FP32", "dims": info.input_shape},
+                {"name": INPUT_RAW, "data_type": "TYPE_STRING", "dims": [1]},
+            ],
+            "output": [
+                {"name": OUTPUT_LOGITS, "data_type": "TYPE_FP32", "dims": [info.labels.len()]},
+                {"name": OUTPUT_PROBS, "data_type": "TYPE_FP32", "dims": [info.labels.len()]},
+            ],
+            "dynamic_batching": {
+                "preferred_batch_size": c.preferred_batch_sizes,
+                "max_queue_delay_microseconds": c.max_queue_delay_us,
+                "default_queue_policy": {
+                    "max_queue_size": c.queue_capacity,
+                    "default_timeout_microseconds": c.timeout_ms * 1000,
+                },
+            },
+            "instance_group": [{"count": c.instances, "kind": "KIND_CPU"}],
+            "version_policy": c.version_policy,
+            "parameters": {"threads": {"string_value": c.threads.to_string()}},
+            "model_warmup": c.warmup,
+            "description": c.description.clone().unwrap_or_else(|| info.description.clone()),
+            "task": info.task.as_str(),
+            "preprocess": serde_json::from_str::<Value>(&info.preprocess_json).unwrap_or(Value::Null),
+        })
+    }
+
+    /// The `json!` inference answer the typed body replaced, verbatim.
+    fn infer_json_before(
+        m: &str,
+        version: String,
+        id: Option<String>,
+        specs: &[OutputSpec],
+        tensors: Vec<OutputTensor>,
+    ) -> (String, Vec<Vec<u8>>) {
+        let mut json_outputs = Vec::new();
+        let mut binary_blobs: Vec<Vec<u8>> = Vec::new();
+        for (spec, t) in specs.iter().zip(tensors) {
+            let (datatype, shape) = (t.datatype, t.shape);
+            let (data_json, data_bin): (Value, Vec<u8>) = match &t.data {
+                OutputData::Fp32(flat) => (
+                    json!(flat),
+                    flat.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                ),
+                OutputData::Bytes(strings) => (json!(strings), bytes_elements(strings)),
+            };
+            if spec.binary {
+                json_outputs.push(
+                    json!({"name": spec.name, "datatype": datatype, "shape": shape,
+                    "parameters": {"binary_data_size": data_bin.len()}}),
+                );
+                binary_blobs.push(data_bin);
+            } else {
+                json_outputs.push(
+                    json!({"name": spec.name, "datatype": datatype, "shape": shape, "data": data_json}),
+                );
+            }
+        }
+        let mut body = json!({
+            "model_name": m,
+            "model_version": version,
+            "outputs": json_outputs,
+        });
+        if let Some(id) = id {
+            body["id"] = json!(id);
+        }
+        (body.to_string(), binary_blobs)
+    }
+
+    fn tensors() -> Vec<OutputTensor> {
+        let fp32 = || OutputData::Fp32(vec![0.1, -3.25, f32::NAN, 1e-8, 123456.79, f32::INFINITY]);
+        let bytes = || OutputData::Bytes(vec!["0.7:2:c".into(), "0.2:0:a\"x".into()]);
+        [fp32(), bytes(), fp32(), bytes()]
+            .into_iter()
+            .map(|data| OutputTensor {
+                datatype: if matches!(data, OutputData::Fp32(_)) {
+                    "FP32"
+                } else {
+                    "BYTES"
+                },
+                shape: vec![2, 3],
+                data,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn typed_bodies_match_the_json_values() {
+        let info = info();
+        for policy in [
+            VersionPolicy::Latest(2),
+            VersionPolicy::All,
+            VersionPolicy::Specific(vec![1, 3]),
+        ] {
+            for description in [None, Some("from config".to_string())] {
+                let c = ModelConfig {
+                    description,
+                    preferred_batch_sizes: vec![2, 4],
+                    version_policy: policy.clone(),
+                    warmup: Warmup {
+                        batch_sizes: vec![1, 8],
+                        iterations: 3,
+                    },
+                    ..Default::default()
+                };
+                let typed = serde_json::to_string(&config_of("m", "3".into(), &c, &info)).unwrap();
+                let before = config_json_before("m", "3".into(), &c, &info).to_string();
+                assert_eq!(typed, before);
+            }
+        }
+
+        let ready = ModelReady {
+            name: "m".into(),
+            ready: true,
+            version: "3".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&ready).unwrap(),
+            json!({"name": "m", "version": "3", "ready": true}).to_string()
+        );
+        assert_eq!(
+            serde_json::to_string(&RepositoryActionResponse {}).unwrap(),
+            json!({}).to_string()
+        );
+
+        let spec = |name: &str, classification: Option<usize>, binary: bool| OutputSpec {
+            name: name.into(),
+            classification,
+            binary,
+        };
+        let specs = [
+            spec(OUTPUT_LOGITS, None, false),
+            spec(OUTPUT_PROBS, Some(2), false),
+            spec(OUTPUT_LOGITS, None, true),
+            spec(OUTPUT_PROBS, Some(2), true),
+        ];
+        for id in [None, Some("42".to_string())] {
+            for n in [0, 1, 2, 4] {
+                let (typed, typed_bin) =
+                    infer_response("m", "1".into(), id.clone(), &specs[..n], tensors());
+                let (before, before_bin) =
+                    infer_json_before("m", "1".into(), id.clone(), &specs[..n], tensors());
+                assert_eq!(serde_json::to_string(&typed).unwrap(), before);
+                assert_eq!(typed_bin, before_bin);
+            }
+        }
+    }
 }
