@@ -32,7 +32,7 @@ const OCB: usize = 32;
 /// slower on the ResNet-18 stem).
 const MAX_NP: usize = 8;
 
-trait FmaOps {
+pub(crate) trait FmaOps {
     const VW: usize;
     type V: Copy;
     unsafe fn zero() -> Self::V;
@@ -91,10 +91,10 @@ impl FmaOps for ScalarFma {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use super::FmaOps;
     use std::arch::x86_64::*;
-    pub(super) struct Z;
+    pub(crate) struct Z;
     impl FmaOps for Z {
         const VW: usize = 16;
         type V = __m512;
@@ -128,7 +128,7 @@ mod x86 {
             _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, z), z)
         }
     }
-    pub(super) struct Y;
+    pub(crate) struct Y;
     impl FmaOps for Y {
         const VW: usize = 8;
         type V = __m256;
@@ -291,10 +291,15 @@ pub(crate) fn forward_pool_u8(
     let f_ptr = SyncPtr(out_f32.as_mut_ptr());
     let u_ptr = SyncPtr(out_u8.as_mut_ptr());
     let (sh, sw) = g.stride;
+    // The vector max pool of the stem's instruction set, if it has one.
     #[cfg(target_arch = "x86_64")]
-    let pool_avx512 = isa == Isa::Avx512 && Isa::Avx512.is_supported();
-    #[cfg(target_arch = "x86_64")]
-    let pool_avx2 = isa == Isa::Avx2 && Isa::Avx2.is_supported();
+    let max_pixel: Option<MaxPixelFn> = match isa {
+        Isa::Avx512 if isa.is_supported() => Some(max_pixel_avx512),
+        Isa::Avx2 if isa.is_supported() => Some(max_pixel_avx2),
+        _ => None,
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let max_pixel: Option<MaxPixelFn> = None;
     workers.run(&|tid| {
         // SAFETY: worker `tid` owns its slice of the row scratch.
         let rows = unsafe {
@@ -361,33 +366,11 @@ pub(crate) fn forward_pool_u8(
                             ),
                         )
                     };
-                    #[cfg(target_arch = "x86_64")]
-                    if pool_avx512 {
-                        // SAFETY: AVX-512 F/BW/VL/DQ checked; the window's rows are computed.
+                    if let Some(max_pixel) = max_pixel {
+                        // SAFETY: the CPU supports the variant (checked above); the window's
+                        // rows are computed.
                         unsafe {
-                            max_pixel_avx512(
-                                wrows,
-                                co,
-                                xs.clone(),
-                                df.as_mut_ptr(),
-                                du.as_mut_ptr(),
-                                &fq,
-                            )
-                        };
-                        continue;
-                    }
-                    #[cfg(target_arch = "x86_64")]
-                    if pool_avx2 {
-                        // SAFETY: AVX2 checked; the window's rows are computed.
-                        unsafe {
-                            max_pixel_avx2(
-                                wrows,
-                                co,
-                                xs.clone(),
-                                df.as_mut_ptr(),
-                                du.as_mut_ptr(),
-                                &fq,
-                            )
+                            max_pixel(wrows, co, xs.clone(), df.as_mut_ptr(), du.as_mut_ptr(), &fq)
                         };
                         continue;
                     }
@@ -515,6 +498,16 @@ unsafe fn max_pixel_avx2(
         c0 += 8;
     }
 }
+
+/// One pooled pixel, maximum and requantization: `max_pixel_avx512` or `max_pixel_avx2`.
+type MaxPixelFn = unsafe fn(
+    &[*const f32],
+    usize,
+    std::ops::Range<usize>,
+    *mut f32,
+    *mut u8,
+    &crate::qconv::FastQuant,
+);
 
 /// Tallest pooling window [`forward_pool_u8`] takes (its rows are kept in a ring).
 pub(crate) const MAX_POOL_ROWS: usize = 16;

@@ -353,6 +353,8 @@ pub(crate) unsafe fn apply_portable(
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
     use super::EpiCtx;
+    use crate::direct::x86::{Y, Z};
+    use crate::direct::FmaOps;
     use std::arch::x86_64::*;
 
     /// `Quant::quantize` of 16 lanes: `y * (1/scale)` rounded half to even, except in a group
@@ -416,32 +418,21 @@ pub(crate) mod x86 {
         }
     }
 
-    /// One register of lanes for the whole-vector epilogue ([`apply_whole`]): the operations
-    /// of `apply_avx512` / `apply_avx2` on a full vector, in their order.
-    pub(crate) trait Lanes {
-        /// `f32`/`i32` lanes per register.
-        const W: usize;
+    /// One register of lanes for the whole-vector epilogue ([`apply_whole`]): the float
+    /// operations (`load`, `add`, `relu`, `store`) are the direct convolution's [`FmaOps`] (the
+    /// same instructions and `-0.0`/NaN rule); this adds the integer and requantizing ones.
+    pub(crate) trait Lanes: FmaOps {
         type I: Copy;
-        type F: Copy;
         unsafe fn load_i(p: *const i32) -> Self::I;
         unsafe fn add_i(a: Self::I, b: Self::I) -> Self::I;
-        unsafe fn cvt(a: Self::I) -> Self::F;
-        unsafe fn load_f(p: *const f32) -> Self::F;
-        unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
-        unsafe fn add(a: Self::F, b: Self::F) -> Self::F;
-        /// `y < 0` lanes to `+0.0` (so `-0.0` and NaN pass unchanged).
-        unsafe fn relu(y: Self::F) -> Self::F;
-        unsafe fn store_f(p: *mut f32, y: Self::F);
-        /// Requantizes and stores `W` bytes.
-        unsafe fn store_q(p: *mut u8, y: Self::F, q: &super::FastQuant);
+        unsafe fn cvt(a: Self::I) -> Self::V;
+        unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+        /// Requantizes and stores `VW` bytes.
+        unsafe fn store_q(p: *mut u8, y: Self::V, q: &super::FastQuant);
     }
 
-    /// 16 lanes of AVX-512.
-    pub(crate) struct Z;
     impl Lanes for Z {
-        const W: usize = 16;
         type I = __m512i;
-        type F = __m512;
         #[inline(always)]
         unsafe fn load_i(p: *const i32) -> __m512i {
             _mm512_loadu_si512(p as *const _)
@@ -455,25 +446,8 @@ pub(crate) mod x86 {
             _mm512_cvtepi32_ps(a)
         }
         #[inline(always)]
-        unsafe fn load_f(p: *const f32) -> __m512 {
-            _mm512_loadu_ps(p)
-        }
-        #[inline(always)]
         unsafe fn mul(a: __m512, b: __m512) -> __m512 {
             _mm512_mul_ps(a, b)
-        }
-        #[inline(always)]
-        unsafe fn add(a: __m512, b: __m512) -> __m512 {
-            _mm512_add_ps(a, b)
-        }
-        #[inline(always)]
-        unsafe fn relu(y: __m512) -> __m512 {
-            let zero = _mm512_setzero_ps();
-            _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask::<_CMP_LT_OQ>(y, zero), zero)
-        }
-        #[inline(always)]
-        unsafe fn store_f(p: *mut f32, y: __m512) {
-            _mm512_storeu_ps(p, y)
         }
         #[inline(always)]
         unsafe fn store_q(p: *mut u8, y: __m512, q: &super::FastQuant) {
@@ -481,12 +455,8 @@ pub(crate) mod x86 {
         }
     }
 
-    /// 8 lanes of AVX2.
-    pub(crate) struct Y;
     impl Lanes for Y {
-        const W: usize = 8;
         type I = __m256i;
-        type F = __m256;
         #[inline(always)]
         unsafe fn load_i(p: *const i32) -> __m256i {
             _mm256_loadu_si256(p as *const __m256i)
@@ -500,25 +470,8 @@ pub(crate) mod x86 {
             _mm256_cvtepi32_ps(a)
         }
         #[inline(always)]
-        unsafe fn load_f(p: *const f32) -> __m256 {
-            _mm256_loadu_ps(p)
-        }
-        #[inline(always)]
         unsafe fn mul(a: __m256, b: __m256) -> __m256 {
             _mm256_mul_ps(a, b)
-        }
-        #[inline(always)]
-        unsafe fn add(a: __m256, b: __m256) -> __m256 {
-            _mm256_add_ps(a, b)
-        }
-        #[inline(always)]
-        unsafe fn relu(y: __m256) -> __m256 {
-            let zero = _mm256_setzero_ps();
-            _mm256_blendv_ps(y, zero, _mm256_cmp_ps::<_CMP_LT_OQ>(y, zero))
-        }
-        #[inline(always)]
-        unsafe fn store_f(p: *mut f32, y: __m256) {
-            _mm256_storeu_ps(p, y)
         }
         #[inline(always)]
         unsafe fn store_q(p: *mut u8, y: __m256, q: &super::FastQuant) {
@@ -527,14 +480,14 @@ pub(crate) mod x86 {
     }
 
     /// The common case of the epilogue, specialised at compile time: every channel group is a
-    /// whole register of `L::W` lanes inside `out_c`, at most one `u8` target, no NCHW output.
+    /// whole register of `L::VW` lanes inside `out_c`, at most one `u8` target, no NCHW output.
     /// `RES`/`RELU`/`F32`/`U8` say which parts run, so the inner loop has no branch on the
     /// layer's shape and no lane mask, and a pixel's addresses are computed once per pixel. The
     /// operations and their order are those of `apply_avx512` / `apply_avx2` on a full vector,
     /// so the bits are the same. Instantiated inside their `#[target_feature]` bodies.
     ///
     /// # Safety
-    /// As `apply_portable`; `ocb % L::W == 0`, `oc0 + ocb <= ctx.out_c`, `ctx.u8s.len() == U8
+    /// As `apply_portable`; `ocb % L::VW == 0`, `oc0 + ocb <= ctx.out_c`, `ctx.u8s.len() == U8
     /// as usize`, `ctx.residual.is_some() == RES`, `ctx.f32_nhwc.is_some() == F32`; the CPU
     /// runs `L`'s instructions.
     #[inline(always)]
@@ -579,21 +532,21 @@ pub(crate) mod x86 {
             let mut i = 0;
             while i < ocb {
                 let a = L::add_i(L::load_i(t.add(i)), L::load_i(corr.add(i)));
-                let mut y = L::mul(L::cvt(a), L::load_f(mul.add(i)));
-                y = L::add(y, L::load_f(bias.add(i)));
+                let mut y = L::mul(L::cvt(a), L::load(mul.add(i)));
+                y = L::add(y, L::load(bias.add(i)));
                 if RES {
-                    y = L::add(y, L::load_f(res.add(i)));
+                    y = L::add(y, L::load(res.add(i)));
                 }
                 if RELU {
                     y = L::relu(y);
                 }
                 if F32 {
-                    L::store_f(fout.add(i), y);
+                    L::store(y, fout.add(i));
                 }
                 if let (true, Some(q)) = (U8, q) {
                     L::store_q(qdst.add(i), y, q);
                 }
-                i += L::W;
+                i += L::VW;
             }
             ox += 1;
             if ox == ctx.ow {
@@ -612,7 +565,7 @@ pub(crate) mod x86 {
     macro_rules! whole_or_fall_through {
         ($l:ty, $ctx:expr, $tile:expr, $ocb:expr, $oc0:expr, $p0:expr, $np:expr) => {{
             let (ctx, ocb, oc0): (&EpiCtx<'_>, usize, usize) = ($ctx, $ocb, $oc0);
-            if ocb.is_multiple_of(<$l as Lanes>::W)
+            if ocb.is_multiple_of(<$l as FmaOps>::VW)
                 && oc0 + ocb <= ctx.out_c
                 && ctx.f32_nchw.is_none()
                 && ctx.u8s.len() <= 1
