@@ -22,8 +22,12 @@ Two measurements of the bundled ``fashion`` model on 127.0.0.1 (issue 10's targe
 
 * **Throughput as clients grow.**  The same request with wrk at each of ``--clients`` connections
   (default 1, 8, 64, 512): answers with status 200 per second, p50/p99, non-2xx answers (at 512
-  clients the model's ``queue_capacity = 256`` sheds the excess with 429, as designed), and the
+  clients the model's ``queue_capacity = 256`` is full: the rest wait for room, unread, up to its
+  ``max_queue_wait_ms``, and get 429 only past it), and the
   fall from the peak: (peak req/s - req/s) / peak req/s at each number of clients past the peak.
+  The sweep runs ``--sweeps`` times (default 3); each cell reports the median of its sweeps (and
+  every sweep's req/s), and the fall is computed on the medians: one 10 s sample per cell is
+  within the noise of a shared 2-core machine. wrk runs on the same cores as the server.
 
 The server runs as ``shiftserve serve --model-repository models/repository --model-control-mode
 explicit --load-model fashion`` (default logging: single requests at DEBUG, not written).  The
@@ -124,6 +128,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="warm-up seconds before each HTTP cell, discarded (default 3; 0: none)")
     ap.add_argument("--clients", type=peers.int_list, default=[1, 8, 64, 512], metavar="LIST",
                     help="connections of the throughput part (default 1,8,64,512)")
+    ap.add_argument("--sweeps", type=int, default=3, metavar="N",
+                    help="rounds of the client sweep; each cell reports its median (default 3)")
     ap.add_argument("--wrk-threads", type=int, default=1, metavar="N",
                     help="wrk threads (default 1; at most one per connection)")
     ap.add_argument("--timeout", type=int, default=30, metavar="S", help="request timeout in seconds (default 30)")
@@ -135,8 +141,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="shiftserve binary (default: $SHIFTSERVE_BIN, else ${CARGO_TARGET_DIR:-target}"
                          "/release/shiftserve, built with `cargo build --release -p server` if missing)")
     args = ap.parse_args(argv)
-    if args.seconds < 1 or args.repeats < 1 or args.warmup < 0 or args.wrk_threads < 1 or args.timeout < 1:
-        ap.error("--seconds, --repeats, --wrk-threads and --timeout must be at least 1, --warmup at least 0")
+    if (args.seconds < 1 or args.repeats < 1 or args.sweeps < 1 or args.warmup < 0 or args.wrk_threads < 1
+            or args.timeout < 1):
+        ap.error("--seconds, --repeats, --sweeps, --wrk-threads and --timeout must be at least 1, --warmup at least 0")
     args.repository = args.repository.resolve()
     return args
 
@@ -184,12 +191,15 @@ def main(argv=None) -> int:
                 rounds.append((bare, cell))
                 log(f"round {r + 1}: bare p50 {fmt_us(bare.p50)} us, HTTP p50 {fmt_us(cell.p50_ms)} us, added "
                     f"{fmt_us(cell.p50_ms - bare.p50)} us (others' CPU {cell.others_cpu:.2f}: {cell.others})")
-            for c in args.clients:
-                if args.warmup:
-                    bs.run_wrk(url, c, args.warmup, args, request)
-                cell = cells[c] = bs.run_wrk(url, c, args.seconds, args, request, server=process)
-                log(f"{c} clients: {cell.throughput:.1f} req/s (200), p50 {peers.fmt_ms(cell.p50_ms)} ms, p99 "
-                    f"{peers.fmt_ms(cell.p99_ms)} ms, non-2xx {cell.bad_status}, errors {cell.errors}")
+            for sweep in range(args.sweeps):
+                for c in args.clients:
+                    if args.warmup:
+                        bs.run_wrk(url, c, args.warmup, args, request)
+                    cell = bs.run_wrk(url, c, args.seconds, args, request, server=process)
+                    cells.setdefault(c, []).append(cell)
+                    log(f"sweep {sweep + 1}, {c} clients: {cell.throughput:.1f} req/s (200), p50 "
+                        f"{peers.fmt_ms(cell.p50_ms)} ms, p99 {peers.fmt_ms(cell.p99_ms)} ms, non-2xx "
+                        f"{cell.bad_status}, errors {cell.errors}")
         except (RuntimeError, OSError, ValueError, KeyError, StopIteration) as e:
             failure = f"{type(e).__name__}: {e}"
             log(f"FAILED: {failure}")
@@ -207,7 +217,7 @@ def report(args, facts, started, model, config, rounds, cells, bench_out, failur
         *bs.machine_lines(facts, started, "scripts/bench-latency"),
         f"* model: {shown}; config.toml: threads {config.get('threads', 1)}, max_batch_size "
         f"{config.get('max_batch_size')}, instances {config.get('instances', 1)}, queue_capacity "
-        f"{config.get('queue_capacity')}",
+        f"{config.get('queue_capacity')}, max_queue_wait_ms {config.get('max_queue_wait_ms', '1000 (default)')}",
         "* input: the 1x28x28 FP32 tensor `shiftserve bench` feeds at batch 1; over HTTP as an OIP v2 binary "
         "tensor (`POST /v2/models/fashion/infer`, answer: JSON logits and probabilities)",
         f"* server: `shiftserve serve --model-repository ... --model-control-mode explicit --load-model {MODEL}`, "
@@ -241,23 +251,31 @@ def report(args, facts, started, model, config, rounds, cells, bench_out, failur
             "",
         ]
     if cells:
-        peak_c = max(cells, key=lambda c: cells[c].throughput)
-        peak = cells[peak_c].throughput
+        # Per number of clients: the sweep with the median req/s stands for the cell.
+        med = {c: sorted(runs, key=lambda x: x.throughput)[(len(runs) - 1) // 2] for c, runs in cells.items()}
+        tput = {c: statistics.median(x.throughput for x in runs) for c, runs in cells.items()}
+        peak_c = max(tput, key=lambda c: tput[c])
+        peak = tput[peak_c]
         rows, worst = [], 0.0
-        for c, cell in cells.items():
-            fall = (peak - cell.throughput) / peak * 100 if peak and c > peak_c else None
+        for c, cell in med.items():
+            fall = (peak - tput[c]) / peak * 100 if peak and c > peak_c else None
             if fall is not None:
                 worst = max(worst, fall)
-            rows.append([str(c), f"{cell.throughput:.1f}", peers.fmt_ms(cell.p50_ms), peers.fmt_ms(cell.p99_ms),
-                         f"{cell.bad_status} of {cell.answers}", str(cell.errors - cell.bad_status),
+            rows.append([str(c), f"{tput[c]:.1f}", " / ".join(f"{x.throughput:.0f}" for x in cells[c]),
+                         peers.fmt_ms(cell.p50_ms), peers.fmt_ms(cell.p99_ms),
+                         f"{sum(x.bad_status for x in cells[c])} of {sum(x.answers for x in cells[c])}",
+                         str(sum(x.errors - x.bad_status for x in cells[c])),
                          "peak" if c == peak_c else (f"{fall:.1f} %" if fall is not None else "-"),
                          f"{cell.server_cpu:.2f}", f"{cell.others_cpu:.2f}"])
         out += [
             "## Throughput as clients grow",
             "",
-            peers.markdown_table(["clients", "req/s (200)", "p50 ms", "p99 ms", "non-2xx answers",
-                                  "socket errors + timeouts", "fall from peak", "server CPU (cores)",
-                                  "others' CPU (cores)"], rows),
+            f"Median of {args.sweeps} sweep(s) per cell (every sweep's req/s beside it); p50, p99 and CPU of the "
+            "median sweep; answers and errors summed over the sweeps.",
+            "",
+            peers.markdown_table(["clients", "req/s (200), median", "req/s per sweep", "p50 ms", "p99 ms",
+                                  "non-2xx answers", "socket errors + timeouts", "fall from peak",
+                                  "server CPU (cores)", "others' CPU (cores)"], rows),
             "",
             f"Peak {peak:.1f} req/s at {peak_c} clients; largest fall after it: {worst:.1f} %; target no fall "
             f"(within {args.tolerance:g} %): **{'met' if worst <= args.tolerance else 'missed'}**.",
@@ -265,7 +283,8 @@ def report(args, facts, started, model, config, rounds, cells, bench_out, failur
         ]
     busy = [f"* {label}: {cell.others}" for label, cell in
             [(f"added-latency round {i}", cell) for i, (_, cell) in enumerate(rounds, 1)]
-            + [(f"{c} clients", cell) for c, cell in cells.items()] if cell.others != "none"]
+            + [(f"{c} clients, sweep {i}", cell) for c, runs in cells.items() for i, cell in enumerate(runs, 1)]
+            if cell.others != "none"]
     out += ["Other processes using >= 5 % of a core during a measured HTTP cell:", "",
             *(busy or ["* none"]), ""]
     return "\n".join(out)

@@ -2,7 +2,8 @@
 # Check 5: overload turns into 429s, not unbounded latency (the k6 script's OVERLOAD scenario).
 #   scripts/deploy-checks/overload.sh <shiftserve binary> <model repository>
 # Serves a copy of the repository in which one model gets a deliberately small capacity (one
-# instance, one thread, batches of at most 2, a queue of 4, and a 30 s deadline so that unbounded
+# instance, one thread, batches of at most 2, a queue of 4 whose waiters get 429 after 100 ms
+# without room, and a 30 s deadline so that unbounded
 # queueing would show as latencies far past the bound), then k6 ramps the arrival rate far past
 # that (OVERLOAD_RATE, default 1000/s, bounded: 10 s ramp + 10 s hold). Passes when k6's
 # thresholds hold (every answer is 200 or 429, 429s carry Retry-After, p99 of all answers stays
@@ -35,7 +36,7 @@ import sys, tomllib
 path, queue = sys.argv[1], int(sys.argv[2])
 cfg = tomllib.load(open(path, "rb"))
 cfg.update(max_batch_size=2, preferred_batch_sizes=[2], max_queue_delay_us=500, queue_capacity=queue,
-           threads=1, instances=1, timeout_ms=30000, warmup={"batch_sizes": [1, 2], "iterations": 1})
+           max_queue_wait_ms=100, threads=1, instances=1, timeout_ms=30000, warmup={"batch_sizes": [1, 2], "iterations": 1})
 
 def val(v):
     if isinstance(v, bool):

@@ -9,14 +9,20 @@
 //! request arrived. `wait_when_idle` restores the fixed delay of Triton's dynamic batcher
 //! (always wait up to `max_queue_delay` for a preferred size).
 //! Requests whose client went away or whose deadline passed are dropped before they run.
+//!
+//! Admission: `queue_capacity` bounds the samples admitted and not yet taken into a batch. A
+//! request that finds no room may wait for it ([`Batcher::reserve_within`]) in arrival order
+//! (a fair semaphore: a newcomer never overtakes a waiter); waiting costs neither CPU nor the
+//! request's body, which is read only once it has its place.
 
 use models::{ErrorKind, ModelError};
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore, TryAcquireError};
 
 /// Executes batches; one per inference thread, owning its preallocated buffers.
 pub trait Runner: Send {
@@ -63,6 +69,9 @@ pub struct BatchConfig {
     pub queue_capacity: usize,
     /// Wait up to `max_queue_delay` for a preferred size even when the model is idle.
     pub wait_when_idle: bool,
+    /// How long an instance that finds the queue empty polls it before sleeping (one instance
+    /// per model at a time); zero: sleep at once.
+    pub idle_spin: Duration,
 }
 
 #[derive(Debug)]
@@ -148,6 +157,36 @@ impl Reservation {
     }
 }
 
+impl Reservation {
+    /// Grows this reservation to `n` places if the queue has room for the extra ones now (and
+    /// nobody waits for room ahead of this request); false leaves it unchanged.
+    pub fn try_grow(&mut self, n: usize) -> bool {
+        if n <= self.n {
+            return n == self.n;
+        }
+        let extra = n - self.n;
+        let Ok(extra_u32) = u32::try_from(extra) else {
+            return false;
+        };
+        match self.shared.room.try_acquire_many(extra_u32) {
+            Ok(p) => p.forget(),
+            Err(_) => return false,
+        }
+        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.reserved += extra;
+        let depth = st.depth();
+        drop(st);
+        self.n = n;
+        self.shared.observer.queue_depth(depth);
+        true
+    }
+
+    /// Whether this reservation holds places in `batcher`'s queue.
+    pub fn is_for(&self, batcher: &Batcher) -> bool {
+        Arc::ptr_eq(&self.shared, &batcher.shared)
+    }
+}
+
 impl Drop for Reservation {
     fn drop(&mut self) {
         if self.n == 0 {
@@ -157,6 +196,7 @@ impl Drop for Reservation {
         st.reserved -= self.n;
         let depth = st.depth();
         drop(st);
+        self.shared.room.add_permits(self.n);
         self.shared.observer.queue_depth(depth);
     }
 }
@@ -164,8 +204,16 @@ impl Drop for Reservation {
 struct Shared {
     state: Mutex<State>,
     cv: Condvar,
+    /// Free places: `queue_capacity` minus the depth, handed out in arrival order. Places are
+    /// taken (and forgotten) at admission and added back when samples leave the depth: taken
+    /// into a batch, purged, or a reservation dropped unused.
+    room: Semaphore,
     cfg: BatchConfig,
     observer: Arc<dyn BatchObserver>,
+    /// Queued jobs, readable without the lock (what an idle spinning instance polls).
+    queued: AtomicUsize,
+    /// An instance is polling the queue instead of sleeping (at most one at a time).
+    spinning: AtomicBool,
 }
 
 pub struct Batcher {
@@ -211,6 +259,9 @@ impl Batcher {
                 busy: 0,
             }),
             cv: Condvar::new(),
+            room: Semaphore::new(cfg.queue_capacity),
+            queued: AtomicUsize::new(0),
+            spinning: AtomicBool::new(false),
             cfg,
             observer,
         });
@@ -224,6 +275,7 @@ impl Batcher {
                 Ok(h) => workers.push(h),
                 Err(e) => {
                     shared.state.lock().unwrap().closed = true;
+                    shared.room.close();
                     shared.cv.notify_all();
                     return Err(e);
                 }
@@ -235,24 +287,65 @@ impl Batcher {
         })
     }
 
-    /// Admits `n` samples of one request: reserves their places against `queue_capacity`
-    /// (counting reserved and queued samples), or refuses with `Full` / `Closed`.
+    /// Admits `n` samples of one request if the queue has room for them now: reserves their
+    /// places against `queue_capacity` (counting reserved and queued samples), or refuses with
+    /// `Full` (also while earlier requests wait for room) / `Closed`.
     pub fn reserve(&self, n: usize) -> Result<Reservation, SubmitError> {
-        let mut st = self.shared.state.lock().unwrap();
-        if st.closed {
+        if self.shared.state.lock().unwrap().closed {
             return Err(SubmitError::Closed);
         }
-        if st.depth() + n > self.shared.cfg.queue_capacity {
+        let Ok(n_u32) = u32::try_from(n) else {
+            return Err(SubmitError::Full);
+        };
+        match self.shared.room.try_acquire_many(n_u32) {
+            Ok(p) => p.forget(),
+            Err(TryAcquireError::Closed) => return Err(SubmitError::Closed),
+            Err(TryAcquireError::NoPermits) => return Err(SubmitError::Full),
+        }
+        Ok(self.admitted(n))
+    }
+
+    /// Admits `n` samples of one request, waiting for room until `until` in arrival order
+    /// (`Full` when there is none by then, at once if `n` exceeds `queue_capacity`; `Closed` as
+    /// soon as the batcher closes). Cancel-safe: dropped while waiting, it takes no place.
+    pub async fn reserve_within(
+        &self,
+        n: usize,
+        until: tokio::time::Instant,
+    ) -> Result<Reservation, SubmitError> {
+        if n > self.shared.cfg.queue_capacity {
             return Err(SubmitError::Full);
         }
+        if until <= tokio::time::Instant::now() {
+            return self.reserve(n);
+        }
+        let Ok(n_u32) = u32::try_from(n) else {
+            return Err(SubmitError::Full);
+        };
+        let acquire = self.shared.room.acquire_many(n_u32);
+        match tokio::time::timeout_at(until, acquire).await {
+            Ok(Ok(p)) => p.forget(),
+            Ok(Err(_)) => return Err(SubmitError::Closed),
+            Err(_) => return Err(SubmitError::Full),
+        }
+        if self.shared.state.lock().unwrap().closed {
+            self.shared.room.add_permits(n);
+            return Err(SubmitError::Closed);
+        }
+        Ok(self.admitted(n))
+    }
+
+    /// Books `n` places already taken from `room` as reserved.
+    fn admitted(&self, n: usize) -> Reservation {
+        let mut st = self.shared.state.lock().unwrap();
         st.reserved += n;
         let depth = st.depth();
         drop(st);
         self.shared.observer.queue_depth(depth);
-        Ok(Reservation {
+        Reservation {
             shared: self.shared.clone(),
             n,
-        })
+        }
     }
 
     /// Enqueues all jobs of one request in the places `res` reserved on this batcher (one job
@@ -270,6 +363,7 @@ impl Batcher {
         st.reserved -= res.n;
         res.n = 0;
         st.queue.extend(jobs);
+        self.shared.queued.store(st.queue.len(), Ordering::Release);
         let depth = st.depth();
         drop(st);
         self.shared.observer.queue_depth(depth);
@@ -295,6 +389,7 @@ impl Batcher {
     /// Stops accepting work; queued requests still run, then the threads exit.
     pub fn close(&self) {
         self.shared.state.lock().unwrap().closed = true;
+        self.shared.room.close();
         self.shared.cv.notify_all();
     }
 
@@ -314,8 +409,8 @@ impl Drop for Batcher {
     }
 }
 
-/// Removes cancelled and expired jobs; answers the expired ones.
-fn purge(queue: &mut VecDeque<Job>, observer: &dyn BatchObserver) -> bool {
+/// Removes cancelled and expired jobs; answers the expired ones. Returns how many it removed.
+fn purge(queue: &mut VecDeque<Job>, observer: &dyn BatchObserver) -> usize {
     let now = Instant::now();
     let before = queue.len();
     let mut kept = VecDeque::with_capacity(queue.len());
@@ -331,7 +426,7 @@ fn purge(queue: &mut VecDeque<Job>, observer: &dyn BatchObserver) -> bool {
         }
     }
     *queue = kept;
-    queue.len() != before
+    before - queue.len()
 }
 
 fn worker_loop(shared: Arc<Shared>, mut runner: Box<dyn Runner>) {
@@ -340,13 +435,32 @@ fn worker_loop(shared: Arc<Shared>, mut runner: Box<dyn Runner>) {
         let jobs: Vec<Job> = {
             let mut st = shared.state.lock().unwrap();
             let take = loop {
-                if purge(&mut st.queue, &*shared.observer) {
+                let purged = purge(&mut st.queue, &*shared.observer);
+                if purged > 0 {
+                    shared.queued.store(st.queue.len(), Ordering::Release);
+                    shared.room.add_permits(purged);
                     shared.observer.queue_depth(st.depth());
                 }
                 let n = st.queue.len();
                 if n == 0 {
                     if st.closed {
                         return;
+                    }
+                    if !cfg.idle_spin.is_zero() && !shared.spinning.swap(true, Ordering::AcqRel) {
+                        // Poll for the next request a little before sleeping: one that comes
+                        // meanwhile starts without a thread wake-up.
+                        drop(st);
+                        let until = Instant::now() + cfg.idle_spin;
+                        while shared.queued.load(Ordering::Acquire) == 0 && Instant::now() < until {
+                            for _ in 0..32 {
+                                std::hint::spin_loop();
+                            }
+                        }
+                        shared.spinning.store(false, Ordering::Release);
+                        st = shared.state.lock().unwrap();
+                        if !st.queue.is_empty() || st.closed {
+                            continue;
+                        }
                     }
                     st = shared.cv.wait(st).unwrap();
                     continue;
@@ -367,10 +481,12 @@ fn worker_loop(shared: Arc<Shared>, mut runner: Box<dyn Runner>) {
                 st = shared.cv.wait_timeout(st, wait).unwrap().0;
             };
             let jobs: Vec<Job> = st.queue.drain(..take).collect();
+            shared.queued.store(st.queue.len(), Ordering::Release);
             st.busy += 1;
             let rest = st.queue.len();
             let depth = st.depth();
             drop(st);
+            shared.room.add_permits(take);
             shared.observer.queue_depth(depth);
             if rest > 0 {
                 // Let another instance start forming the next batch.
@@ -479,6 +595,7 @@ mod tests {
             max_queue_delay: Duration::from_millis(delay_ms),
             queue_capacity: cap,
             wait_when_idle: false,
+            idle_spin: Duration::ZERO,
         }
     }
 
@@ -707,6 +824,119 @@ mod tests {
         assert!(r2.blocking_recv().unwrap().is_ok());
         let (j4, _r4) = Job::new(vec![1.0], far());
         assert_eq!(b.submit(vec![j4]).unwrap_err(), SubmitError::Closed);
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    fn soon(ms: u64) -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn waiting_admission_gets_the_places_a_batch_frees_in_arrival_order() {
+        // Room for 2; one instance held in the runner.
+        let (b, started, gate, _) = start_gated(cfg(1, &[], 0, 2), 1);
+        let (j, r1) = Job::new(vec![1.0], far());
+        b.submit(vec![j]).unwrap();
+        assert_eq!(started.recv().unwrap(), 1);
+        let (j, r2) = Job::new(vec![2.0], far());
+        let (k, r3) = Job::new(vec![3.0], far());
+        b.submit(vec![j]).unwrap();
+        b.submit(vec![k]).unwrap();
+        assert_eq!(b.depth(), 2);
+        let b = Arc::new(b);
+        let rt = rt();
+        rt.block_on(async {
+            // No room: a waiter times out with Full, taking no place.
+            assert_eq!(
+                b.reserve_within(1, soon(30)).await.err(),
+                Some(SubmitError::Full)
+            );
+            // More than the queue can ever hold is refused at once.
+            assert_eq!(
+                b.reserve_within(3, soon(60_000)).await.err(),
+                Some(SubmitError::Full)
+            );
+            // Two waiters in order; a newcomer's try does not overtake them.
+            let order = Arc::new(Mutex::new(Vec::new()));
+            let mut waiters = Vec::new();
+            for (i, n) in [(0, 2), (1, 1)] {
+                let (b, order) = (b.clone(), order.clone());
+                waiters.push(tokio::spawn(async move {
+                    let r = b.reserve_within(n, soon(60_000)).await.unwrap();
+                    order.lock().unwrap().push(i);
+                    r
+                }));
+                tokio::task::yield_now().await;
+            }
+            gate.open();
+            let first = waiters.remove(0).await.unwrap();
+            assert_eq!(first.len(), 2);
+            assert_eq!(*order.lock().unwrap(), vec![0]);
+            // The queue holds the 2 places of the first waiter: the second still waits, and a
+            // newcomer gets no place.
+            assert_eq!(b.depth(), 2);
+            assert_eq!(b.reserve(1).err(), Some(SubmitError::Full));
+            drop(first);
+            let second = waiters.remove(0).await.unwrap();
+            assert_eq!(second.len(), 1);
+            assert_eq!(*order.lock().unwrap(), vec![0, 1]);
+            assert_eq!(b.depth(), 1);
+            drop(second);
+        });
+        assert_eq!(r1.blocking_recv().unwrap().unwrap().output, vec![1.0]);
+        assert_eq!(r2.blocking_recv().unwrap().unwrap().output, vec![2.0]);
+        assert_eq!(r3.blocking_recv().unwrap().unwrap().output, vec![3.0]);
+        assert_eq!(b.depth(), 0);
+        assert!(b.reserve(2).is_ok());
+    }
+
+    #[test]
+    fn an_idle_spinning_instance_runs_what_arrives_and_stops_on_close() {
+        let c = BatchConfig {
+            idle_spin: Duration::from_millis(50),
+            ..cfg(4, &[], 0, 8)
+        };
+        let (b, sizes, _) = start(c, None);
+        for i in 0..20 {
+            // Each request arrives while the instance polls after the previous one.
+            let (j, r) = Job::new(vec![i as f32], far());
+            b.submit(vec![j]).unwrap();
+            assert_eq!(r.blocking_recv().unwrap().unwrap().output, vec![i as f32]);
+        }
+        assert_eq!(sizes.try_iter().count(), 20);
+        // Closing while it polls: the thread exits (shutdown joins it).
+        b.shutdown();
+        assert_eq!(b.depth(), 0);
+    }
+
+    #[test]
+    fn closing_wakes_waiters_with_closed_and_grow_needs_room() {
+        let (b, _sizes, _) = start(cfg_waiting(8, &[], 60_000, 3), None);
+        let b = Arc::new(b);
+        let mut r = b.reserve(1).unwrap();
+        assert!(r.is_for(&b));
+        assert!(r.try_grow(3));
+        assert_eq!((r.len(), b.depth()), (3, 3));
+        assert!(!r.try_grow(4));
+        assert_eq!((r.len(), b.depth()), (3, 3));
+        let rt = rt();
+        rt.block_on(async {
+            let w = {
+                let b = b.clone();
+                tokio::spawn(async move { b.reserve_within(1, soon(60_000)).await.err() })
+            };
+            tokio::task::yield_now().await;
+            b.close();
+            assert_eq!(w.await.unwrap(), Some(SubmitError::Closed));
+        });
+        drop(r);
+        assert_eq!(b.depth(), 0);
     }
 
     #[test]

@@ -14,7 +14,15 @@ pub struct ModelConfig {
     /// Wait up to `max_queue_delay_us` for a preferred batch size even when the model is idle
     /// (Triton's fixed delay). Off: an idle model runs a request at once.
     pub wait_when_idle: bool,
+    /// After a batch, an inference thread that finds the queue empty polls it this long before
+    /// it sleeps (one thread per model at a time): a request that arrives meanwhile starts
+    /// without a thread wake-up, at the cost of up to this much CPU time per idle gap. 0: sleep
+    /// at once.
+    pub idle_spin_us: u64,
     pub queue_capacity: usize,
+    /// How long a request that finds the queue full waits for room (in arrival order, within
+    /// its deadline, before its body is read) until it is refused with 429. 0: refuse at once.
+    pub max_queue_wait_ms: u64,
     pub threads: usize,
     pub instances: usize,
     pub timeout_ms: u64,
@@ -34,7 +42,9 @@ impl Default for ModelConfig {
             preferred_batch_sizes: Vec::new(),
             max_queue_delay_us: 2000,
             wait_when_idle: false,
+            idle_spin_us: 0,
             queue_capacity: 256,
+            max_queue_wait_ms: 1000,
             threads: 1,
             instances: 1,
             timeout_ms: 10_000,
@@ -136,6 +146,8 @@ pub const MAX_BATCH_LIMIT: usize = 1024;
 /// (an extra few zeros) is an error rather than a queue that exhausts memory.
 pub const MAX_QUEUE_CAPACITY: usize = 1_000_000;
 pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+/// Longest `idle_spin_us`.
+pub const MAX_IDLE_SPIN_US: u64 = 10_000;
 pub const MAX_LIST_LEN: usize = 64;
 pub const MAX_DESCRIPTION_LEN: usize = 4096;
 pub const MAX_VERSIONS: usize = 10_000;
@@ -207,6 +219,18 @@ impl ModelConfig {
             return Err(format!(
                 "timeout_ms must be in 1..={MAX_TIMEOUT_MS} (one hour), got {}",
                 self.timeout_ms
+            ));
+        }
+        if self.idle_spin_us > MAX_IDLE_SPIN_US {
+            return Err(format!(
+                "idle_spin_us must be in 0..={MAX_IDLE_SPIN_US} (10 ms), got {}",
+                self.idle_spin_us
+            ));
+        }
+        if self.max_queue_wait_ms > MAX_TIMEOUT_MS {
+            return Err(format!(
+                "max_queue_wait_ms must be in 0..={MAX_TIMEOUT_MS} (one hour), got {}",
+                self.max_queue_wait_ms
             ));
         }
         if self.max_queue_delay_us > 60_000_000 {
@@ -336,6 +360,8 @@ iterations = 2
             ("queue_capacity = 1000000000000000000", "queue_capacity"),
             ("timeout_ms = 86400000", "timeout_ms"),
             ("max_queue_delay_us = 61000000", "max_queue_delay_us"),
+            ("max_queue_wait_ms = 3600001", "max_queue_wait_ms"),
+            ("idle_spin_us = 10001", "idle_spin_us"),
             ("threads = 257", "threads"),
             ("instances = 65", "instances"),
             ("max_batch_size = 1025", "max_batch_size"),

@@ -259,6 +259,7 @@ pub fn load_version(
         max_queue_delay: Duration::from_micros(config.max_queue_delay_us),
         queue_capacity: config.queue_capacity,
         wait_when_idle: config.wait_when_idle,
+        idle_spin: Duration::from_micros(config.idle_spin_us),
     };
     let batcher = Batcher::start(&format!("{name}-{version}"), batch_cfg, runners, observer)
         .map_err(|e| format!("cannot start inference threads: {e}"))?;

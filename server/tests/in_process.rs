@@ -169,8 +169,8 @@ async fn a_panicking_run_is_a_json_500_and_the_worker_survives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stalled_model_times_out_requests_and_sheds_beyond_its_queue() {
-    // One instance, batches of one, room for 2 admitted samples.
-    let a = app("max_batch_size = 1\nqueue_capacity = 2\n");
+    // One instance, batches of one, room for 2 admitted samples, no waiting for room.
+    let a = app("max_batch_size = 1\nqueue_capacity = 2\nmax_queue_wait_ms = 0\n");
     a.script.mode.store(3, Ordering::SeqCst);
     // A deadline shorter than the stall: 504 with a JSON error.
     let (st, v) = call(&a, predict(Some(100))).await;
@@ -222,8 +222,8 @@ async fn wait_for(what: &str, cond: impl Fn() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_queue_answers_429_before_the_body_is_decoded() {
-    // One instance, batches of one, room for 2 admitted samples.
-    let a = app("max_batch_size = 1\nqueue_capacity = 2\ninstances = 1\n");
+    // One instance, batches of one, room for 2 admitted samples, no waiting for room.
+    let a = app("max_batch_size = 1\nqueue_capacity = 2\ninstances = 1\nmax_queue_wait_ms = 0\n");
     let lv = a.state.repo.get("tiny", None).unwrap();
     let routes = [
         "/v1/models/tiny/predict",
@@ -294,4 +294,104 @@ async fn a_full_queue_answers_429_before_the_body_is_decoded() {
     // With room again, bodies are decoded again.
     let (st, v) = call(&a, undecodable(routes[2])).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+}
+
+/// Spawns `req` on the router; the handle yields its status and JSON body.
+fn spawn_call(a: &App, req: Request<Body>) -> tokio::task::JoinHandle<(StatusCode, Value)> {
+    let r = a.router.clone();
+    tokio::spawn(async move {
+        let resp = r.oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+        )
+    })
+}
+
+/// Blocks the runner and fills the queue of `a` (capacity 2): one request in the runner, two
+/// queued. Returns their handles.
+async fn hold_a_full_queue(a: &App) -> Vec<tokio::task::JoinHandle<(StatusCode, Value)>> {
+    let lv = a.state.repo.get("tiny", None).unwrap();
+    a.script.mode.store(4, Ordering::SeqCst);
+    let mut held = vec![spawn_call(a, predict(Some(600_000)))];
+    wait_for("the first request to reach the runner", || {
+        a.script.runs.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    held.push(spawn_call(a, predict(Some(600_000))));
+    held.push(spawn_call(a, predict(Some(600_000))));
+    wait_for("the queue to fill", || lv.batcher.depth() == 2).await;
+    held
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_without_room_waits_for_it_unread_and_is_then_served() {
+    let a =
+        app("max_batch_size = 1\nqueue_capacity = 2\ninstances = 1\nmax_queue_wait_ms = 600000\n");
+    let lv = a.state.repo.get("tiny", None).unwrap();
+    let held = hold_a_full_queue(&a).await;
+    // Beyond the capacity: a valid request on each API and an undecodable body wait for room,
+    // taking no place and not answered (the undecodable one is not decoded yet).
+    let waiting = vec![
+        spawn_call(&a, predict(Some(600_000))),
+        spawn_call(
+            &a,
+            Request::post("/v2/models/tiny/infer?timeout_ms=600000")
+                .header("content-type", "application/json")
+                .body(Body::from("{\"inputs\": not json"))
+                .unwrap(),
+        ),
+    ];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(waiting.iter().all(|h| !h.is_finished()));
+    assert_eq!(lv.batcher.depth(), 2);
+    assert_eq!(a.script.runs.load(Ordering::SeqCst), 1);
+    // Released: every request is answered; the waiters as if the queue had had room.
+    a.script.mode.store(0, Ordering::SeqCst);
+    for h in held {
+        let (st, v) = h.await.unwrap();
+        assert_eq!(st, StatusCode::OK, "{v}");
+    }
+    let mut waiting = waiting.into_iter();
+    let (st, v) = waiting.next().unwrap().await.unwrap();
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert!(v["predictions"][0]["label"].is_string(), "{v}");
+    let (st, v) = waiting.next().unwrap().await.unwrap();
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(a.script.runs.load(Ordering::SeqCst), 4);
+    assert_eq!(lv.batcher.depth(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_that_finds_no_room_within_the_wait_is_refused_with_429() {
+    let a = app("max_batch_size = 1\nqueue_capacity = 2\ninstances = 1\nmax_queue_wait_ms = 150\n");
+    let lv = a.state.repo.get("tiny", None).unwrap();
+    let held = hold_a_full_queue(&a).await;
+    for uri in ["/v1/models/tiny/predict", "/v2/models/tiny/infer"] {
+        let t = std::time::Instant::now();
+        let (st, v) = call(&a, undecodable(uri)).await;
+        assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "{uri}: {v}");
+        assert!(
+            t.elapsed() >= Duration::from_millis(150),
+            "{uri}: {:?}",
+            t.elapsed()
+        );
+        let msg = v["error"].as_str().unwrap();
+        assert!(
+            msg.starts_with("model \"tiny\" queue is full (2 requests) and had no room within 1"),
+            "{msg}"
+        );
+        assert_eq!(lv.batcher.depth(), 2);
+    }
+    // A request's own deadline bounds the wait too (50 ms here): still the queue's 429.
+    let (st, v) = call(&a, predict(Some(50))).await;
+    assert_eq!(st, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    a.script.mode.store(0, Ordering::SeqCst);
+    for h in held {
+        let (st, v) = h.await.unwrap();
+        assert_eq!(st, StatusCode::OK, "{v}");
+    }
+    assert_eq!(lv.batcher.depth(), 0);
 }

@@ -213,7 +213,9 @@ impl GrpcInferenceService for InferenceService {
         }
         // The HTTP route's pipeline: accepted (and counted) once the model is known, decoded
         // against its shape by the shared decoder, run through the shared batchers.
-        let mut acc = v2::accept(st, &m, v.as_deref(), started).map_err(err)?;
+        let mut acc = v2::accept(st, &m, v.as_deref(), started, timeout_ms, &headers)
+            .await
+            .map_err(err)?;
         let result = async {
             let lv = acc.resolve(st, &m, v.as_deref())?;
             let decoded = tensors::decode(r, &v2::model_shape(&lv))?;

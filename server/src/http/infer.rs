@@ -2,7 +2,7 @@
 //! the blocking pool, submission to the model's batcher, waiting, accounting.
 
 use super::{lookup_error, AppState};
-use crate::batcher::{Job, JobError, SubmitError};
+use crate::batcher::{Job, JobError, Reservation, SubmitError};
 use crate::error::{ApiError, Reason};
 use crate::repository::LoadedVersion;
 use axum::body::Body;
@@ -46,6 +46,9 @@ pub struct Tracker {
     lv: Option<Arc<LoadedVersion>>,
     pub started: Instant,
     done: bool,
+    /// The place in a model's queue taken before the body was read ([`admit_early`]), grown to
+    /// the request's batch by `run`; given back when the tracker is dropped unused.
+    admission: Option<Reservation>,
 }
 
 impl Tracker {
@@ -59,6 +62,7 @@ impl Tracker {
             lv: None,
             started,
             done: false,
+            admission: None,
         }
     }
 
@@ -243,19 +247,21 @@ async fn run_inner(
     }
 
     // Admission: the request takes its places in the model's queue (bounded by
-    // `queue_capacity`) before it waits for a preprocessing slot, so an overloaded model refuses
-    // at once and the queue depth counts every admitted, unanswered sample. The reservation is
-    // given back when dropped on any early return (error, timeout, cancelled client).
+    // `queue_capacity`; the place taken before the body was read grows to the request's batch)
+    // before it waits for a preprocessing slot, so the queue depth counts every admitted,
+    // unanswered sample. Without room it waits in arrival order up to the model's
+    // `max_queue_wait_ms` (within the deadline), then refuses. The reservation is given back
+    // when dropped on any early return (error, timeout, cancelled client).
     let n = samples.len();
     let mut attempt = 0;
-    let mut reservation = loop {
-        match lv.batcher.reserve(n) {
-            Ok(r) => break r,
-            Err(e) => {
-                lv = retry_target(state, target, &lv, e, &mut attempt, lv.input_len)?;
-                tracker.set_version(&lv);
-            }
-        }
+    let mut early = tracker.admission.take().filter(|r| r.is_for(&lv.batcher));
+    if early.as_mut().is_some_and(|r| !r.try_grow(n)) {
+        // No room for the rest of the batch now: give the place back and wait for all of it.
+        early = None;
+    }
+    let mut reservation = match early {
+        Some(r) => r,
+        None => admit(state, target, &mut lv, tracker, n, deadline, &mut attempt).await?,
     };
 
     // Preprocessing, on the bounded blocking pool; the samples of one request in parallel.
@@ -349,15 +355,8 @@ async fn run_inner(
                 let expected_len = lv.input_len;
                 lv = retry_target(state, target, &lv, e, &mut attempt, expected_len)?;
                 tracker.set_version(&lv);
-                reservation = loop {
-                    match lv.batcher.reserve(n) {
-                        Ok(r) => break r,
-                        Err(e) => {
-                            lv = retry_target(state, target, &lv, e, &mut attempt, expected_len)?;
-                            tracker.set_version(&lv);
-                        }
-                    }
-                };
+                reservation =
+                    admit(state, target, &mut lv, tracker, n, deadline, &mut attempt).await?;
             }
         }
     }
@@ -412,26 +411,82 @@ async fn run_inner(
     })
 }
 
-/// The 429 answered when model `model`'s queue has no room for a request.
-fn queue_full(model: &str, lv: &LoadedVersion) -> ApiError {
-    ApiError::overloaded(
+/// The 429 answered when model `model`'s queue has no room for a request (after waiting
+/// `waited` for it, if the model lets requests wait).
+fn queue_full(model: &str, lv: &LoadedVersion, waited: Duration) -> ApiError {
+    let cap = lv.config.queue_capacity;
+    let msg = if lv.config.max_queue_wait_ms == 0 {
+        format!("model \"{model}\" queue is full ({cap} requests)")
+    } else {
         format!(
-            "model \"{model}\" queue is full ({} requests)",
-            lv.config.queue_capacity
-        ),
-        1,
-    )
+            "model \"{model}\" queue is full ({cap} requests) and had no room within {} ms",
+            waited.as_millis()
+        )
+    };
+    ApiError::overloaded(msg, 1)
 }
 
-/// A cheap early refusal, before a request's body is read or decoded: the same 429 as a
-/// refused admission when `lv`'s queue is already at capacity (it has no room for even one
-/// sample). It reserves nothing: a request that passes still takes its places later (`run`),
-/// and gets the same 429 there if the queue filled up meanwhile.
-pub fn check_queue_room(model: &str, lv: &LoadedVersion) -> Result<(), ApiError> {
-    if lv.batcher.depth() >= lv.batcher.config().queue_capacity {
-        return Err(queue_full(model, lv));
+/// Until when a request may wait for room in `lv`'s queue: the model's `max_queue_wait_ms`
+/// from now, and never past the request's deadline.
+fn room_wait_until(lv: &LoadedVersion, deadline: Instant) -> Instant {
+    let wait = Duration::from_millis(lv.config.max_queue_wait_ms);
+    (Instant::now() + wait).min(deadline)
+}
+
+/// Takes `n` places in `lv`'s queue, waiting for room up to `room_wait_until`. A full queue
+/// answers 429; a version retired meanwhile is retried on the current one (`retry_target`).
+async fn admit(
+    state: &Arc<AppState>,
+    target: &Target<'_>,
+    lv: &mut Arc<LoadedVersion>,
+    tracker: &mut Tracker,
+    n: usize,
+    deadline: Instant,
+    attempt: &mut u32,
+) -> Result<Reservation, ApiError> {
+    loop {
+        let asked = Instant::now();
+        let until = room_wait_until(lv, deadline);
+        match lv.batcher.reserve_within(n, until.into()).await {
+            Ok(r) => return Ok(r),
+            Err(SubmitError::Full) => return Err(queue_full(target.model, lv, asked.elapsed())),
+            Err(e) => {
+                let expected_len = lv.input_len;
+                *lv = retry_target(state, target, lv, e, attempt, expected_len)?;
+                tracker.set_version(lv);
+            }
+        }
     }
-    Ok(())
+}
+
+/// Early admission, before a request's body is read or decoded: one place in `lv`'s queue,
+/// waited for in arrival order (up to the model's `max_queue_wait_ms`, within the request's
+/// deadline) and held by `tracker` until `run` grows it to the request's batch. A request that
+/// waits holds its connection but neither its body nor CPU; one that gets no place is refused
+/// with 429 without its body being decoded (the work a 429 is meant to save). A version being
+/// retired takes no place here: `run` resolves the current one.
+pub async fn admit_early(
+    model: &str,
+    lv: &LoadedVersion,
+    tracker: &mut Tracker,
+    timeout_ms: Option<u32>,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    let max_ms = tracker.state.opts.max_timeout_ms;
+    let default_ms = lv.config.timeout_ms;
+    // An invalid deadline is reported by `run`, with the model's default meanwhile.
+    let timeout = request_timeout(timeout_ms, headers, default_ms, max_ms)
+        .unwrap_or_else(|_| Duration::from_millis(default_ms.min(max_ms)));
+    let until = room_wait_until(lv, tracker.started + timeout);
+    let asked = Instant::now();
+    match lv.batcher.reserve_within(1, until.into()).await {
+        Ok(r) => {
+            tracker.admission = Some(r);
+            Ok(())
+        }
+        Err(SubmitError::Full) => Err(queue_full(model, lv, asked.elapsed())),
+        Err(SubmitError::Closed) => Ok(()),
+    }
 }
 
 /// Answers `err` without decoding the request's body. The body is read and dropped (bounded,
@@ -466,7 +521,7 @@ fn retry_target(
 ) -> Result<Arc<LoadedVersion>, ApiError> {
     let model = target.model;
     match err {
-        SubmitError::Full => Err(queue_full(model, lv)),
+        SubmitError::Full => Err(queue_full(model, lv, Duration::ZERO)),
         SubmitError::Closed => {
             *attempt += 1;
             if target.version.is_some()

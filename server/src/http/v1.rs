@@ -140,8 +140,8 @@ async fn predict_common(
     let mut tracker = Tracker::new(st.clone(), &m, started);
     if let Some(lv) = &lv0 {
         tracker.set_version(lv);
-        // A full queue refuses before the body is decoded (the work a 429 is meant to save).
-        if let Err(e) = infer::check_queue_room(&m, lv) {
+        // A place in the queue before the body is read: waited for, or refused undecoded.
+        if let Err(e) = infer::admit_early(&m, lv, &mut tracker, q.timeout_ms, &headers).await {
             tracker.fail(&e);
             drop(tracker);
             let limit = st.opts.max_body_bytes;

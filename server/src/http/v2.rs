@@ -10,7 +10,7 @@ use crate::repository::{ControlMode, IndexEntry, LoadedVersion, LookupError};
 use crate::stats::ModelStats;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
@@ -484,11 +484,13 @@ pub(crate) struct Accepted {
 /// Accepts an inference request for model `m` (version `v` if pinned). An unknown model or
 /// version is refused here, before it is counted; a known model without a ready version is
 /// accepted (and answers 503 / UNAVAILABLE from `Accepted::resolve`).
-pub(crate) fn accept(
+pub(crate) async fn accept(
     st: &SharedState,
     m: &str,
     v: Option<&str>,
     started: Instant,
+    timeout_ms: Option<u32>,
+    headers: &HeaderMap,
 ) -> Result<Accepted, ApiError> {
     let version = v.map(|v| parse_version(m, v)).transpose()?;
     let lv = match st.repo.get(m, version) {
@@ -501,8 +503,9 @@ pub(crate) fn accept(
     let mut tracker = Tracker::new(st.clone(), m, started);
     if let Some(lv) = &lv {
         tracker.set_version(lv);
-        // A full queue refuses before the inputs are decoded; counted as a refused request.
-        if let Err(e) = infer::check_queue_room(m, lv) {
+        // A place in the queue before the inputs are decoded: waited for, or refused (and
+        // counted as a refused request) undecoded.
+        if let Err(e) = infer::admit_early(m, lv, &mut tracker, timeout_ms, headers).await {
             tracker.fail(&e);
             return Err(e);
         }
@@ -550,7 +553,7 @@ async fn infer_common(
     let started = Instant::now();
     let headers = req.headers().clone();
     let rid = request_id(&headers);
-    let mut acc = match accept(&st, &m, v.as_deref(), started) {
+    let mut acc = match accept(&st, &m, v.as_deref(), started, q.timeout_ms, &headers).await {
         Ok(a) => a,
         Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS => {
             let limit = st.opts.max_body_bytes;
