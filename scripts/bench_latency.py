@@ -217,7 +217,8 @@ def report(args, facts, started, model, config, rounds, cells, bench_out, failur
         *bs.machine_lines(facts, started, "scripts/bench-latency"),
         f"* model: {shown}; config.toml: threads {config.get('threads', 1)}, max_batch_size "
         f"{config.get('max_batch_size')}, instances {config.get('instances', 1)}, queue_capacity "
-        f"{config.get('queue_capacity')}, max_queue_wait_ms {config.get('max_queue_wait_ms', '1000 (default)')}",
+        f"{config.get('queue_capacity')}, max_queue_wait_ms {config.get('max_queue_wait_ms', '1000 (default)')}, "
+        f"idle_spin_us {config.get('idle_spin_us', '0 (default)')}",
         "* input: the 1x28x28 FP32 tensor `shiftserve bench` feeds at batch 1; over HTTP as an OIP v2 binary "
         "tensor (`POST /v2/models/fashion/infer`, answer: JSON logits and probabilities)",
         f"* server: `shiftserve serve --model-repository ... --model-control-mode explicit --load-model {MODEL}`, "
@@ -266,7 +267,7 @@ def report(args, facts, started, model, config, rounds, cells, bench_out, failur
                          f"{sum(x.bad_status for x in cells[c])} of {sum(x.answers for x in cells[c])}",
                          str(sum(x.errors - x.bad_status for x in cells[c])),
                          "peak" if c == peak_c else (f"{fall:.1f} %" if fall is not None else "-"),
-                         f"{cell.server_cpu:.2f}", f"{cell.others_cpu:.2f}"])
+                         f"{cell.server_cpu:.2f}", f"{cell.client_cpu:.2f}", f"{cell.others_cpu:.2f}"])
         out += [
             "## Throughput as clients grow",
             "",
@@ -275,7 +276,7 @@ def report(args, facts, started, model, config, rounds, cells, bench_out, failur
             "",
             peers.markdown_table(["clients", "req/s (200), median", "req/s per sweep", "p50 ms", "p99 ms",
                                   "non-2xx answers", "socket errors + timeouts", "fall from peak",
-                                  "server CPU (cores)", "others' CPU (cores)"], rows),
+                                  "server CPU (cores)", "wrk CPU (cores)", "others' CPU (cores)"], rows),
             "",
             f"Peak {peak:.1f} req/s at {peak_c} clients; largest fall after it: {worst:.1f} %; target no fall "
             f"(within {args.tolerance:g} %): **{'met' if worst <= args.tolerance else 'missed'}**.",

@@ -39,6 +39,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -385,6 +386,7 @@ class Cell:
     server_cpu: float = 0.0  # cores used by the server's processes during the cell
     others_cpu: float = 0.0  # cores used by every other process but wrk and this script
     others: str = ""  # the busiest of those, e.g. "cargo[123] 95%"
+    client_cpu: float = 0.0  # cores used by wrk itself (it shares the machine with the server)
 
     @property
     def throughput(self) -> float:
@@ -434,9 +436,12 @@ def run_wrk(url: str, concurrency: int, seconds: int, args: argparse.Namespace, 
     if server is not None:
         server._collect()
     before, t0 = peers.cpu_times(), time.monotonic()
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stdout, stderr = proc.communicate()
     after, elapsed = peers.cpu_times(), time.monotonic() - t0
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = ((children1.ru_utime - children0.ru_utime) + (children1.ru_stime - children0.ru_stime)) / elapsed
     lines = [line for line in stdout.splitlines() if line.startswith("BENCH_RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"`{' '.join(cmd)}` exited with {proc.returncode}:\n{stdout}{stderr}")
@@ -446,7 +451,7 @@ def run_wrk(url: str, concurrency: int, seconds: int, args: argparse.Namespace, 
     # wrk itself has exited (its CPU time is no longer in `after`); this script is skipped
     server_cpu, others_cpu, others = cpu_shares(before, after, elapsed, members, {os.getpid()})
     return Cell(r["requests"], r["duration_us"] / 1e6, errors, r["status"], r["p50_us"] / 1e3, r["p99_us"] / 1e3,
-                server_cpu, others_cpu, others)
+                server_cpu, others_cpu, others, client_cpu)
 
 
 @dataclass
