@@ -101,7 +101,8 @@ def main():
         shutil.copytree(args.model, os.path.join(tmp, "fashion"))
         port = free_port()
         proc = subprocess.Popen([args.shiftserve, "serve", "--model-repository", tmp, "--http-address",
-                                 "127.0.0.1", "--http-port", str(port)],
+                                 "127.0.0.1", "--http-port", str(port),
+                                 "--grpc-port", "off"],  # HTTP only: never collide with a server on 8001
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_ready(port, proc)

@@ -253,8 +253,16 @@ Reproduce: `nice -n 19 python training/train.py fashion --epochs {r["epochs"]}{f
 
 
 def fashion_finetune_cmd(r):
+    """The train.py options of the run beyond --epochs (those that differ from the defaults)."""
+    cmd = ""
+    if r.get("width", 16) != 16:
+        cmd += f" --width {r['width']}"
+    if r.get("first_stride", 1) != 1:
+        cmd += f" --first-stride {r['first_stride']}"
+    if r.get("p_aug", 0.5) != 0.5:
+        cmd += f" --p-aug {r['p_aug']:g}"
     n = r.get("finetune_epochs")
-    return f" --finetune-epochs {n}" if n else ""
+    return cmd + (f" --finetune-epochs {n}" if n else "")
 
 
 def fashion_finetune_text(r):

@@ -293,6 +293,7 @@ def run_parallel(args):
                "--qat-steps", str(args.qat_steps), "--width", str(args.width),
                "--tt-rank", str(args.tt_rank), "--first-stride", str(args.first_stride)]
         cmd += ["--finetune-epochs", str(args.finetune_epochs), "--finetune-lr", str(args.finetune_lr)]
+        cmd += ["--p-aug", str(args.p_aug)]
         cmd += ["--continue-epochs", str(args.continue_epochs), "--continue-lr", str(args.continue_lr),
                 "--continue-aug", str(args.continue_aug)]
         if args.init_from is not None:
@@ -646,7 +647,12 @@ def fashion_epoch(ep, images, spec, p_aug=0.5):
 
     d = os.path.join(DATA, "fashion", "epochs")
     os.makedirs(d, exist_ok=True)
-    path = os.path.join(d, f"ep{ep:03d}-{len(images)}.npy")
+    # the share the cached files of the existing recipes were built with (main schedule 0.5,
+    # --finetune-epochs 0.3, the plain epoch 999 0.0) keeps their old names; any other share has
+    # its own files
+    legacy = 0.0 if ep == 999 else 0.3 if ep >= 100 else 0.5
+    suffix = "" if p_aug == legacy else f"-p{p_aug:g}"
+    path = os.path.join(d, f"ep{ep:03d}-{len(images)}{suffix}.npy")
     lock = path + ".lock"
     while not os.path.exists(path):
         try:
@@ -737,7 +743,7 @@ def run_fashion(args):
     ytr = ytr[:55000]
     bs = 128
 
-    def batches(ep, augment=True, p_aug=0.5):
+    def batches(ep, augment=True, p_aug=args.p_aug):
         rng = np.random.default_rng(ep)
         perm = rng.permutation(len(Xtr_u8))
         # (qat asks for epochs 1000+: it reuses epoch 0)
@@ -751,10 +757,12 @@ def run_fashion(args):
         steps = min(steps, args.max_steps)
     res = {"name": "fashion", "spec": spec, "epochs": args.epochs or 12, "width": args.width,
            "finetune_epochs": args.finetune_epochs, "finetune_lr": args.finetune_lr,
-           "first_stride": args.first_stride, "augmentation": "half of each epoch: fashion_photo "
+           "first_stride": args.first_stride, "p_aug": args.p_aug,
+           "augmentation": f"{'half' if args.p_aug == 0.5 else format(100 * args.p_aug, 'g') + ' %'} of each epoch: fashion_photo "
            "(flip, resolution 1-4x, scale 0.85-1.1, aspect 0.9-1.1, rotation +-10 deg, margins 0-30 %, "
            "contrast 0.7-1.15, background level 0-45, noise, either polarity, blur, JPEG q30-95); "
-           "the other half as is (mirrored half the time); all through the served front end"}
+           f"the {'other half' if args.p_aug == 0.5 else 'rest'} as is (mirrored half the time); all through "
+           "the served front end"}
     if args.continue_epochs:
         res["continue_epochs"], res["continue_lr"] = args.continue_epochs, args.continue_lr
         res["continue_aug"], res["init_from"] = args.continue_aug, args.init_from
@@ -834,6 +842,10 @@ def main():
                          "at --continue-lr) on the cached epochs' inputs, --continue-aug synthetic share")
     ap.add_argument("--continue-lr", type=float, default=1e-3)
     ap.add_argument("--continue-aug", type=float, default=0.25)
+    ap.add_argument("--p-aug", type=float, default=0.5,
+                    help="fashion: share of each main-schedule epoch (and of the fake-quant steps' "
+                         "inputs) that is a synthetic picture (fashion_photo); the rest is the images "
+                         "as they are, mirrored half the time")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--qat-steps", type=int, default=150)
     ap.add_argument("--threads", type=int, default=2)
