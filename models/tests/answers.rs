@@ -11,7 +11,12 @@
 //! One file per float class of CPU ([`float_class`]): `answers.json` for AVX-512 CPUs,
 //! `answers-avx2.json` for AVX2-only x86 (recorded 2026-12-02 on a Zen 3 core at commit
 //! `3c4148f`'s runtime plus the bit-identical AVX2 epilogue; the AVX-512 record was checked
-//! unchanged on every landing since it was made). The `f32` layers that use the `gemm` crate
+//! unchanged on every landing since it was made). The `bundled/fashion` entries of both were
+//! re-recorded on 2026-12-03 for the retrained width-32 `fashion` (a new model, meant to change
+//! answers): the AVX-512 ones on a Zen-5-class core, the AVX2 ones under
+//! `qemu-x86_64-static -cpu max` (AVX2+FMA, no AVX-512), which reproduced every other entry of
+//! the Zen 3 record bit for bit except `synth/resnet18-fp32-twin-64px`, whose `gemm` blocking
+//! follows the reported cache sizes (those entries were kept from the Zen 3 record). The `f32` layers that use the `gemm` crate
 //! round differently on the two classes, so their bits are not comparable across classes.
 
 use std::collections::BTreeMap;

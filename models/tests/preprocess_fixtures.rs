@@ -336,3 +336,50 @@ fn decoded_wavs_have_the_expected_rates_and_lengths() {
     .unwrap_err();
     assert_eq!(e.kind, models::ErrorKind::TooLarge, "{e}");
 }
+
+/// End to end with the bundled `fashion` (issue 11's cases): each of the pictures above, posted
+/// as it is (dataset image, inverted, off-white 235 and grey 200 product photos, a cut-out on a
+/// transparent background, an EXIF-rotated phone JPEG), is named a T-shirt with a clear margin.
+#[test]
+fn bundled_fashion_names_the_tshirt_in_every_picture() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("repository/fashion/1/model.safetensors");
+    let model = models::Model::open(&root).unwrap();
+    let info = model.info();
+    let tshirt = info
+        .labels
+        .iter()
+        .position(|l| l == "t-shirt/top")
+        .expect("a t-shirt/top label");
+    let mut session = model.session(1, 1);
+    for file in [
+        "tshirt_dataset.png",
+        "tshirt_inverted.png",
+        "tshirt_offwhite235.png",
+        "tshirt_grey200.png",
+        "tshirt_transparent.png",
+        "tshirt_exif6.jpg",
+        "tshirt_exif6_upright.png",
+    ] {
+        let x = model
+            .preprocess(
+                &frame_picture(file),
+                MediaHint::Unknown,
+                &InputLimits::default(),
+            )
+            .unwrap();
+        let logits = session.run(&[&x]).unwrap().to_vec();
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        assert_eq!(
+            order[0], tshirt,
+            "{file}: top class {} ({:?})",
+            info.labels[order[0]], logits
+        );
+        assert!(
+            logits[order[0]] - logits[order[1]] > 1.0,
+            "{file}: margin {} over {}",
+            logits[order[0]] - logits[order[1]],
+            info.labels[order[1]]
+        );
+    }
+}
