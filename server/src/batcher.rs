@@ -172,12 +172,8 @@ impl Reservation {
             Ok(p) => p.forget(),
             Err(_) => return false,
         }
-        let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.reserved += extra;
-        let depth = st.depth();
-        drop(st);
+        book(&self.shared, extra);
         self.n = n;
-        self.shared.observer.queue_depth(depth);
         true
     }
 
@@ -291,9 +287,7 @@ impl Batcher {
     /// places against `queue_capacity` (counting reserved and queued samples), or refuses with
     /// `Full` (also while earlier requests wait for room) / `Closed`.
     pub fn reserve(&self, n: usize) -> Result<Reservation, SubmitError> {
-        if self.shared.state.lock().unwrap().closed {
-            return Err(SubmitError::Closed);
-        }
+        // `close` closes `room`, so a closed batcher refuses here without taking the lock.
         let Ok(n_u32) = u32::try_from(n) else {
             return Err(SubmitError::Full);
         };
@@ -328,20 +322,13 @@ impl Batcher {
             Ok(Err(_)) => return Err(SubmitError::Closed),
             Err(_) => return Err(SubmitError::Full),
         }
-        if self.shared.state.lock().unwrap().closed {
-            self.shared.room.add_permits(n);
-            return Err(SubmitError::Closed);
-        }
+        // Closed meanwhile: `submit_reserved` refuses and the reservation gives its places back.
         Ok(self.admitted(n))
     }
 
-    /// Books `n` places already taken from `room` as reserved.
+    /// A reservation of `n` places already taken from `room`.
     fn admitted(&self, n: usize) -> Reservation {
-        let mut st = self.shared.state.lock().unwrap();
-        st.reserved += n;
-        let depth = st.depth();
-        drop(st);
-        self.shared.observer.queue_depth(depth);
+        book(&self.shared, n);
         Reservation {
             shared: self.shared.clone(),
             n,
@@ -407,6 +394,15 @@ impl Drop for Batcher {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// Counts `n` places taken from `shared.room` as reserved, and reports the new depth.
+fn book(shared: &Shared, n: usize) {
+    let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+    st.reserved += n;
+    let depth = st.depth();
+    drop(st);
+    shared.observer.queue_depth(depth);
 }
 
 /// Removes cancelled and expired jobs; answers the expired ones. Returns how many it removed.

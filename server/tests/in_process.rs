@@ -237,27 +237,7 @@ async fn a_full_queue_answers_429_before_the_body_is_decoded() {
         assert_eq!(st, StatusCode::BAD_REQUEST, "{uri}: {v}");
     }
     // One request held in the runner, two more filling the queue.
-    a.script.mode.store(4, Ordering::SeqCst);
-    let spawn = |a: &App| {
-        let r = a.router.clone();
-        tokio::spawn(async move {
-            let resp = r.oneshot(predict(Some(600_000))).await.unwrap();
-            let status = resp.status();
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            (
-                status,
-                serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
-            )
-        })
-    };
-    let mut held = vec![spawn(&a)];
-    wait_for("the first request to reach the runner", || {
-        a.script.runs.load(Ordering::SeqCst) == 1
-    })
-    .await;
-    held.push(spawn(&a));
-    held.push(spawn(&a));
-    wait_for("the queue to fill", || lv.batcher.depth() == 2).await;
+    let held = hold_a_full_queue(&a).await;
     // Full: the same undecodable bodies now get the queue's 429 (not 400), as JSON errors with
     // Retry-After, and take no place in the queue.
     for uri in routes {
