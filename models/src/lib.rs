@@ -269,6 +269,12 @@ impl Model {
         self.preprocess.run(data, hint, limits)
     }
 
+    /// Whether preprocessing `data` is certainly small work
+    /// ([`preprocess::PreprocessSpec::is_small_work`]).
+    pub fn preprocess_is_small(&self, data: &[u8]) -> bool {
+        self.preprocess.is_small_work(data)
+    }
+
     /// A session with buffers preallocated for up to `max_batch` samples (clamped to
     /// `1..=MAX_BATCH`; see [`Session::max_batch`]), running on `threads` threads (at least 1).
     pub fn session(&self, max_batch: usize, threads: usize) -> Session {

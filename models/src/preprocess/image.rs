@@ -31,6 +31,14 @@ fn format_of(m: Media) -> ImageFormat {
     }
 }
 
+/// The pixel count an image's header declares, `None` when the header cannot be read.
+pub fn declared_pixels(data: &[u8], media: Media) -> Option<u64> {
+    let (w, h) = ImageReader::with_format(Cursor::new(data), format_of(media))
+        .into_dimensions()
+        .ok()?;
+    Some(w as u64 * h as u64)
+}
+
 /// Decodes an image after checking its declared dimensions against `max_pixels`.
 pub fn decode(data: &[u8], media: Media, max_pixels: u64) -> Result<DynamicImage, ModelError> {
     let format = format_of(media);

@@ -317,6 +317,28 @@ impl PreprocessSpec {
         Ok(())
     }
 
+    /// Whether preprocessing `data` is certainly small work (well under 100 µs here): an image
+    /// of at most [`SMALL_WORK_PIXELS`] declared pixels, at most [`SMALL_WORK_BYTES`] encoded,
+    /// for a spec whose output is at most [`SMALL_WORK_PIXELS`] values. Reads only the image
+    /// header. A server may run such work inline instead of handing it to another thread (a
+    /// hand-off costs two thread wake-ups, more than the work itself); anything else, audio
+    /// included, answers false.
+    pub fn is_small_work(&self, data: &[u8]) -> bool {
+        let PreprocessSpec::Image(spec) = self else {
+            return false;
+        };
+        if data.len() > SMALL_WORK_BYTES
+            || spec.channels * spec.crop.0 * spec.crop.1 > SMALL_WORK_PIXELS
+        {
+            return false;
+        }
+        match sniff(data) {
+            Some(m) if m.is_image() => image::declared_pixels(data, m)
+                .is_some_and(|p| p <= SMALL_WORK_PIXELS as u64),
+            _ => false,
+        }
+    }
+
     /// Decodes and featurizes one payload.
     pub fn run(
         &self,
@@ -357,6 +379,12 @@ impl PreprocessSpec {
         }
     }
 }
+
+/// Largest declared image (pixels) and model input (values) [`PreprocessSpec::is_small_work`]
+/// calls small: 128 x 128.
+pub const SMALL_WORK_PIXELS: usize = 128 * 128;
+/// Largest encoded payload [`PreprocessSpec::is_small_work`] calls small.
+pub const SMALL_WORK_BYTES: usize = 64 << 10;
 
 /// A media type recognized from its magic bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -472,6 +500,48 @@ mod tests {
         assert_eq!(sniff(b"RIFF\x10\x00\x00\x00WEBPVP8 "), Some(Media::WebP));
         assert_eq!(sniff(b"RIFF\x10\x00\x00\x00WAVEfmt "), Some(Media::Wav));
         assert_eq!(sniff(b"hello world, not media"), None);
+    }
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let img = ::image::GrayImage::from_fn(w, h, |x, y| ::image::Luma([((x * 7 + y) % 256) as u8]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, ::image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn small_work_is_a_small_image_for_a_small_input() {
+        let spec = |crop: usize, channels: usize| {
+            let mean = vec!["0.5"; channels].join(",");
+            PreprocessSpec::parse(&format!(
+                r#"{{"kind":"image","channels":{channels},"crop":[{crop},{crop}],"mean":[{mean}],"std":[{mean}]}}"#
+            ))
+            .unwrap()
+        };
+        let small = spec(28, 1);
+        assert!(small.is_small_work(&png(28, 28)));
+        assert!(small.is_small_work(&png(128, 128)), "the limit is inclusive");
+        assert!(!small.is_small_work(&png(129, 128)), "declared pixels over the limit");
+        assert!(!small.is_small_work(&png(20000, 1)), "a long thin picture counts its pixels");
+        // A PNG signature with an unreadable header is not called small (it goes the long way
+        // and gets its error there).
+        assert!(!small.is_small_work(b"\x89PNG\r\n\x1a\nnot a header at all"));
+        assert!(!small.is_small_work(b"hello"));
+        let mut padded = png(28, 28);
+        padded.resize(SMALL_WORK_BYTES + 1, 0);
+        assert!(!small.is_small_work(&padded), "encoded size over the limit");
+        // A model whose input is large does large work even for a small picture.
+        assert!(!spec(224, 3).is_small_work(&png(28, 28)));
+        let audio = PreprocessSpec::parse(
+            r#"{"kind": "audio", "sample_rate": 8000, "seconds": 1.0, "features": "log_mel",
+ "n_fft": 256, "win_length": 200, "hop_length": 80, "window": "hann", "center": true,
+ "n_mels": 32, "f_min": 20.0, "f_max": 4000.0, "log_eps": 1e-6, "normalize": "utterance"}"#,
+        )
+        .unwrap();
+        let mut wav = b"RIFF\x24\x00\x00\x00WAVEfmt ".to_vec();
+        wav.resize(64, 0);
+        assert!(!audio.is_small_work(&wav));
+        assert!(!audio.is_small_work(&png(28, 28)));
     }
 
     #[test]

@@ -286,6 +286,22 @@ async fn run_inner(
                 }
                 slots[i] = Some(t);
             }
+            Sample::Encoded { data, hint } if n == 1 && lv.model.preprocess_is_small(&data) => {
+                // A small image of a one-sample request (header read: a few thousand pixels):
+                // decoding it here costs less than handing it to the blocking pool and back.
+                let t = lv
+                    .model
+                    .preprocess(&data, hint, &state.opts.limits)
+                    .map_err(|e| preprocess_error(e, hint))?;
+                if t.len() != lv.input_len {
+                    return Err(ApiError::internal(format!(
+                        "preprocessing produced {} values, expected {}",
+                        t.len(),
+                        lv.input_len
+                    )));
+                }
+                slots[i] = Some(t);
+            }
             Sample::Encoded { data, hint } => {
                 let permit = match tokio::time::timeout_at(
                     tokio_deadline,
