@@ -65,6 +65,7 @@ def main():
     it = load("intent")
     il = load("intent-lstm")
     fa = load("fashion")
+    ev = load("intent-eval")
     parts = []
     parts.append("""# Bundled models (model cards)
 
@@ -106,7 +107,14 @@ All figures on this page are generated from `training/results/*.json` by
                     f"{kib(fa['file_bytes'])} | {fa['compression_vs_fp32']:.1f}x | official test PNGs as they are "
                     f"{pct(t)}, inverted {pct(ti)} (FP twin {pct(fa['fp32']['test_acc_pytorch'])}) | "
                     f">= 93 % both and within 1 pt of FP | {status(min(t, ti) >= 0.93 and gap <= 0.01)} |")
-    if it:
+    if it and ev and "intent" in ev:
+        t = it["shift"]["test_acc_file"]
+        u = ev["intent"]["unseen"]["acc"]
+        rows.append(f"| `intent` | spoken intent | DenseShift SLU ResNet | W3, int8 act. | {kib(it['file_bytes'])} | "
+                    f"{it['compression_vs_fp32']:.1f}x | held-out voices {pct(t)} (FP twin "
+                    f"{pct(it['fp32']['test_acc_pytorch'])}); new wordings {pct(u)} | >= 95 % held-out voices, "
+                    f">= 92 % new wordings | {status(t >= 0.95 and u >= 0.92)} |")
+    elif it:
         t = it["shift"]["test_acc_file"]
         rows.append(f"| `intent` | spoken intent | DenseShift SLU ResNet | W3, int8 act. | {kib(it['file_bytes'])} | "
                     f"{it['compression_vs_fp32']:.1f}x | held-out voices {pct(t)} (FP twin "
@@ -114,8 +122,10 @@ All figures on this page are generated from `training/results/*.json` by
     if il:
         t = il["tt"]["test_acc_file"]
         dn = il["dense"]["test_acc_pytorch"]
+        nw = (f"; new wordings {pct(ev['intent-lstm']['unseen']['acc'])} (no dense-twin figure)"
+              if ev and "intent-lstm" in ev else "")
         rows.append(f"| `intent-lstm` | spoken intent | LSTM, MPS tensor-train weights | fp32 TT cores | "
-                    f"{kib(il['file_bytes'])} | – | held-out voices {pct(t)} (dense twin {pct(dn)}); "
+                    f"{kib(il['file_bytes'])} | – | held-out voices {pct(t)} (dense twin {pct(dn)}){nw}; "
                     f"TT storage {100 * il['tt_storage_fraction']:.1f} % of dense | within 1.5 pt of dense, "
                     f"storage < 10 % | {status(dn - t <= 0.015 and il['tt_storage_fraction'] < 0.1)} |")
     if d:
@@ -128,9 +138,9 @@ All figures on this page are generated from `training/results/*.json` by
     if fa:
         parts.append(fashion_card(fa))
     if it:
-        parts.append(intent_card(it))
+        parts.append(intent_card(it) + intent_eval_text("intent", it, ev))
     if il:
-        parts.append(intent_lstm_card(il))
+        parts.append(intent_lstm_card(il) + intent_eval_text("intent-lstm", il, ev))
     if d:
         parts.append(digits_card(d))
 
@@ -418,6 +428,146 @@ one thread each); whole command {minutes(r["wall_seconds_total"])} (data generat
 loaded machine, not included). Reproduce: `nice -n 10 python training/data/make_intents.py`
 then `nice -n 10 python training/train.py intent --epochs {r["epochs"]} --qat-steps {r.get("qat_steps", 150)}`
 (the driver generates missing data itself).
+"""
+
+
+def intent_eval_text(name, r, ev):
+    """The second held-out set (new wordings x held-out voices x conditions), calibration and the
+    out-of-vocabulary threshold report of training/eval_intent.py (results/intent-eval.json)."""
+    if not ev or name not in ev:
+        return ""
+    e, sets = ev[name], ev["sets"]
+    te, un = e["test"], e["unseen"]
+    conds = ["clean", "tempo 0.9", "tempo 1.1", "reverb", "noise 20 dB"]
+    if name == "intent":
+        card_test = r["shift"]["test_acc_file"]
+        twin = r["fp32"]["test_acc_pytorch"]
+        targets = (f"Targets: >= 95 % on the held-out voices: {status(card_test >= 0.95)} "
+                   f"({pct(card_test)}); >= 92 % on the new wordings: {status(un['acc'] >= 0.92)} "
+                   f"({pct(un['acc'])}). No full-precision twin figure exists for the new set (the twin "
+                   f"was not kept as a file; it scored {pct(twin)} on the held-out voices).")
+    else:
+        card_test = r["tt"]["test_acc_file"]
+        dn = r["dense"]["test_acc_pytorch"]
+        targets = (f"Targets: within 1.5 points of the dense twin on the held-out voices: "
+                   f"{status(dn - card_test <= 0.015)} (gap {100 * (dn - card_test):+.2f} points); on the new "
+                   f"wordings: **not measured**: the dense twin's weights were not kept "
+                   f"(`$SHIFTSERVE_DATA/intents/intent-lstm.dense.pt` is gone), so there is no twin figure "
+                   f"for the new set; the TT-LSTM reaches {pct(un['acc'])} there (the target of `intent`, "
+                   f">= 92 %, would be {status(un['acc'] >= 0.92).strip('*').lower()}).")
+    pc = un["per_condition"]
+    crow = " | ".join(f"{pct(pc[c]['acc'])} ({pc[c]['n']})" for c in conds)
+    ctab = ("| new wordings | " + " | ".join(conds) + " | all |\n|---|" + "---|" * (len(conds) + 1) + "\n"
+            f"| accuracy (clips) | {crow} | **{pct(un['acc'])}** ({un['n']}) |")
+    vrows = ["| voice | training phrasings, clean (199) | new wordings, all (155) | " + " | ".join(conds) + " |",
+             "|---|---|---|" + "---|" * len(conds)]
+    for v in sorted(un["per_voice"]):
+        vc = un["per_voice_condition"][v]
+        vrows.append(f"| {v} | {pct(te['per_voice'][v]['acc'])} | {pct(un['per_voice'][v]['acc'])} | "
+                     + " | ".join(pct(vc[c]["acc"]) for c in conds) + " |")
+    hard = "; ".join(f"\"{h['text']}\" ({h['label']}, wrong for {h['wrong']} of 10 voices: "
+                     f"{', '.join(h['answers'])})" for h in un["hardest_wordings"][:5])
+    lw = un.get("longer_than_window")
+    long_text = ""
+    if lw and lw["n"]:
+        long_text = (f"{lw['n']} new-wording clips are longer than the {lw['seconds']:g} s input window and are cut "
+                     f"at its end ({', '.join(f'{c}: {k}' for c, k in lw['per_condition'].items() if k)}; reverb "
+                     f"clips carry a 0.6 s tail, tempo 0.9 stretches): {pct(lw['acc'])} correct on them. ")
+    cal = ["| set | clips | accuracy | ECE before (T = 1) | ECE after | NLL before | NLL after |",
+           "|---|---|---|---|---|---|---|"]
+    for key, title in (("valid", "validation, training voices (T fitted here)"),
+                       ("test", "held-out voices, training phrasings"),
+                       ("unseen", "held-out voices, new wordings")):
+        x = e[key]
+        cal.append(f"| {title} | {x['n']:,} | {pct(x['acc'])} | {pct(x['ece_before'])} | {pct(x['ece_after'])} | "
+                   f"{x['nll_before']:.3f} | {x['nll_after']:.3f} |")
+
+    clean = pc["clean"]["acc"]
+    gen_text = (f"What the new set shows: spoken clean by the same held-out voices, the new wordings reach "
+                f"{pct(clean)} against {pct(te['acc'])} for the training phrasings, so most of the gap is "
+                f"wording, not voice or condition (the conditions cost {100 * (clean - min(pc[c]['acc'] for c in conds)):.1f} "
+                f"points at most, {min(conds, key=lambda c: pc[c]['acc'])} the most). The errors suggest that the model "
+                f"matches the sound of the phrasings it was trained on rather than their words: unseen verbs (\"kill the lights\") get the nearest "
+                f"known phrase's intent, long indirect requests pick up a location that is not there. "
+                f"Closing it needs training data with many more wordings (a retraining, outside this "
+                f"evaluation). ")
+    ta, ua = e["test"], e["unseen"]
+    cal_text = (f"T {'< 1 sharpens' if e['temperature'] < 1 else '> 1 softens'} the scores: trained with label "
+                f"smoothing 0.1, the model's raw top-1 probabilities are "
+                f"{'under' if e['temperature'] < 1 else 'over'}-confident on the training voices. On the held-out "
+                f"voices with the training phrasings the fitted T moves the ECE from {pct(ta['ece_before'])} to "
+                f"{pct(ta['ece_after'])}; on the new wordings from {pct(ua['ece_before'])} to {pct(ua['ece_after'])}"
+                + (" (worse: most new-wording answers are wrong, and sharpening makes them confidently wrong; a "
+                   "temperature fitted on the training voices does not carry over to unseen wordings)."
+                   if ua["ece_after"] > ua["ece_before"] else ".")
+                + " For the `threshold`, T matters less than the model: at the same loss of at most "
+                f"{100 * 0.05:.0f} % of the in-vocabulary clips the recommended thresholds catch {pct(next(x['oov_caught'] for x in e['threshold_calibrated']['test+unseen'] if x['threshold'] == e['recommended_threshold_calibrated']) if e['recommended_threshold_calibrated'] else None)} "
+                f"calibrated and {pct(next(x['oov_caught'] for x in e['threshold_raw']['test+unseen'] if x['threshold'] == e['recommended_threshold_raw']) if e['recommended_threshold_raw'] else None)} raw "
+                f"of the OOV clips (the temperature changes the order of the top-1 scores across clips only a little; it "
+                f"mainly changes the number a client sees).")
+
+    def thr_table(tab, rec):
+        rows = ["| threshold on top-1 probability | OOV caught (all) | OOV near | OOV far | in-vocabulary lost "
+                "(correct answers turned away) | lost: training phrasings / new wordings | wrong answers "
+                "turned away | accuracy of the answered |",
+                "|---|---|---|---|---|---|---|---|"]
+        for x in tab:
+            mark = " (recommended)" if x["threshold"] == rec else ""
+            rows.append(f"| {x['threshold']:.2f}{mark} | {pct(x['oov_caught'])} | {pct(x['oov_near_caught'])} | "
+                        f"{pct(x['oov_far_caught'])} | {pct(x['invocab_lost'])} | "
+                        f"{pct(x.get('invocab_lost_test'))} / {pct(x.get('invocab_lost_unseen'))} | "
+                        f"{pct(x['invocab_wrong_caught'])} | {pct(x['invocab_answered_acc'])} |")
+        return "\n".join(rows)
+
+    rc, rr = e["recommended_threshold_calibrated"], e["recommended_threshold_raw"]
+    rec_text = (f"Recommended (rule: {e['recommendation_rule']}): **{rc}** on the calibrated probability "
+                if rc is not None else f"No threshold meets the rule ({e['recommendation_rule']}) on the calibrated probability ")
+    rec_text += (f"and **{rr}** on the raw probability (what the server computes today, without a temperature)."
+                 if rr is not None else "and none on the raw probability.")
+    return f"""
+### `{name}`: new wordings, calibration and out-of-vocabulary commands
+
+Measured by `training/eval_intent.py` on the installed file (reference forward, features from each
+WAV by `shiftserve_train.features.audio_features`). **Second held-out set** (never trained on, not
+generated from the training templates): {sets["unseen"]}. Reverb: sox `reverb 50 50 100 100 20`
+(a living-room-sized room, wet and dry); noise: white/pink/brown noise at 20 dB SNR relative to the
+clip's own power; tempo: sox `tempo -s` (pitch kept). Out-of-vocabulary set: {sets["oov"]}.
+The held-out-voice test clips were regenerated for this evaluation (`make_intents.py --no-train`,
+the same draws; sox without dither now): {pct(te["acc"])} on them (the table above: {pct(card_test)} on
+the original clips).
+
+{targets}
+
+{ctab}
+
+Per voice (each voice has 31 new-wording clips per condition):
+
+{chr(10).join(vrows)}
+
+{gen_text}{long_text}The new wordings missed by most voices: {hard}.
+
+**Calibration.** One temperature fitted on the validation split of the training voices (NLL,
+golden-section search): **T = {e["temperature"]:.3f}** (scores = softmax(logits / T)). Expected
+calibration error, {ev["ece_bins"]} equal-width confidence bins:
+
+{chr(10).join(cal)}
+
+{cal_text}
+
+**Out-of-vocabulary commands and the `threshold`** (docs/api.md: `understood` is false when the
+top-1 probability is below it). In-vocabulary clips = the held-out test and new-wording clips pooled
+({te["n"] + un["n"]:,}); OOV = {e["oov"]["n"]} clips (mean top-1 probability on them: raw
+{pct(e["oov"]["mean_top1_raw"])}, calibrated {pct(e["oov"]["mean_top1_calibrated"])}). With the
+calibrated probability:
+
+{thr_table(e["threshold_calibrated"]["test+unseen"], rc)}
+
+With the raw probability (T = 1, the server today):
+
+{thr_table(e["threshold_raw"]["test+unseen"], rr)}
+
+{rec_text} Reproduce: `nice -n 15 python training/eval_intent.py` (generates the sets under
+`$SHIFTSERVE_DATA/intents-eval` and `$SHIFTSERVE_DATA/intents-unseen` when missing).
 """
 
 

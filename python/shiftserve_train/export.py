@@ -377,7 +377,8 @@ def validate_preprocess(pp: dict) -> None:
 def export(model: nn.Module, path, *, name: str, task: str, labels: list[str], preprocess: dict,
            intents: list[dict] | None = None, numeric_path: str = "int8", calib: Iterable | None = None,
            calib_method: str = "minmax", input_shape: list[int] | None = None,
-           description: str | None = None, progress: bool = True) -> dict:
+           description: str | None = None, progress: bool = True,
+           temperature: float | None = None) -> dict:
     """Write ``model`` to ``path`` (a shiftserve model file).  Returns a summary dict.
 
     ``numeric_path``: ``"int8"`` (8-bit activations, integer accumulators; needs calibrated
@@ -385,6 +386,9 @@ def export(model: nn.Module, path, *, name: str, task: str, labels: list[str], p
     ``"float"`` (DenseShift's float inference; activation quantisers are ignored).
     The model is put in eval mode; when ``calib`` is given its quantisers are left enabled,
     so ``model(x)`` afterwards is the PyTorch twin of the exported int8 network.
+    ``temperature``: optional softmax temperature T > 0 (calibrated scores = softmax(logits / T),
+    e.g. fitted by training/eval_intent.py), written as metadata ``shiftserve.temperature``, a
+    decimal string (``repr`` of the float); the logits in the file are unchanged.
     """
     from tqdm.auto import tqdm
 
@@ -393,6 +397,9 @@ def export(model: nn.Module, path, *, name: str, task: str, labels: list[str], p
     if task not in TASKS:
         raise ExportError(f"task must be one of {TASKS}")
     validate_preprocess(preprocess)
+    if temperature is not None and not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
+                                        and temperature > 0):
+        raise ExportError(f"temperature must be a positive finite number, got {temperature!r}")
     if task == "spoken_intent":
         if intents is None or len(intents) != len(labels):
             raise ExportError("spoken_intent needs intents aligned with labels")
@@ -444,6 +451,8 @@ def export(model: nn.Module, path, *, name: str, task: str, labels: list[str], p
         meta["shiftserve.intents"] = json.dumps(intents)
     if description:
         meta["shiftserve.description"] = description
+    if temperature is not None:
+        meta["shiftserve.temperature"] = repr(float(temperature))
     save_file(g.tensors, str(path), metadata=meta)
     n_shift = sum(int(np.prod(t.shape)) for k, t in g.tensors.items() if t.dtype == np.uint8)
     return {"path": str(path), "nodes": len(g.nodes), "tensors": len(g.tensors),

@@ -63,6 +63,10 @@ class ModelFile:
         self.preprocess = json.loads(meta["shiftserve.preprocess"])
         self.labels = json.loads(meta["shiftserve.labels"])
         self.intents = json.loads(meta["shiftserve.intents"]) if "shiftserve.intents" in meta else None
+        # optional softmax temperature (calibrated scores = softmax(logits / T)); None when absent
+        self.temperature = float(meta["shiftserve.temperature"]) if "shiftserve.temperature" in meta else None
+        if self.temperature is not None and not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise FormatError(f"shiftserve.temperature must be a positive finite number, got {self.temperature}")
         if len(self.graph["inputs"]) != 1 or len(self.graph["outputs"]) != 1:
             raise FormatError("exactly one graph input and one output")
         self.input_name = self.graph["inputs"][0]["name"]

@@ -243,6 +243,22 @@ def test_spoken_intent_metadata(tmp_path):
     _agree(m, p, torch.randn(2, 1, 12, 21).numpy(), 1e-2)
 
 
+def test_temperature_metadata(tmp_path):
+    m = _tiny()
+    p = tmp_path / "t.safetensors"
+    export(m, p, name="t", task="image_classification", labels=LABELS, preprocess=PP, numeric_path="float",
+           progress=False)
+    assert reference.ModelFile(p).temperature is None
+    export(m, p, name="t", task="image_classification", labels=LABELS, preprocess=PP, numeric_path="float",
+           progress=False, temperature=1.375)
+    mf = reference.ModelFile(p)
+    assert mf.meta["shiftserve.temperature"] == "1.375" and mf.temperature == 1.375
+    for bad in (0, -1.0, float("nan"), float("inf"), "1.2"):
+        with pytest.raises(ExportError):
+            export(m, p, name="t", task="image_classification", labels=LABELS, preprocess=PP,
+                   numeric_path="float", progress=False, temperature=bad)
+
+
 def test_custom_model_grouped_conv_avgpool(tmp_path):
     import sys
     from pathlib import Path

@@ -13,6 +13,12 @@ columns ``path,split,label,engine,voice,text,aug``.
 * test: held-out voices only (pico en-US/en-GB, RHVoice alan/bdl/clb/evgeniy-eng/lyubov/slt,
   festival cmu_us_slt_arctic_hts, flite slt), default settings, no augmentation.
 
+``--no-train`` writes only the valid split (with its augmented copies) and the test split, with
+the same random draws as a full run (so the same files): the sets training/eval_intent.py needs.
+
+``--unseen-set`` writes the second held-out evaluation set instead (see ``make_unseen``): new
+wordings (``intents_unseen.py``) and out-of-vocabulary commands spoken by the held-out voices.
+
 ``--eval-subset`` writes only the small deterministic held-out subset used by the CI card check
 (one phrase per intent and held-out voice, 310 clips) to ``<out>`` (default
 ``<repo>/data/eval/intents``).
@@ -108,6 +114,59 @@ def heldout_jobs(its, outdir, subset):
     return jobs
 
 
+UNSEEN_EFFECTS = {
+    "clean": ([], None),
+    "tempo 0.9": (["tempo", "-s", "0.9"], None),
+    "tempo 1.1": (["tempo", "-s", "1.1"], None),
+    # a mid-size living room: 50 % reverberance, 50 % HF damping, full room scale, 20 ms
+    # pre-delay, wet and dry mixed (sox default wet gain), 0.6 s of tail kept
+    "reverb": (["pad", "0", "0.6", "reverb", "50", "50", "100", "100", "20"], None),
+    "noise 20 dB": ([], 20),
+}
+
+
+def make_unseen(out, nproc, seed):
+    """The second held-out set: each new wording of intents_unseen.py spoken by every held-out
+    voice under one condition, and the out-of-vocabulary commands spoken clean by every held-out
+    voice. Conditions: per voice, the wordings are shuffled (seeded) and dealt to the five
+    conditions in turn, so every voice has the same number of clips per condition (31 each) and
+    the five conditions of one wording fall on different voices. Noise: white/pink/brown (seeded)
+    mixed at 20 dB SNR from the clip's own power (tts.add_noise). Manifest columns
+    ``file,set,label,engine,voice,text,condition,kind``."""
+    import intents_unseen
+
+    intents_unseen.check()
+    tts.check_tools(heldout=True)
+    os.makedirs(out, exist_ok=True)
+    words = intents_unseen.unseen()
+    conds = intents_unseen.CONDITIONS
+    jobs, rows = [], []
+    for vi, (engine, voice) in enumerate(tts.HELDOUT):
+        rng = random.Random(seed * 1000 + vi)
+        order = list(range(len(words)))
+        rng.shuffle(order)
+        cond_of = {w: conds[(k + vi) % len(conds)] for k, w in enumerate(order)}
+        for wi, (li, lab, text) in enumerate(words):
+            cond = cond_of[wi]
+            eff, snr = UNSEEN_EFFECTS[cond]
+            name = f"u-{engine}-{voice}-{wi:03d}.wav"
+            jobs.append(dict(engine=engine, voice=voice, text=text, dst=os.path.join(out, name),
+                             effects=eff, snr=snr, color=rng.choice(["white", "pink", "brown"]),
+                             seed=rng.randint(0, 2**31)))
+            rows.append([name, "unseen", lab, engine, voice, text,
+                         cond + (f" ({jobs[-1]['color']})" if snr else ""), ""])
+        for oi, (kind, text) in enumerate(intents_unseen.oov()):
+            name = f"o-{engine}-{voice}-{oi:03d}.wav"
+            jobs.append(dict(engine=engine, voice=voice, text=text, dst=os.path.join(out, name), seed=0))
+            rows.append([name, "oov", "", engine, voice, text, "clean", kind])
+    run_jobs(jobs, nproc, "unseen set")
+    with open(os.path.join(out, "manifest.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "set", "label", "engine", "voice", "text", "condition", "kind"])
+        w.writerows(rows)
+    print(f"wrote {len(rows)} clips to {out}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None)
@@ -116,11 +175,25 @@ def main():
     ap.add_argument("--espeak-per-phrase", type=int, default=6)
     ap.add_argument("--seed", type=int, default=20260)
     ap.add_argument("--eval-subset", action="store_true")
+    ap.add_argument("--no-train", action="store_true",
+                    help="synthesise only the valid split (with its augmented copies) and the test "
+                         "split, replaying every random draw of a full run, so these files and "
+                         "manifest rows equal a full run's (for evaluation, e.g. training/eval_intent.py)")
+    ap.add_argument("--unseen-set", action="store_true",
+                    help="write the unseen-wording + out-of-vocabulary set (default out: "
+                         "$SHIFTSERVE_DATA/intents-unseen)")
     args = ap.parse_args()
 
     its = intents_text.intents()
     labels = [intents_text.label(a, o, l) for a, o, l, _ in its]
     t_start = time.time()
+
+    if args.unseen_set:
+        out = args.out or os.path.join(os.environ.get("SHIFTSERVE_DATA") or os.path.join(REPO, "..", "data"),
+                                       "intents-unseen")
+        make_unseen(out, args.jobs, args.seed)
+        print(f"done in {time.time() - t_start:.0f}s")
+        return
 
     if args.eval_subset:
         tts.check_tools(heldout=True)
@@ -138,7 +211,8 @@ def main():
         return
 
     tts.check_tools(heldout=True)
-    out = args.out or os.path.join(os.environ.get("SHIFTSERVE_DATA") or os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "data"), "intents")
+    out = args.out or os.path.join(os.environ.get("SHIFTSERVE_DATA") or os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "data"),
+                                  "intents-eval" if args.no_train else "intents")
     for s in ("train", "valid", "test"):
         os.makedirs(os.path.join(out, "wav", s), exist_ok=True)
     rng = random.Random(args.seed)
@@ -156,7 +230,8 @@ def main():
                                   split=split, gid=gid))
                 gid += 1
     print(f"{len(clean)} clean training-voice clips", flush=True)
-    run_jobs(clean, args.jobs, "train/valid clean")
+    keep = (lambda j: j["split"] == "valid") if args.no_train else (lambda j: True)
+    run_jobs([j for j in clean if keep(j)], args.jobs, "train/valid clean")
 
     # sox augmentation
     aug = []
@@ -167,6 +242,9 @@ def main():
             aug.append(dict(src=j["dst"], dst=j["dst"].replace("-a0.wav", f"-a{k}.wav"), effects=eff,
                             snr=snr, color=rng.choice(["white", "pink", "brown"]),
                             seed=rng.randint(0, 2**31), base=j, aug=" ".join(eff) + f" snr={snr}"))
+    if args.no_train:
+        clean = [j for j in clean if keep(j)]
+        aug = [a for a in aug if keep(a["base"])]
     t0 = time.time()
     with Pool(args.jobs) as pool:
         for i, _ in enumerate(pool.imap_unordered(_augment_job, aug, chunksize=16)):
