@@ -290,6 +290,9 @@ def main():
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--jobs", type=int, default=2, help="data generation processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: no barrier spinning on a shared machine)")
+    ap.add_argument("--write-temperature", action="store_true",
+                    help="write each model's fitted T into its installed file (metadata shiftserve.temperature; "
+                         "the tensors and logits do not change; the server then serves softmax(logits / T))")
     args = ap.parse_args()
     import torch
 
@@ -335,6 +338,10 @@ def main():
         with open(out_path, "w") as f:
             json.dump(out, f, indent=1, sort_keys=True)
             f.write("\n")
+        if args.write_temperature:
+            from shiftserve_train.export import set_temperature
+            set_temperature(os.path.join(REPO, r["model_file"]), r["temperature"])
+            log(f"{name}: wrote shiftserve.temperature = {r['temperature']!r} into {r['model_file']}")
     log("wrote", out_path)
 
 

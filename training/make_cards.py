@@ -522,7 +522,7 @@ def intent_eval_text(name, r, ev):
     rc, rr = e["recommended_threshold_calibrated"], e["recommended_threshold_raw"]
     rec_text = (f"Recommended (rule: {e['recommendation_rule']}): **{rc}** on the calibrated probability "
                 if rc is not None else f"No threshold meets the rule ({e['recommendation_rule']}) on the calibrated probability ")
-    rec_text += (f"and **{rr}** on the raw probability (what the server computes today, without a temperature)."
+    rec_text += (f"and **{rr}** on the raw probability (a file without a temperature)."
                  if rr is not None else "and none on the raw probability.")
     return f"""
 ### `{name}`: new wordings, calibration and out-of-vocabulary commands
@@ -547,7 +547,9 @@ Per voice (each voice has 31 new-wording clips per condition):
 {gen_text}{long_text}The new wordings missed by most voices: {hard}.
 
 **Calibration.** One temperature fitted on the validation split of the training voices (NLL,
-golden-section search): **T = {e["temperature"]:.3f}** (scores = softmax(logits / T)). Expected
+golden-section search): **T = {e["temperature"]:.3f}** (scores = softmax(logits / T)), written into the
+installed file (`shiftserve.temperature`, `eval_intent.py --write-temperature`; the logits do not
+change), so the scores the server answers with and its `threshold` are the calibrated ones. Expected
 calibration error, {ev["ece_bins"]} equal-width confidence bins:
 
 {chr(10).join(cal)}
@@ -562,11 +564,11 @@ calibrated probability:
 
 {thr_table(e["threshold_calibrated"]["test+unseen"], rc)}
 
-With the raw probability (T = 1, the server today):
+With the raw probability (T = 1, a file without a temperature):
 
 {thr_table(e["threshold_raw"]["test+unseen"], rr)}
 
-{rec_text} Reproduce: `nice -n 15 python training/eval_intent.py` (generates the sets under
+{rec_text} Reproduce: `nice -n 15 python training/eval_intent.py [--write-temperature]` (generates the sets under
 `$SHIFTSERVE_DATA/intents-eval` and `$SHIFTSERVE_DATA/intents-unseen` when missing).
 """
 

@@ -38,6 +38,8 @@ pub const KEY_INTENTS: &str = "shiftserve.intents";
 pub const KEY_SHA256: &str = "shiftserve.tensor_sha256";
 pub const KEY_PRODUCER: &str = "shiftserve.producer";
 pub const KEY_DESCRIPTION: &str = "shiftserve.description";
+/// Optional softmax temperature: calibrated scores are `softmax(logits / T)`.
+pub const KEY_TEMPERATURE: &str = "shiftserve.temperature";
 
 /// The bytes of a model file: a read-only memory map or an owned buffer.
 pub enum Backing {
@@ -114,6 +116,8 @@ pub struct ModelFile {
     pub intents: Vec<Intent>,
     pub producer: String,
     pub description: String,
+    /// `shiftserve.temperature`: the softmax temperature fitted at export (positive, finite).
+    pub temperature: Option<f32>,
     pub tensor_sha256: String,
 }
 
@@ -290,6 +294,17 @@ impl ModelFile {
         };
         let producer = get(KEY_PRODUCER)?.to_string();
         let description = md.get(KEY_DESCRIPTION).cloned().unwrap_or_default();
+        let temperature = match md.get(KEY_TEMPERATURE) {
+            None => None,
+            Some(text) => match text.trim().parse::<f32>() {
+                Ok(t) if t.is_finite() && t > 0.0 => Some(t),
+                _ => {
+                    return Err(invalid(format!(
+                        "{KEY_TEMPERATURE} must be a positive finite number, got {text:?}"
+                    )))
+                }
+            },
+        };
         let tensor_sha256 = get(KEY_SHA256)?.to_string();
         if tensor_sha256.len() != 64
             || !tensor_sha256
@@ -313,6 +328,7 @@ impl ModelFile {
             intents,
             producer,
             description,
+            temperature,
             tensor_sha256,
         };
         file.check_tensors()?;

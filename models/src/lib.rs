@@ -76,6 +76,9 @@ pub struct ModelInfo {
     /// Numeric path of the shift layers: `"int8"`, `"float"`, `"mixed"` or `"none"`.
     pub numeric_path: String,
     pub description: String,
+    /// Softmax temperature fitted at export (`shiftserve.temperature`): scores are
+    /// `softmax(logits / T)`; `None` = 1. The logits themselves never change.
+    pub temperature: Option<f32>,
     /// Storage of the tensor-train (MPS) matrices of the `lstm_tt` nodes against the dense
     /// matrices they replace; `None` when the model has none.
     pub tensor_train: Option<TensorTrainStorage>,
@@ -212,6 +215,7 @@ impl Model {
             parameters,
             numeric_path,
             description: file.description.clone(),
+            temperature: file.temperature,
             tensor_train: tensor_train_storage(&file),
         };
         // `file` (and its memory map) is dropped here: the plan owns its weights.
@@ -323,6 +327,22 @@ impl Session {
         observe: &mut dyn FnMut(&str, &[f32]),
     ) -> Result<&[f32], ModelError> {
         self.inner.run_observed(batch, observe)
+    }
+}
+
+impl ModelInfo {
+    /// The calibrated class probabilities of one sample's logits: `softmax(logits / T)` with the
+    /// model's temperature ([`ModelInfo::temperature`]), plain softmax without one.
+    pub fn scores(&self, logits: &[f32]) -> Vec<f32> {
+        softmax_with_temperature(logits, self.temperature)
+    }
+}
+
+/// `softmax(logits / T)`; `None` (or 1) is the plain softmax, bit for bit.
+pub fn softmax_with_temperature(logits: &[f32], temperature: Option<f32>) -> Vec<f32> {
+    match temperature {
+        Some(t) if t != 1.0 => softmax(&logits.iter().map(|&x| x / t).collect::<Vec<f32>>()),
+        _ => softmax(logits),
     }
 }
 

@@ -280,6 +280,35 @@ fn metadata_errors_are_precise() {
     );
 }
 
+#[test]
+fn the_optional_temperature_is_read_and_checked() {
+    let b = small_cnn(8);
+    let f = load(b.to_bytes(&labels(5), None).unwrap()).unwrap();
+    assert_eq!(f.temperature, None, "no key: no temperature");
+    for (text, want) in [
+        ("0.598", 0.598f32),
+        ("1.5", 1.5),
+        (" 2 ", 2.0),
+        ("1e-3", 1e-3),
+    ] {
+        let mut b = small_cnn(8);
+        b.override_metadata("shiftserve.temperature", Some(text));
+        let f = load(b.to_bytes(&labels(5), None).unwrap()).unwrap();
+        assert_eq!(f.temperature, Some(want), "{text}");
+        let model = Model::from_bytes(b.to_bytes(&labels(5), None).unwrap()).unwrap();
+        assert_eq!(model.info().temperature, Some(want), "{text}");
+    }
+    for bad in ["0", "-1", "nan", "inf", "warm", ""] {
+        let mut b = small_cnn(8);
+        b.override_metadata("shiftserve.temperature", Some(bad));
+        let msg = invalid(b.to_bytes(&labels(5), None).unwrap());
+        assert!(
+            msg.contains("shiftserve.temperature must be a positive finite number"),
+            "{bad:?}: {msg}"
+        );
+    }
+}
+
 fn one_shift_layer(code: CodeSpec, bits: usize, planes: Option<Vec<u8>>) -> Vec<u8> {
     let mut r = Rng(9);
     let mut b = ModelBuilder::new(

@@ -374,6 +374,32 @@ def validate_preprocess(pp: dict) -> None:
         raise ExportError(f"preprocess.kind must be 'image' or 'audio', got {kind!r}")
 
 
+def set_temperature(path, temperature: float | None) -> None:
+    """Writes (or, with ``None``, removes) the softmax temperature of an exported model file in
+    place: only the ``shiftserve.temperature`` metadata key changes; the tensor bytes, their
+    offsets and the tensor hash stay as they are, so the logits of the file do not change. For
+    calibrating an already exported model (``training/eval_intent.py --write-temperature``)."""
+    if temperature is not None and not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
+                                        and temperature > 0):
+        raise ExportError(f"temperature must be a positive finite number, got {temperature!r}")
+    with open(path, "rb") as f:
+        data = f.read()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    meta = header.setdefault("__metadata__", {})
+    if temperature is None:
+        meta.pop("shiftserve.temperature", None)
+    else:
+        meta["shiftserve.temperature"] = repr(float(temperature))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-(8 + len(text)) % 8)  # the data section stays 8-byte aligned
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text + data[8 + n:])
+    import os
+    os.replace(tmp, path)
+
+
 def export(model: nn.Module, path, *, name: str, task: str, labels: list[str], preprocess: dict,
            intents: list[dict] | None = None, numeric_path: str = "int8", calib: Iterable | None = None,
            calib_method: str = "minmax", input_shape: list[int] | None = None,

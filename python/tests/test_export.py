@@ -259,6 +259,27 @@ def test_temperature_metadata(tmp_path):
                    numeric_path="float", progress=False, temperature=bad)
 
 
+def test_set_temperature_changes_only_the_metadata(tmp_path):
+    from shiftserve_train.export import set_temperature
+    m = _tiny()
+    p = tmp_path / "t.safetensors"
+    export(m, p, name="t", task="image_classification", labels=LABELS, preprocess=PP, numeric_path="float",
+           progress=False)
+    before = reference.ModelFile(p)
+    x = np.random.default_rng(0).standard_normal((2, *before.input_shape)).astype(np.float32)
+    logits = reference.forward(before, x)
+    set_temperature(p, 0.598)
+    after = reference.ModelFile(p)
+    assert after.temperature == 0.598 and after.meta["shiftserve.tensor_sha256"] == before.meta["shiftserve.tensor_sha256"]
+    assert (8 + int.from_bytes(p.read_bytes()[:8], "little")) % 8 == 0
+    np.testing.assert_array_equal(reference.forward(after, x), logits)
+    set_temperature(p, None)
+    assert reference.ModelFile(p).temperature is None
+    for bad in (0, -2.0, float("nan")):
+        with pytest.raises(ExportError):
+            set_temperature(p, bad)
+
+
 def test_custom_model_grouped_conv_avgpool(tmp_path):
     import sys
     from pathlib import Path

@@ -57,6 +57,9 @@ pub fn inspect(path: &Path) -> Result<String, String> {
     );
     out += &format!("preprocess   {}\n", info.preprocess_json);
     out += &format!("classes      {}\n", info.labels.len());
+    if let Some(t) = info.temperature {
+        out += &format!("temperature  {t} (scores = softmax(logits / {t}))\n");
+    }
     let bits: Vec<String> = info.weight_bits.iter().map(|b| format!("W{b}")).collect();
     out += &format!(
         "weight bits  {}\n",

@@ -333,8 +333,9 @@ impl PreprocessSpec {
             return false;
         }
         match sniff(data) {
-            Some(m) if m.is_image() => image::declared_pixels(data, m)
-                .is_some_and(|p| p <= SMALL_WORK_PIXELS as u64),
+            Some(m) if m.is_image() => {
+                image::declared_pixels(data, m).is_some_and(|p| p <= SMALL_WORK_PIXELS as u64)
+            }
             _ => false,
         }
     }
@@ -503,7 +504,8 @@ mod tests {
     }
 
     fn png(w: u32, h: u32) -> Vec<u8> {
-        let img = ::image::GrayImage::from_fn(w, h, |x, y| ::image::Luma([((x * 7 + y) % 256) as u8]));
+        let img =
+            ::image::GrayImage::from_fn(w, h, |x, y| ::image::Luma([((x * 7 + y) % 256) as u8]));
         let mut out = std::io::Cursor::new(Vec::new());
         img.write_to(&mut out, ::image::ImageFormat::Png).unwrap();
         out.into_inner()
@@ -520,9 +522,18 @@ mod tests {
         };
         let small = spec(28, 1);
         assert!(small.is_small_work(&png(28, 28)));
-        assert!(small.is_small_work(&png(128, 128)), "the limit is inclusive");
-        assert!(!small.is_small_work(&png(129, 128)), "declared pixels over the limit");
-        assert!(!small.is_small_work(&png(20000, 1)), "a long thin picture counts its pixels");
+        assert!(
+            small.is_small_work(&png(128, 128)),
+            "the limit is inclusive"
+        );
+        assert!(
+            !small.is_small_work(&png(129, 128)),
+            "declared pixels over the limit"
+        );
+        assert!(
+            !small.is_small_work(&png(20000, 1)),
+            "a long thin picture counts its pixels"
+        );
         // A PNG signature with an unreadable header is not called small (it goes the long way
         // and gets its error there).
         assert!(!small.is_small_work(b"\x89PNG\r\n\x1a\nnot a header at all"));

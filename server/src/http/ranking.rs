@@ -24,7 +24,7 @@ pub struct Ranking<'a> {
     pub intent: Option<&'a Intent>,
 }
 
-/// Ranks one sample's logits: softmax, the `k` most probable classes (at least one), the
+/// Ranks one sample's logits: softmax (with the model's calibrated temperature), the `k` most probable classes (at least one), the
 /// threshold on the top-1 probability, and the intent of the top-1 class.
 pub fn rank<'a>(
     info: &'a ModelInfo,
@@ -32,7 +32,7 @@ pub fn rank<'a>(
     k: usize,
     threshold: Option<f32>,
 ) -> Ranking<'a> {
-    let probs = models::softmax(logits);
+    let probs = info.scores(logits);
     let top = top_k(&probs, k.max(1));
     let understood = match (threshold, top.first()) {
         (Some(t), Some(&(_, p))) => p >= t,
@@ -88,6 +88,7 @@ mod tests {
             parameters: 0,
             numeric_path: "none".into(),
             description: String::new(),
+            temperature: None,
             tensor_train: None,
         }
     }
@@ -144,6 +145,35 @@ mod tests {
         let none = rank(&i, &[0.0, 3.0], 1, None);
         assert!(none.understood);
         assert_eq!(none.intent.map(|it| it.object.as_str()), Some("o1"));
+    }
+
+    #[test]
+    fn the_models_temperature_calibrates_scores_and_the_threshold_applies_to_them() {
+        let mut i = info(Task::SpokenIntent, 2);
+        let logits = [0.0, 1.0];
+        // T = 1: softmax(1) of two classes = 1 / (1 + e^-1) = 0.7311.
+        let plain = rank(&i, &logits, 2, Some(0.8));
+        assert!(
+            (plain.top[0].1 - 0.731_058_6).abs() < 1e-6,
+            "{:?}",
+            plain.top
+        );
+        assert!(!plain.understood);
+        let plain = plain.top;
+        // T = 0.5 sharpens: softmax(2) = 0.8808, now above the threshold.
+        i.temperature = Some(0.5);
+        let sharp = rank(&i, &logits, 2, Some(0.8));
+        assert!((sharp.top[0].1 - 0.880_797).abs() < 1e-6, "{:?}", sharp.top);
+        assert!(sharp.understood);
+        assert_eq!(sharp.intent.map(|it| it.action.as_str()), Some("a1"));
+        // T = 2 softens: softmax(0.5) = 0.6225; the order of the classes never changes.
+        i.temperature = Some(2.0);
+        let soft = rank(&i, &logits, 2, None);
+        assert!((soft.top[0].1 - 0.622_459_3).abs() < 1e-6, "{:?}", soft.top);
+        assert_eq!(soft.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 0]);
+        // T = 1 written out is the plain softmax, bit for bit.
+        i.temperature = Some(1.0);
+        assert_eq!(rank(&i, &logits, 2, None).top, plain);
     }
 
     #[test]

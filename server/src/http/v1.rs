@@ -262,6 +262,10 @@ pub struct ModelSummary {
     /// fp32 size / file size.
     pub compression_ratio: f64,
     pub parameters: u64,
+    /// Softmax temperature fitted at export (`scores = softmax(logits / T)`); absent when the
+    /// file has none (T = 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
     /// Tensor-train (MPS) LSTM matrices against the dense LSTM matrices they replace; absent
     /// when the model has no `lstm_tt` node.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -345,6 +349,7 @@ pub async fn list_models(State(st): State<SharedState>) -> Json<ModelList> {
                 0.0
             },
             parameters: info.parameters,
+            temperature: info.temperature,
             tensor_train: info.tensor_train.map(|t| TensorTrainSummary {
                 params: t.params,
                 bytes: t.bytes,

@@ -704,7 +704,7 @@ pub(crate) fn output_tensors(specs: &[OutputSpec], out: &infer::InferOutcome) ->
         .iter()
         .map(|spec| {
             let rows: Vec<Vec<f32>> = if spec.name == OUTPUT_PROBS {
-                out.logits.iter().map(|l| models::softmax(l)).collect()
+                out.logits.iter().map(|l| info.scores(l)).collect()
             } else {
                 out.logits.clone()
             };
@@ -887,6 +887,7 @@ mod tests {
             parameters: 10,
             numeric_path: "int8".into(),
             description: "from the file".into(),
+            temperature: None,
             tensor_train: None,
         }
     }
