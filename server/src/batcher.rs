@@ -336,8 +336,13 @@ impl Batcher {
     }
 
     /// Enqueues all jobs of one request in the places `res` reserved on this batcher (one job
-    /// per reserved place). On `Closed` the reservation is released.
-    pub fn submit_reserved(&self, mut res: Reservation, jobs: Vec<Job>) -> Result<(), SubmitError> {
+    /// per reserved place). On `Closed` the reservation is released and the jobs are given back
+    /// (so a caller can submit the same inputs elsewhere without having copied them).
+    pub fn submit_reserved(
+        &self,
+        mut res: Reservation,
+        jobs: Vec<Job>,
+    ) -> Result<(), (SubmitError, Vec<Job>)> {
         assert!(
             Arc::ptr_eq(&res.shared, &self.shared) && res.n == jobs.len(),
             "reservation does not match this submission"
@@ -345,7 +350,7 @@ impl Batcher {
         let mut st = self.shared.state.lock().unwrap();
         if st.closed {
             drop(st);
-            return Err(SubmitError::Closed);
+            return Err((SubmitError::Closed, jobs));
         }
         st.reserved -= res.n;
         res.n = 0;
@@ -361,7 +366,7 @@ impl Batcher {
     /// Admits and enqueues all jobs of one request, or none of them.
     pub fn submit(&self, jobs: Vec<Job>) -> Result<(), SubmitError> {
         let res = self.reserve(jobs.len())?;
-        self.submit_reserved(res, jobs)
+        self.submit_reserved(res, jobs).map_err(|(e, _)| e)
     }
 
     /// Reserved plus queued samples (what `shiftserve_queue_depth` reports).
@@ -962,7 +967,7 @@ mod tests {
         assert_eq!(b.depth(), 1);
         // Converting a reservation into a queued job keeps the depth (reserved -> queued).
         let (job, rx) = Job::new(vec![7.0], far());
-        b.submit_reserved(r1, vec![job]).unwrap();
+        assert!(b.submit_reserved(r1, vec![job]).is_ok());
         assert_eq!(b.depth(), 1);
         let r = b.reserve(2).unwrap();
         assert_eq!(b.depth(), 3);
@@ -970,10 +975,15 @@ mod tests {
         // Closed: no new admission; a pending reservation is refused and released.
         assert_eq!(b.reserve(1).err(), Some(SubmitError::Closed));
         let (job, _rx2) = Job::new(vec![1.0], far());
-        let (job2, _rx3) = Job::new(vec![1.0], far());
+        let (job2, _rx3) = Job::new(vec![2.0], far());
+        let Err((e, back)) = b.submit_reserved(r, vec![job, job2]) else {
+            panic!("a closed batcher accepted a reservation");
+        };
+        assert_eq!(e, SubmitError::Closed);
+        // The jobs come back with their inputs, for a retry on another version.
         assert_eq!(
-            b.submit_reserved(r, vec![job, job2]).err(),
-            Some(SubmitError::Closed)
+            back.iter().map(|j| j.input.clone()).collect::<Vec<_>>(),
+            vec![vec![1.0], vec![2.0]]
         );
         b.shutdown();
         assert_eq!(rx.blocking_recv().unwrap().unwrap().output, vec![7.0]);

@@ -345,7 +345,7 @@ async fn run_inner(
         Ok(r) => r?,
         Err(_) => return Err(ApiError::timeout("deadline exceeded during preprocessing")),
     }
-    let inputs: Vec<Vec<f32>> = slots
+    let mut inputs: Vec<Vec<f32>> = slots
         .into_iter()
         .map(|s| s.expect("every sample preprocessed"))
         .collect();
@@ -360,14 +360,15 @@ async fn run_inner(
     loop {
         let mut jobs = Vec::with_capacity(inputs.len());
         receivers.clear();
-        for t in &inputs {
-            let (job, rx) = Job::new(t.clone(), deadline);
+        for t in inputs.drain(..) {
+            let (job, rx) = Job::new(t, deadline);
             jobs.push(job);
             receivers.push(rx);
         }
         match lv.batcher.submit_reserved(reservation, jobs) {
             Ok(()) => break,
-            Err(e) => {
+            Err((e, jobs)) => {
+                inputs = jobs.into_iter().map(|j| j.input).collect();
                 let expected_len = lv.input_len;
                 lv = retry_target(state, target, &lv, e, &mut attempt, expected_len)?;
                 tracker.set_version(&lv);
