@@ -82,8 +82,7 @@ model with fake-quant on).
 How the figures came about: the first round of training (session 1) ran on a machine whose two
 cores were shared with five engineers compiling Rust, so its models stopped after 2-20 epochs
 and missed three targets. `fashion`, `intent` and `intent-lstm` were then retrained (session 2)
-with the recipes and epoch counts printed in each card; `digits` is still the session-1 model (it
-met its target). The training times quoted are wall times of single-thread processes while
+with the recipes and epoch counts printed in each card; """ + DIGITS_HISTORY[bool(d and "xvalid_acc_file" in d["shift"])] + """ The training times quoted are wall times of single-thread processes while
 four to six training runs shared the two cores: upper bounds for an idle 2-core machine, where
 they were not measured. Misses are printed as misses.
 
@@ -130,9 +129,11 @@ All figures on this page are generated from `training/results/*.json` by
                     f"storage < 10 % | {status(dn - t <= 0.015 and il['tt_storage_fraction'] < 0.1)} |")
     if d:
         t = d["shift"]["test_acc_file"]
+        sp = d["shift"]["test_per_speaker_file"]
         rows.append(f"| `digits` | audio classification | DenseShift ResNet | W3, int8 act. | {kib(d['file_bytes'])} | "
-                    f"{d['compression_vs_fp32']:.1f}x | george+lucas {pct(t)} (FP twin "
-                    f"{pct(d['fp32']['test_acc_pytorch'])}) | >= 90 % | {status(t >= 0.90)} |")
+                    f"{d['compression_vs_fp32']:.1f}x | george+lucas {pct(t)} (george {pct(sp['george']['acc'])}, "
+                    f"lucas {pct(sp['lucas']['acc'])}; FP twin {pct(d['fp32']['test_acc_pytorch'])}) | "
+                    f">= 93 % together, >= 90 % each | {status(digits_met(d))} |")
     parts.append("## Summary\n\n" + "\n".join(rows) + "\n")
 
     if fa:
@@ -672,31 +673,58 @@ Reproduce: `nice -n 10 python training/train.py intent-lstm`.
 """
 
 
+DIGITS_HISTORY = {
+    False: "`digits` is still the session-1 model (it\nmet its target).",
+    True: "`digits` was retrained (session 3) against a raised\ntarget (>= 93 % on george + lucas, "
+          ">= 90 % on each) with a stronger augmentation and\ncross-voice model selection.",
+}
+
+
+def digits_met(r):
+    s = r["shift"]
+    return s["test_acc_file"] >= 0.93 and all(g["acc"] >= 0.90 for g in s["test_per_speaker_file"].values())
+
+
 def digits_card(r):
     f, s = r["fp32"], r["shift"]
+    width = r.get("width", 16)
+    if r.get("augmentation", 1) >= 2:
+        aug = ("speed perturbation 0.85-1.15, random channel EQ (spectral tilt +-8 dB, two +-6 dB peaks/dips, "
+               "30 % a soft low-pass at 2-3.6 kHz; 70 % of clips), random leading silence up to 0.3 s, gain, "
+               "white/pink/brown noise at 10-40 dB SNR (50 %; over the spoken part only in 2 of 3 cases, "
+               "the served clips being padded with digital silence), a vocal-tract-length-style warp of "
+               "the mel axis (x0.88-1.12), SpecAugment")
+    else:
+        aug = ("speed perturbation 0.85-1.15, random leading silence up to 0.35 s, gain, white noise at "
+               "10-40 dB SNR (60 %), SpecAugment")
+    xrow = ""
+    if "xvalid_acc_pytorch" in s:
+        xrow = (f"| held-out TTS voices (300, model selection) | {pct(f['xvalid_acc_pytorch'])} | "
+                f"{pct(s['xvalid_acc_pytorch'])} | {pct(s['xvalid_acc_file'])} |\n")
     return f"""## `digits` — DenseShift W3 ResNet on spoken digits (real human speech)
 
 **Data.** Free Spoken Digit Dataset (CC BY-SA 4.0), read in place from `../shared/data/fsdd`:
 training speakers jackson, nicolas, theo, yweweler (recordings 5-49 of each digit, 1,800 clips;
 recordings 0-4 form the validation split, 200 clips), plus 840 TTS digits from the training
-voices only (espeak-ng, mbrola, flite, festival; each with one sox-augmented copy). **Test:
-george and lucas**, all 1,000 recordings, never trained on. Online augmentation per batch: speed
-perturbation 0.85-1.15, random leading silence up to 0.35 s, gain, white noise at 10-40 dB SNR
-(60 %), SpecAugment.
+voices only (espeak-ng, mbrola, flite, festival; each with one sox-augmented copy). Model
+selection: the FSDD validation split (saturates at 100 %) and 300 digits of the *held-out* TTS
+voices (pico en-US/en-GB, RHVoice alan/bdl/clb/evgeniy-eng/lyubov/slt, festival/flite SLT; 3
+prosody draws each, one sox-augmented). **Test: george and lucas**, all 1,000 recordings, never
+trained on nor used to choose anything. Online augmentation per batch: {aug}.
 
 **Preprocessing** (8 kHz, the FSDD rate; other rates are resampled by the server): {spec_block(r["spec"])}
 
-**Recipe.** ResNet with fp32 7x7/2 stem + BN + 3x3/2 max-pool, three BasicBlock stages (widths
-16/32/64, strides 1/2/2) of DenseShift W3 convs, global average pooling, fp32 classifier. AdamW,
+**Recipe.** ResNet with fp32 7x7/2 stem (width {width}) + BN + 3x3/2 max-pool, three BasicBlock stages (widths
+{width}/{2 * width}/{4 * width}, strides 1/2/2) of DenseShift W3 convs, global average pooling, fp32 classifier. AdamW,
 one-cycle cosine (peak 3e-3), label smoothing 0.1, batch 64, {r["epochs"]} epochs; 8-bit calibration
 and 150 fake-quant fine-tuning steps. FP twin: same with fp32 convs.
 
 | split | FP twin (PyTorch) | W3 (PyTorch, fake-quant) | W3 exported file |
 |---|---|---|---|
 | validation (training speakers, 200) | {pct(f["valid_acc_pytorch"])} | {pct(s["valid_acc_pytorch"])} | {pct(s["valid_acc_file"])} |
-| test: george + lucas (1,000) | {pct(f["test_acc_pytorch"])} | {pct(s["test_acc_pytorch"])} | {pct(s["test_acc_file"])} |
+{xrow}| test: george + lucas (1,000) | {pct(f["test_acc_pytorch"])} | {pct(s["test_acc_pytorch"])} | {pct(s["test_acc_file"])} |
 
-Target >= 90 % on george and lucas: {status(s["test_acc_file"] >= 0.90)}.
+Target >= 93 % on george + lucas together and >= 90 % on each: {status(digits_met(r))}.
 
 {group_table("speaker", f, s, "FP twin", "W3 exported file", "test_per_speaker_pytorch", "test_per_speaker_file")}
 
@@ -704,7 +732,8 @@ Target >= 90 % on george and lucas: {status(s["test_acc_file"] >= 0.90)}.
 
 Training time: FP twin {minutes(f["train_seconds"])}, W3 {minutes(s["train_seconds"])} (in parallel,
 one thread each); whole command {minutes(r["wall_seconds_total"])}.
-Reproduce: `nice -n 10 python training/data/make_digits.py && nice -n 10 python training/train.py digits`.
+Reproduce: `nice -n 10 python training/train.py digits` (generates the data with
+`training/data/make_digits.py` when missing).
 """
 
 

@@ -157,15 +157,95 @@ def digits_data():
     man = os.path.join(d, "manifest.csv")
     if not os.path.exists(man):
         run_data_script("make_digits.py", "--out", d)
+    with open(man) as f:
+        if not any(r["split"] == "xvalid" for r in csv.DictReader(f)):
+            run_data_script("make_digits.py", "--out", d, "--xvalid-only")
     wave, rows = load_audio_manifest(man, DIGITS_SPEC, cache=os.path.join(d, "wave_8k_1.5s.npy"))
     return wave, rows
 
 
-def build_digits(shift):
+def build_digits(shift, width=16):
     from shiftserve_train.models import ResNet
 
-    return ResNet("basic", (1, 1, 1), (16, 32, 64), stem="imagenet", stem_width=16,
+    return ResNet("basic", (1, 1, 1), (width, 2 * width, 4 * width), stem="imagenet", stem_width=width,
                   in_channels=1, num_classes=10, shift=shift, bits=3)
+
+
+def colored_noise(n, rng, color):
+    """White / pink (1/f) / brown (1/f^2) noise of unit RMS, shaped in the frequency domain."""
+    w = rng.standard_normal(n)
+    if color != "white":
+        m = 1 << int(np.ceil(np.log2(n)))  # power-of-two FFT (fast), cut back to n
+        spec = np.fft.rfft(rng.standard_normal(m))
+        f = np.arange(len(spec), dtype=np.float64)
+        f[0] = 1.0
+        spec /= f ** (0.5 if color == "pink" else 1.0)
+        w = np.fft.irfft(spec, m)[:n]
+    return (w / (np.sqrt(np.mean(w ** 2)) + 1e-12)).astype(np.float32)
+
+
+def random_eq(x, rng, sr, max_tilt_db=8.0, n_bumps=2, bump_db=6.0, p_lowpass=0.3):
+    """Random microphone/channel colouring in the frequency domain: a spectral tilt of +-max_tilt_db
+    over the band, n_bumps Gaussian peaks/dips of +-bump_db, and (p_lowpass) a soft low-pass
+    between 2 and 3.6 kHz."""
+    m = 1 << int(np.ceil(np.log2(len(x) + 256)))  # zero-padded power-of-two FFT (fast)
+    spec = np.fft.rfft(x, m)
+    f = np.fft.rfftfreq(m, 1.0 / sr) / (sr / 2)  # 0..1
+    db = rng.uniform(-max_tilt_db, max_tilt_db) * (f - 0.5)
+    for _ in range(n_bumps):
+        c, w = rng.uniform(0.05, 0.95), rng.uniform(0.05, 0.25)
+        db = db + rng.uniform(-bump_db, bump_db) * np.exp(-0.5 * ((f - c) / w) ** 2)
+    g = 10 ** (db / 20)
+    if rng.random() < p_lowpass:
+        fc = rng.uniform(2000, 3600) / (sr / 2)
+        g = g / np.sqrt(1 + (f / fc) ** 8)
+    return np.fft.irfft(spec * g, m)[:len(x)]
+
+
+def augment_digit_waves(w, rng, sr, max_shift_s=0.3, speed=(0.85, 1.15), snr=(10, 40), p_noise=0.5,
+                        p_eq=0.7):
+    """Online waveform augmentation of the digits [B, n]: speed perturbation (linear resampling:
+    tempo and pitch together, like sox `speed`), random channel EQ (random_eq), random leading
+    silence, gain, and white/pink/brown noise at 10-40 dB SNR -- over the spoken part only in
+    2 of 3 noisy clips (the served clips are padded with digital silence, as the test ones are),
+    over the whole 1.5 s otherwise."""
+    b, n = w.shape
+    out = np.zeros_like(w)
+    for i in range(b):
+        x = w[i]
+        nz = np.nonzero(np.abs(x) > 1e-4)[0]
+        x = x[: nz[-1] + 1] if len(nz) else x[:1]
+        f = rng.uniform(*speed)
+        m = max(2, int(len(x) / f))
+        x = np.interp(np.linspace(0, len(x) - 1, m), np.arange(len(x)), x)
+        if rng.random() < p_eq and len(x) > 64:
+            x = random_eq(x, rng, sr)
+        room = n - len(x)
+        off = int(rng.integers(0, max(1, min(room, int(max_shift_s * sr)) + 1))) if room > 0 else 0
+        seg = x[: n - off] * rng.uniform(0.3, 1.0)
+        out[i, off:off + len(seg)] = seg
+        if rng.random() < p_noise:
+            rms = np.sqrt(np.mean(seg ** 2)) + 1e-6
+            amp = rms * 10 ** (-rng.uniform(*snr) / 20)
+            color = ("white", "pink", "brown")[int(rng.integers(0, 3))]
+            if rng.random() < 2 / 3:
+                out[i, off:off + len(seg)] += colored_noise(len(seg), rng, color) * amp
+            else:
+                out[i] += colored_noise(n, rng, color) * amp
+    return out
+
+
+def mel_warp(x, rng, lo=0.88, hi=1.12):
+    """Vocal-tract-length-style warp of the mel axis of a feature batch [B, 1, M, T]: bin m takes
+    the value at m * alpha (alpha uniform in [lo, hi], per clip; linear interpolation, edge bins
+    repeated)."""
+    b, _, m, t = x.shape
+    alpha = torch.from_numpy(rng.uniform(lo, hi, size=b).astype(np.float32))
+    src = torch.arange(m, dtype=torch.float32)[None] * alpha[:, None]  # [B, M]
+    gy = (2 * src / (m - 1) - 1).clamp(-1, 1)[:, :, None].expand(b, m, t)
+    gx = torch.linspace(-1, 1, t)[None, None].expand(b, m, t)
+    grid = torch.stack([gx, gy], -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def run_digits(args):
@@ -177,17 +257,20 @@ def run_digits(args):
     split = np.array([r["split"] for r in rows])
     spk = np.array([r["speaker"] for r in rows])
     src = np.array([r["source"] for r in rows])
-    tr, va, te = split == "train", split == "valid", split == "test"
+    tr, va, xv, te = split == "train", split == "valid", split == "xvalid", split == "test"
     log(f"digits: train {tr.sum()} (fsdd {(tr & (src == 'fsdd')).sum()}, tts {(tr & (src != 'fsdd')).sum()}),"
-        f" valid {va.sum()}, test {te.sum()} (speakers {sorted(set(spk[te]))})")
+        f" valid {va.sum()}, held-out-voice valid {xv.sum()}, test {te.sum()} (speakers {sorted(set(spk[te]))})")
     assert not set(spk[tr]) & {"george", "lucas"}
     feats_va = torch.from_numpy(logmel_batches(wave[va], DIGITS_SPEC))
+    feats_xv = torch.from_numpy(logmel_batches(wave[xv], DIGITS_SPEC))
     feats_te = torch.from_numpy(logmel_batches(wave[te], DIGITS_SPEC))
     from shiftserve_train.features import LogMel
 
     lm = LogMel(DIGITS_SPEC)
     tr_idx = np.nonzero(tr)[0]
     bs = 64
+    aug = args.digits_aug
+    width = args.digits_width
 
     def batches(ep, augment=True):
         rng = np.random.default_rng(ep)
@@ -196,42 +279,54 @@ def run_digits(args):
             idx = perm[i:i + bs]
             w = wave[idx]
             if augment:
-                w = augment_waves(w, rng, 8000)
+                w = augment_waves(w, rng, 8000) if aug == 1 else augment_digit_waves(w, rng, 8000)
             with torch.no_grad():
                 x = lm(torch.from_numpy(w))
+                if augment and aug >= 2:
+                    x = mel_warp(x, rng)
             if augment:
                 x = spec_augment(x, rng, max_f=4, max_t=8)
             yield x, torch.from_numpy(y[idx])
 
+    def evaluate(model):
+        v = common.acc(common.predict(model, feats_va), y[va])
+        x = common.acc(common.predict(model, feats_xv), y[xv])
+        log(f"  valid {v:.4f} held-out-voice valid {x:.4f}")
+        return (v + x) / 2
+
     steps = len(tr_idx) // bs
-    res = {"name": "digits", "spec": DIGITS_SPEC, "epochs": args.epochs or 12}
+    res = {"name": "digits", "spec": DIGITS_SPEC, "epochs": args.epochs or 36, "width": width,
+           "augmentation": aug}
     for kind in kinds_of(args, ("fp32", "shift")):
         torch.manual_seed(0)
-        model = build_digits(kind == "shift")
+        model = build_digits(kind == "shift", width)
         t = common.train_loop(model, batches, res["epochs"], lr=args.lr or 3e-3, steps_per_epoch=steps,
-                              eval_fn=lambda: common.acc(common.predict(model, feats_va), y[va]),
-                              desc=f"digits-{kind}")
+                              eval_fn=lambda: evaluate(model), desc=f"digits-{kind}")
         if kind == "shift":
             common.qat(model, [x for x, _ in itertools.islice(batches(998, augment=False), 8)],
                        batches, steps=args.qat_steps, lr=3e-4, desc="digits")
         pt_te = common.predict(model, feats_te)
         r = {"train_seconds": t, "valid_acc_pytorch": common.acc(common.predict(model, feats_va), y[va]),
+             "xvalid_acc_pytorch": common.acc(common.predict(model, feats_xv), y[xv]),
              "test_acc_pytorch": common.acc(pt_te, y[te]),
              "test_per_speaker_pytorch": common.per_group(pt_te, y[te], spk[te])}
         log(f"digits-{kind}: {json.dumps(r)}")
         res[kind] = r
     if "shift" not in res:
         return save_part("digits", res)
-    out = os.path.join(DATA, "digits", "digits.safetensors")
+    out = os.path.join(DATA, "digits", f"digits{TAG}.safetensors")
     ex.export(model, out, name="digits", task="audio_classification", labels=labels,
               preprocess=DIGITS_SPEC, numeric_path="int8", progress=False,
               description="DenseShift W3 ResNet (3 stages) on log-mel, 8 kHz; trained on FSDD "
                           "speakers jackson/nicolas/theo/yweweler + TTS digits")
     f_va = common.predict_file(out, feats_va.numpy())
+    f_xv = common.predict_file(out, feats_xv.numpy())
     f_te = common.predict_file(out, feats_te.numpy())
     res["shift"]["valid_acc_file"] = common.acc(f_va, y[va])
+    res["shift"]["xvalid_acc_file"] = common.acc(f_xv, y[xv])
     res["shift"]["test_acc_file"] = common.acc(f_te, y[te])
     res["shift"]["test_per_speaker_file"] = common.per_group(f_te, y[te], spk[te])
+    log(f"digits-shift file: {json.dumps(res['shift'])}")
     # card-check subset: recordings 0-9 of every digit of george and lucas, read from the WAVs
     sub = [i for i, r in enumerate(rows) if r["split"] == "test" and
            int(os.path.basename(r["path"])[:-4].split("_")[2]) < 10]
@@ -294,6 +389,7 @@ def run_parallel(args):
                "--tt-rank", str(args.tt_rank), "--first-stride", str(args.first_stride)]
         cmd += ["--finetune-epochs", str(args.finetune_epochs), "--finetune-lr", str(args.finetune_lr)]
         cmd += ["--p-aug", str(args.p_aug)]
+        cmd += ["--digits-width", str(args.digits_width), "--digits-aug", str(args.digits_aug)]
         cmd += ["--continue-epochs", str(args.continue_epochs), "--continue-lr", str(args.continue_lr),
                 "--continue-aug", str(args.continue_aug)]
         if args.init_from is not None:
@@ -850,6 +946,12 @@ def main():
     ap.add_argument("--qat-steps", type=int, default=150)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--width", type=int, default=16, help="fashion: base width")
+    ap.add_argument("--digits-width", type=int, default=24,
+                    help="digits: base width (stages width/2x/4x, stem width)")
+    ap.add_argument("--digits-aug", type=int, default=2,
+                    help="digits: online augmentation recipe: 1 = speed/offset/gain/white noise + "
+                         "SpecAugment (session 1); 2 = 1 + channel EQ, coloured noise mostly over the "
+                         "spoken part, mel-axis warp")
     ap.add_argument("--first-stride", type=int, default=1, help="fashion: stride of the first stage")
     ap.add_argument("--tt-rank", type=int, default=15,
                     help="intent-lstm: MPS bond rank (clamped to each bond's maximum)")

@@ -16,7 +16,10 @@
 //! answers): the AVX-512 ones on a Zen-5-class core, the AVX2 ones under
 //! `qemu-x86_64-static -cpu max` (AVX2+FMA, no AVX-512), which reproduced every other entry of
 //! the Zen 3 record bit for bit except `synth/resnet18-fp32-twin-64px`, whose `gemm` blocking
-//! follows the reported cache sizes (those entries were kept from the Zen 3 record). The `f32` layers that use the `gemm` crate
+//! follows the reported cache sizes (those entries were kept from the Zen 3 record). The
+//! `bundled/digits` entries of both were re-recorded the same way, the same day, for the
+//! retrained width-24 `digits` (again meant; the qemu run again reproduced every other entry but
+//! those `synth/resnet18-fp32-twin-64px` ones). The `f32` layers that use the `gemm` crate
 //! round differently on the two classes, so their bits are not comparable across classes.
 
 use std::collections::BTreeMap;
