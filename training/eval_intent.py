@@ -312,6 +312,9 @@ def main():
                     help="intent: evaluate these full-precision twin weights (train.py --wide's "
                          "<name>.fp32.pt; --file gives the preprocessing)")
     ap.add_argument("--out", default=None, help="results file (default results/intent-eval.json)")
+    ap.add_argument("--record-twin", metavar="NAME", default=None,
+                    help="with --fp32-state: write the twin's new-wording accuracy into "
+                         "training/results/NAME.json (key fp32_unseen; make_cards.py shows it)")
     ap.add_argument("--summary", action="store_true",
                     help="print only aggregate figures (test, new wordings overall and per condition)")
     args = ap.parse_args()
@@ -362,6 +365,15 @@ def main():
         with open(out_path, "w") as f:
             json.dump(out, f, indent=1, sort_keys=True)
             f.write("\n")
+        if args.record_twin:
+            rp = os.path.join(RESULTS, f"{args.record_twin}.json")
+            with open(rp) as f:
+                rr = json.load(f)
+            rr["fp32_unseen"] = r["unseen"]["acc"]
+            rr["fp32_unseen_per_condition"] = {c: v["acc"] for c, v in r["unseen"]["per_condition"].items()}
+            with open(rp, "w") as f:
+                json.dump(rr, f, indent=1, sort_keys=True)
+                f.write("\n")
     log("wrote", out_path)
 
 

@@ -418,7 +418,11 @@ def intent_wide_data(spec):
     man = os.path.join(d, "manifest.csv")
     if not os.path.exists(man):
         run_data_script("make_intents_wide.py", "--out", d)
-    wave, rows = load_audio_manifest(man, spec, root=d, cache=os.path.join(d, "wave_16k_3s.npy"))
+    cache = os.path.join(d, "wave_16k_3s.npy")
+    with open(man) as f:
+        rows = list(csv.DictReader(f))
+    if not (os.path.exists(cache) and os.path.getmtime(cache) > os.path.getmtime(man)):
+        load_wide_waves(rows, d, spec, cache)
     ev = os.path.join(DATA, "intents-eval")
     eman = os.path.join(ev, "manifest.csv")
     if not os.path.exists(eman):
@@ -433,7 +437,38 @@ def intent_wide_data(spec):
         ew, erows = load_audio_manifest(eman, spec, root=ev)
         feats = logmel_batches(ew, spec)
         np.save(fcache, feats)
-    return np.load(os.path.join(d, "wave_16k_3s.npy"), mmap_mode="r"), rows, feats, erows
+    return np.load(cache, mmap_mode="r"), rows, feats, erows
+
+
+def load_wide_waves(rows, root, spec, cache, max_squeeze=1.4):
+    """Read the wide set's clips (shiftserve_train.features.read_wav), trim leading/trailing
+    silence; a clip longer than the window is sped up (linear resampling) to fit when it is at
+    most ``max_squeeze`` times too long (a long polite request would otherwise lose its last
+    words, often the location, to the cut), else cut at the end. Cached as .npy."""
+    from shiftserve_train import features as feat
+
+    sr = int(spec["sample_rate"])
+    n = int(round(float(spec["seconds"]) * sr))
+    wave = np.lib.format.open_memmap(cache + ".tmp.npy", mode="w+", dtype=np.float32, shape=(len(rows), n))
+    squeezed = cut = 0
+    for i, r in enumerate(rows):
+        x, rate = feat.read_wav(os.path.join(root, r["path"]))
+        if rate != sr:
+            x = feat.resample(x, rate, sr)
+        nz = np.nonzero(np.abs(x) > 1e-3 * max(1e-6, float(np.max(np.abs(x)))))[0]
+        if len(nz):
+            x = x[max(0, nz[0] - 800): nz[-1] + 800]
+        if len(x) > n:
+            if len(x) <= max_squeeze * n:
+                x = np.interp(np.linspace(0, len(x) - 1, n - 1600), np.arange(len(x)), x)
+                squeezed += 1
+            else:
+                cut += 1
+        wave[i] = feat.fit_length(np.asarray(x, dtype=np.float32), n)
+    wave.flush()
+    del wave
+    os.replace(cache + ".tmp.npy", cache)
+    log(f"intents-wide: {len(rows)} clips, {squeezed} sped up to fit {spec['seconds']} s, {cut} cut")
 
 
 def noise_bank(rng, n, k=48):
@@ -1030,6 +1065,9 @@ def main():
     ap.add_argument("--wide", action="store_true",
                     help="intent: train on the wide grammar ($SHIFTSERVE_DATA/intents-wide, "
                          "make_intents_wide.py), checkpointed every epoch (rerun to continue)")
+    ap.add_argument("--install-results", metavar="NAME", default=None,
+                    help="install the --no-install run recorded in training/results/NAME.json (e.g. "
+                         "intent-wide) as the bundled <model>, then run make_cards.py")
     ap.add_argument("--tt-out-rank", type=int, default=None,
                     help="intent-lstm: cap of the bonds between output modes (default: --tt-rank)")
     ap.add_argument("--tt-init", choices=["random", "dense"], default="dense",
@@ -1050,6 +1088,8 @@ def main():
                     help="both (default: two parallel child processes, then merge) | fp32 | shift | dense | tt")
     args = ap.parse_args()
     t = common.Timer()
+    if args.install_results:
+        return install_results(args.install_results, args.model)
     if args.record_sweep:
         return record_sweep(args.record_sweep.split(","))
     if args.merge:
