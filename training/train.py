@@ -304,7 +304,7 @@ def run_parallel(args):
         if args.wave_aug:
             cmd.append("--wave-aug")
         if args.wide:
-            cmd.append("--wide")
+            cmd += ["--wide", "--orig-repeat", str(args.orig_repeat)]
         if args.model == "intent-lstm":
             cmd += ["--tt-init", args.tt_init]
             if args.tt_out_rank:
@@ -698,9 +698,17 @@ def run_intent_wide(args, name, spec, labels, intents, lstm):
     bank = noise_bank(np.random.default_rng(7), wave.shape[1])
     bs = 128 if lstm else 64
 
+    import intents_text
+    import intents_wide
+
+    orig = {intents_wide._norm(p) for *_, phr in intents_text.intents() for p in phr}
+    orig_idx = np.array([i for i, r in enumerate(rows) if r["text"] in orig])
+    # --orig-repeat K: the clips of the 199 original phrasings K times per epoch
+    tr_idx = np.concatenate([np.arange(len(rows))] + [orig_idx] * (args.orig_repeat - 1))
+
     def batches(ep, augment=True):
         rng = np.random.default_rng(ep)
-        perm = rng.permutation(len(rows))
+        perm = rng.permutation(tr_idx)
         for i in range(0, len(perm) - bs + 1, bs):
             idx = np.sort(perm[i:i + bs])
             w = wave[idx]
@@ -712,11 +720,11 @@ def run_intent_wide(args, name, spec, labels, intents, lstm):
                 x = spec_augment(x, rng, max_f=5, max_t=6 if lstm else 12)
             yield x, torch.from_numpy(y[idx])
 
-    steps = len(rows) // bs
+    steps = len(tr_idx) // bs
     if args.max_steps:
         steps = min(steps, args.max_steps)
     res = {"name": name, "spec": spec, "epochs": args.epochs or 30, "qat_steps": args.qat_steps,
-           "wave_aug": True, "data": "intents-wide",
+           "wave_aug": True, "data": "intents-wide", "orig_repeat": args.orig_repeat,
            "train_clips": len(rows), "train_sentences": len({r["text"] for r in rows}),
            "augmentation": "sox chain at synthesis (tempo 0.85-1.2, pitch +-300 cents, reverb, gain, "
                            "leading silence; 70 % of clips) + online speed 0.9-1.1 (half), offset, "
@@ -1065,6 +1073,8 @@ def main():
     ap.add_argument("--wide", action="store_true",
                     help="intent: train on the wide grammar ($SHIFTSERVE_DATA/intents-wide, "
                          "make_intents_wide.py), checkpointed every epoch (rerun to continue)")
+    ap.add_argument("--orig-repeat", type=int, default=1,
+                    help="intent --wide: the clips of the 199 original phrasings this many times per epoch")
     ap.add_argument("--install-results", metavar="NAME", default=None,
                     help="install the --no-install run recorded in training/results/NAME.json (e.g. "
                          "intent-wide) as the bundled <model>, then run make_cards.py")
