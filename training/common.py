@@ -97,6 +97,8 @@ def train_loop(model, make_batches, epochs, lr, wd=1e-4, label_smoothing=0.1, ev
         opt.load_state_dict(st["opt"])
         sched.load_state_dict(st["sched"])
         step, first, before = st["step"], st["epoch"], st["seconds"]
+        if "torch_rng" in st:
+            torch.set_rng_state(st["torch_rng"])
         log(f"{desc}: resumed from {ckpt} after epoch {first}/{epochs} ({before:.0f}s of training so far)")
     t = Timer()
     bar = tqdm(total=total, initial=step, desc=desc, unit="step", mininterval=30, smoothing=0.05,
@@ -129,7 +131,8 @@ def train_loop(model, make_batches, epochs, lr, wd=1e-4, label_smoothing=0.1, ev
         log(msg + f" [{before + t():.0f}s]")
         if ckpt:
             save_atomic({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                         "step": step, "epoch": ep + 1, "seconds": before + t()}, ckpt)
+                         "step": step, "epoch": ep + 1, "seconds": before + t(),
+                         "torch_rng": torch.get_rng_state()}, ckpt)
     bar.close()
     return before + t()
 

@@ -203,23 +203,39 @@ def recommend(p_in, y_in, p_oov, oov_kind):
     return max(ok, key=lambda r: (r["oov_caught"], -r["threshold"]))["threshold"]
 
 
-def evaluate(name, sets, labels, ev, un):
+def evaluate(name, sets, labels, ev, un, path=None, fp32_state=None):
     from shiftserve_train import reference
 
-    path = os.path.join(REPO, "models", "repository", name, "1", "model.safetensors")
+    path = path or os.path.join(REPO, "models", "repository", name, "1", "model.safetensors")
     mf = reference.ModelFile(path)
     spec = mf.preprocess
     assert mf.labels == labels, "the model file's labels differ from intents_text.py"
     tag = "lstm" if name == "intent-lstm" else "resnet"
+    if fp32_state:
+        # a full-precision twin's PyTorch weights (train.py --wide saves them), same features
+        import torch
+        from train import build_intent
+
+        model = build_intent(False)
+        model.load_state_dict(torch.load(fp32_state, weights_only=True))
+        model.eval()
+
+        def fwd(x):
+            with torch.no_grad():
+                return torch.cat([model(torch.from_numpy(x[i:i + 256])) for i in range(0, len(x), 256)]).numpy()
+        path = fp32_state
+    else:
+        def fwd(x):
+            return reference.forward(mf, x)
     logits = {}
     for s, d in sets.items():
         cache = os.path.join(ev if s in ("valid", "test") else un, f"feats_{s}_{tag}.npy")
         t0 = time.time()
         x = features(d["paths"], spec, cache)
-        logits[s] = np.asarray(reference.forward(mf, x), dtype=np.float64)
+        logits[s] = np.asarray(fwd(x), dtype=np.float64)
         log(f"{name}: {s} {len(x)} clips in {time.time() - t0:.0f}s")
     T = fit_temperature(logits["valid"], sets["valid"]["y"])
-    res = {"model_file": os.path.relpath(path, REPO), "temperature": T,
+    res = {"model_file": os.path.relpath(path, REPO) if path.startswith(REPO) else path, "temperature": T,
            "valid_nll": {"T=1": nll(logits["valid"], sets["valid"]["y"], 1.0),
                          "fitted": nll(logits["valid"], sets["valid"]["y"], T)}}
     for s in ("valid", "test", "unseen"):
@@ -293,6 +309,17 @@ def main():
     ap.add_argument("--write-temperature", action="store_true",
                     help="write each model's fitted T into its installed file (metadata shiftserve.temperature; "
                          "the tensors and logits do not change; the server then serves softmax(logits / T))")
+    ap.add_argument("--file", default=None,
+                    help="evaluate this model file instead of the installed one (one model in --models)")
+    ap.add_argument("--fp32-state", default=None,
+                    help="intent: evaluate these full-precision twin weights (train.py --wide's "
+                         "<name>.fp32.pt; --file gives the preprocessing)")
+    ap.add_argument("--out", default=None, help="results file (default results/intent-eval.json)")
+    ap.add_argument("--record-twin", metavar="NAME", default=None,
+                    help="with --fp32-state: write the twin's new-wording accuracy into "
+                         "training/results/NAME.json (key fp32_unseen; make_cards.py shows it)")
+    ap.add_argument("--summary", action="store_true",
+                    help="print only aggregate figures (test, new wordings overall and per condition)")
     args = ap.parse_args()
     import torch
 
@@ -303,7 +330,7 @@ def main():
     ev, un = data_dirs(args.jobs)
     sets = load_sets(ev, un, labels)
     log({s: len(d["y"]) for s, d in sets.items()})
-    out_path = os.path.join(RESULTS, "intent-eval.json")
+    out_path = args.out or os.path.join(RESULTS, "intent-eval.json")
     out = {}
     if os.path.exists(out_path):
         with open(out_path) as f:
@@ -329,8 +356,11 @@ def main():
     out["ece_bins"] = BINS
     out["generated_by"] = "training/eval_intent.py"
     for name in args.models.split(","):
-        out[name] = evaluate(name, sets, labels, ev, un)
+        out[name] = evaluate(name, sets, labels, ev, un, path=args.file, fp32_state=args.fp32_state)
         r = out[name]
+        if args.summary:
+            log(f"{name}: per condition (new wordings): " + json.dumps(
+                {c: round(v, 4) if isinstance(v, float) else v for c, v in r["unseen"]["per_condition"].items()}))
         log(f"{name}: T={r['temperature']:.3f} test {r['test']['acc']:.4f} unseen {r['unseen']['acc']:.4f} "
             f"ECE test {r['test']['ece_before']:.3f}->{r['test']['ece_after']:.3f} "
             f"unseen {r['unseen']['ece_before']:.3f}->{r['unseen']['ece_after']:.3f} "
@@ -342,6 +372,15 @@ def main():
             from shiftserve_train.export import set_temperature
             set_temperature(os.path.join(REPO, r["model_file"]), r["temperature"])
             log(f"{name}: wrote shiftserve.temperature = {r['temperature']!r} into {r['model_file']}")
+        if args.record_twin:
+            rp = os.path.join(RESULTS, f"{args.record_twin}.json")
+            with open(rp) as f:
+                rr = json.load(f)
+            rr["fp32_unseen"] = r["unseen"]["acc"]
+            rr["fp32_unseen_per_condition"] = {c: v["acc"] for c, v in r["unseen"]["per_condition"].items()}
+            with open(rp, "w") as f:
+                json.dump(rr, f, indent=1, sort_keys=True)
+                f.write("\n")
     log("wrote", out_path)
 
 

@@ -380,10 +380,32 @@ significant bit.)
 """
 
 
+def intent_wide_text(r):
+    """Data and recipe paragraph of a run on the wide grammar (train.py intent --wide, issue 11)."""
+    return f"""**Data (wide grammar, issue 11).** Training: training/data/intents_wide.py, a grammar
+of many wordings per intent (synonyms of every action, object and location, polite frames such as
+"could you please" / "would you mind ...ing", fillers, fronted locations "in the kitchen, ...",
+indirect phrasings unambiguous in FSC semantics such as "it's too dark in here" or "i'm
+freezing"), sampled stratified per intent ({r["train_sentences"]:,} distinct sentences including
+the 199 original phrasings). **The grammar was written without reading the held-out new
+wordings** of intents_unseen.py; the generator drops (and only counts) any sentence equal to one.
+Synthesised by training/data/make_intents_wide.py with training voices only (every engine of the
+list below, one random voice configuration per clip: 2 per new sentence, 6 per original
+phrasing), each clip under a random sox chain ({r["augmentation"]}): {r["train_clips"]:,} clips;
+clips up to 1.4x longer than the 3 s window are sped up to fit, longer ones cut. Validation and
+test: the splits of the bundled run (make_intents.py --no-train), i.e. training voices / held-out
+voices x the 199 original phrasings.
+
+{intent_common()}"""
+
+
 def intent_gap_text(r):
     f, s = r["fp32"], r["shift"]
     if s["test_acc_file"] >= 0.95:
         return ""
+    if r.get("data") == "intents-wide":
+        return (f" The full-precision twin reaches {pct(f['test_acc_pytorch'])} on the held-out voices "
+                f"(the W3 model is {100 * (f['test_acc_pytorch'] - s['test_acc_file']):+.2f} points from it).")
     return (f" The shortfall is voice generalisation, not the shift weights: the full-precision twin "
             f"reaches {pct(f['test_acc_pytorch'])} on the held-out voices too (the W3 model is "
             f"{100 * (f['test_acc_pytorch'] - s['test_acc_file']):+.2f} points from it), while both "
@@ -396,9 +418,18 @@ def intent_gap_text(r):
 
 def intent_card(r):
     f, s = r["fp32"], r["shift"]
+    wide = r.get("data") == "intents-wide"
+    aug = ("\nonline per batch: " + r["augmentation"].split("+ online ", 1)[-1] + "." if wide else
+           f"\nSpecAugment (2 frequency masks <= 4 bins, 2 time masks <= 10 frames).{wave_aug_text(r)}")
+    repro = ("`nice -n 15 python training/data/make_intents_wide.py`, then `SHIFTSERVE_RUN_TAG=-wide nice -n 15 "
+             f"python training/train.py intent --wide --epochs {r['epochs']} --no-install` (resumable: "
+             "rerun the same command) and `python training/train.py intent --install-results intent-wide`"
+             if wide else
+             "`nice -n 10 python training/data/make_intents.py`\nthen `nice -n 10 python training/train.py "
+             f"intent --epochs {r['epochs']} --qat-steps {r.get('qat_steps', 150)}`")
     return f"""## `intent` — DenseShift W3 SLU ResNet on log-mel
 
-{intent_common()}
+{intent_wide_text(r) if wide else intent_common()}
 **Preprocessing** (in the file; training features computed with `shiftserve_train.features.LogMel`
 from the same spec): {spec_block(r["spec"])}
 A 3 s window with 20 ms hop: 40 x 151 log-mel, per-utterance normalised.
@@ -406,8 +437,7 @@ A 3 s window with 20 ms hop: 40 x 151 log-mel, per-utterance normalised.
 **Recipe.** End-to-end SLU shift ResNet after Avila et al.: fp32 7x7/2 stem conv + BN + 3x3/2
 max-pool on the 1-channel log-mel, four BasicBlock stages (widths 16/32/64/128, one block each,
 strides 1/2/2/2) of DenseShift W3 convs, global average pooling, fp32 classifier over the 31
-intents. AdamW, one-cycle cosine (peak 3e-3), label smoothing 0.1, batch 64, {r["epochs"]} epochs,
-SpecAugment (2 frequency masks <= 4 bins, 2 time masks <= 10 frames).{wave_aug_text(r)} Then 8-bit activation
+intents. AdamW, one-cycle cosine (peak 3e-3), label smoothing 0.1, batch 64, {r["epochs"]} epochs,{aug} Then 8-bit activation
 calibration and {r.get("qat_steps", 150)} fake-quant fine-tuning steps. FP twin: same network with fp32 convs.
 
 | split | FP twin (PyTorch) | W3 (PyTorch, fake-quant) | W3 exported file |
@@ -425,9 +455,8 @@ Held-out accuracy per voice:
 {size_line(r)}
 
 Training time: FP twin {minutes(f["train_seconds"])}, W3 {minutes(s["train_seconds"])} (in parallel,
-one thread each); whole command {minutes(r["wall_seconds_total"])} (data generation, ~4-9 min on the
-loaded machine, not included). Reproduce: `nice -n 10 python training/data/make_intents.py`
-then `nice -n 10 python training/train.py intent --epochs {r["epochs"]} --qat-steps {r.get("qat_steps", 150)}`
+one thread each); whole command {minutes(r["wall_seconds_total"])} (data generation, {"about 15 min for the wide set" if wide else "~4-9 min"} on the
+loaded machine, not included). Reproduce: {repro}
 (the driver generates missing data itself).
 """
 
@@ -443,10 +472,14 @@ def intent_eval_text(name, r, ev):
     if name == "intent":
         card_test = r["shift"]["test_acc_file"]
         twin = r["fp32"]["test_acc_pytorch"]
+        fu = r.get("fp32_unseen")
         targets = (f"Targets: >= 95 % on the held-out voices: {status(card_test >= 0.95)} "
                    f"({pct(card_test)}); >= 92 % on the new wordings: {status(un['acc'] >= 0.92)} "
-                   f"({pct(un['acc'])}). No full-precision twin figure exists for the new set (the twin "
-                   f"was not kept as a file; it scored {pct(twin)} on the held-out voices).")
+                   f"({pct(un['acc'])}). " + (
+                       f"Full-precision twin (PyTorch, train.py --wide keeps its weights): {pct(twin)} on "
+                       f"the held-out voices, {pct(fu)} on the new wordings." if fu is not None else
+                       f"No full-precision twin figure exists for the new set (the twin "
+                       f"was not kept as a file; it scored {pct(twin)} on the held-out voices)."))
     else:
         card_test = r["tt"]["test_acc_file"]
         dn = r["dense"]["test_acc_pytorch"]

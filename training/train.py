@@ -399,6 +399,8 @@ def run_parallel(args):
                 cmd += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
         if args.wave_aug:
             cmd.append("--wave-aug")
+        if args.wide:
+            cmd += ["--wide", "--orig-repeat", str(args.orig_repeat)]
         if args.model == "intent-lstm":
             cmd += ["--tt-init", args.tt_init]
             if args.tt_out_rank:
@@ -503,6 +505,110 @@ def intent_data(spec, tag):
     return feats, rows
 
 
+def intent_wide_data(spec):
+    """Issue 11: the wide-grammar training set ($SHIFTSERVE_DATA/intents-wide, make_intents_wide.py,
+    training voices only) as waveforms (online augmentation), and the valid/test splits of
+    $SHIFTSERVE_DATA/intents-eval (make_intents.py --no-train: training voices / held-out voices x
+    the 199 phrasings) as features. -> (wave_train [N, n], y_train, feats_eval, rows_eval)"""
+    d = os.path.join(DATA, "intents-wide")
+    man = os.path.join(d, "manifest.csv")
+    if not os.path.exists(man):
+        run_data_script("make_intents_wide.py", "--out", d)
+    cache = os.path.join(d, "wave_16k_3s.npy")
+    with open(man) as f:
+        rows = list(csv.DictReader(f))
+    if not (os.path.exists(cache) and os.path.getmtime(cache) > os.path.getmtime(man)):
+        load_wide_waves(rows, d, spec, cache)
+    ev = os.path.join(DATA, "intents-eval")
+    eman = os.path.join(ev, "manifest.csv")
+    if not os.path.exists(eman):
+        run_data_script("make_intents.py", "--no-train", "--out", ev)
+    tag = f"{spec['n_mels']}x{spec['hop_length']}"
+    fcache = os.path.join(d, f"evalfeats_{tag}.npy")
+    with open(eman) as f:
+        erows = list(csv.DictReader(f))
+    if os.path.exists(fcache) and os.path.getmtime(fcache) > os.path.getmtime(eman):
+        feats = np.load(fcache)
+    else:
+        ew, erows = load_audio_manifest(eman, spec, root=ev)
+        feats = logmel_batches(ew, spec)
+        np.save(fcache, feats)
+    return np.load(cache, mmap_mode="r"), rows, feats, erows
+
+
+def load_wide_waves(rows, root, spec, cache, max_squeeze=1.4):
+    """Read the wide set's clips (shiftserve_train.features.read_wav), trim leading/trailing
+    silence; a clip longer than the window is sped up (linear resampling) to fit when it is at
+    most ``max_squeeze`` times too long (a long polite request would otherwise lose its last
+    words, often the location, to the cut), else cut at the end. Cached as .npy."""
+    from shiftserve_train import features as feat
+
+    sr = int(spec["sample_rate"])
+    n = int(round(float(spec["seconds"]) * sr))
+    wave = np.lib.format.open_memmap(cache + ".tmp.npy", mode="w+", dtype=np.float32, shape=(len(rows), n))
+    squeezed = cut = 0
+    for i, r in enumerate(rows):
+        x, rate = feat.read_wav(os.path.join(root, r["path"]))
+        if rate != sr:
+            x = feat.resample(x, rate, sr)
+        nz = np.nonzero(np.abs(x) > 1e-3 * max(1e-6, float(np.max(np.abs(x)))))[0]
+        if len(nz):
+            x = x[max(0, nz[0] - 800): nz[-1] + 800]
+        if len(x) > n:
+            if len(x) <= max_squeeze * n:
+                x = np.interp(np.linspace(0, len(x) - 1, n - 1600), np.arange(len(x)), x)
+                squeezed += 1
+            else:
+                cut += 1
+        wave[i] = feat.fit_length(np.asarray(x, dtype=np.float32), n)
+    wave.flush()
+    del wave
+    os.replace(cache + ".tmp.npy", cache)
+    log(f"intents-wide: {len(rows)} clips, {squeezed} sped up to fit {spec['seconds']} s, {cut} cut")
+
+
+def noise_bank(rng, n, k=48):
+    """k white, pink and brown noise clips of n samples (unit RMS) for online mixing."""
+    out = []
+    f = np.fft.rfftfreq(n)
+    f[0] = f[1]
+    for color in ("white", "pink", "brown"):
+        for _ in range(k):
+            x = rng.standard_normal(n)
+            if color != "white":
+                X = np.fft.rfft(x) / (np.sqrt(f) if color == "pink" else f)
+                x = np.fft.irfft(X, n)
+            x = x - x.mean()
+            out.append((x / (np.sqrt(np.mean(x ** 2)) + 1e-9)).astype(np.float32))
+    return np.stack(out)
+
+
+def augment_waves_wide(w, rng, sr, bank, max_shift_s=0.3, speed=(0.9, 1.1), p_speed=0.5,
+                       snr=(5, 35), p_noise=0.7):
+    """Online waveform augmentation of the wide set [B, n] (the clips already carry a sox chain of
+    tempo/pitch/reverb): speed perturbation (half the clips), random leading silence, gain,
+    white/pink/brown noise at 5-35 dB SNR."""
+    b, n = w.shape
+    out = np.zeros((b, n), dtype=np.float32)
+    for i in range(b):
+        x = np.asarray(w[i])
+        nz = np.nonzero(np.abs(x) > 1e-4)[0]
+        x = x[nz[0]: nz[-1] + 1] if len(nz) else x[:1]
+        if rng.random() < p_speed:
+            f = rng.uniform(*speed)
+            m = max(2, int(len(x) / f))
+            x = np.interp(np.linspace(0, len(x) - 1, m), np.arange(len(x)), x)
+        room = n - len(x)
+        off = int(rng.integers(0, max(1, min(room, int(max_shift_s * sr)) + 1))) if room > 0 else 0
+        seg = x[: n - off]
+        out[i, off:off + len(seg)] = seg * rng.uniform(0.3, 1.0)
+        if rng.random() < p_noise:
+            rms = np.sqrt(np.mean(seg ** 2)) + 1e-6
+            nz_ = np.roll(bank[int(rng.integers(0, len(bank)))], int(rng.integers(0, n)))
+            out[i] += nz_ * rms * 10 ** (-rng.uniform(*snr) / 20)
+    return out
+
+
 def build_intent(shift):
     from shiftserve_train.models import ResNet
 
@@ -542,6 +648,8 @@ def run_intent(args, lstm=False):
     name = "intent-lstm" if lstm else "intent"
     spec = INTENT_LSTM_SPEC if lstm else INTENT_SPEC
     labels, intents = intent_labels()
+    if args.wide:
+        return run_intent_wide(args, name, spec, labels, intents, lstm)
     feats, rows = intent_data(spec, "40x76" if lstm else "40x151")
     y = np.array([labels.index(r["label"]) for r in rows])
     split = np.array([r["split"] for r in rows])
@@ -658,6 +766,113 @@ def run_intent(args, lstm=False):
         erows = list(csv.DictReader(f))
     res["card_check"] = card_check_audio(out, [os.path.join(os.path.dirname(ev), r["file"]) for r in erows],
                                          np.array([labels.index(r["label"]) for r in erows]), spec)
+    res["model_file"] = out
+    res["description"] = desc
+    save_part(name, res)
+
+
+def run_intent_wide(args, name, spec, labels, intents, lstm):
+    """Issue 11: train on the wide grammar (intents-wide, training voices, online waveform
+    augmentation + SpecAugment), checkpointed every epoch under $SHIFTSERVE_DATA/intents-wide/ckpt
+    (rerun the same command to continue); valid/test = intents-eval (the same splits as the
+    bundled run's)."""
+    from shiftserve_train import export as ex
+    from shiftserve_train.features import LogMel
+
+    wave, rows, feats, erows = intent_wide_data(spec)
+    y = np.array([labels.index(r["label"]) for r in rows])
+    assert not {r["engine"] for r in rows} & {"pico", "rhvoice"} and not any("slt" in r["voice"] for r in rows)
+    ey = np.array([labels.index(r["label"]) for r in erows])
+    esplit = np.array([r["split"] for r in erows])
+    va, te = esplit == "valid", esplit == "test"
+    voice = np.array([f"{r['engine']}/{r['voice']}" for r in erows])
+    engine = np.array([r["engine"] for r in erows])
+    X = torch.from_numpy(feats)
+    log(f"{name} (wide): train {len(rows)} clips, {len({r['text'] for r in rows})} sentences; "
+        f"valid {va.sum()} test {te.sum()}; input {feats.shape[1:]}")
+    lm = LogMel(spec)
+    bank = noise_bank(np.random.default_rng(7), wave.shape[1])
+    bs = 128 if lstm else 64
+
+    import intents_text
+    import intents_wide
+
+    orig = {intents_wide._norm(p) for *_, phr in intents_text.intents() for p in phr}
+    orig_idx = np.array([i for i, r in enumerate(rows) if r["text"] in orig])
+    # --orig-repeat K: the clips of the 199 original phrasings K times per epoch
+    tr_idx = np.concatenate([np.arange(len(rows))] + [orig_idx] * (args.orig_repeat - 1))
+
+    def batches(ep, augment=True):
+        rng = np.random.default_rng(ep)
+        perm = rng.permutation(tr_idx)
+        for i in range(0, len(perm) - bs + 1, bs):
+            idx = np.sort(perm[i:i + bs])
+            w = wave[idx]
+            if augment:
+                w = augment_waves_wide(w, rng, 16000, bank)
+            with torch.no_grad():
+                x = lm(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)))
+            if augment:
+                x = spec_augment(x, rng, max_f=5, max_t=6 if lstm else 12)
+            yield x, torch.from_numpy(y[idx])
+
+    steps = len(tr_idx) // bs
+    if args.max_steps:
+        steps = min(steps, args.max_steps)
+    res = {"name": name, "spec": spec, "epochs": args.epochs or 30, "qat_steps": args.qat_steps,
+           "wave_aug": True, "data": "intents-wide", "orig_repeat": args.orig_repeat,
+           "train_clips": len(rows), "train_sentences": len({r["text"] for r in rows}),
+           "augmentation": "sox chain at synthesis (tempo 0.85-1.2, pitch +-300 cents, reverb, gain, "
+                           "leading silence; 70 % of clips) + online speed 0.9-1.1 (half), offset, "
+                           "gain, white/pink/brown noise 5-35 dB SNR (70 %), SpecAugment",
+           "grammar_note": "training grammar (training/data/intents_wide.py) written without reading "
+                           "the held-out new wordings; sentences equal to one are dropped (count only)"}
+    ck = os.path.join(DATA, "intents-wide", "ckpt")
+    for kind in kinds_of(args, ("dense", "tt") if lstm else ("fp32", "shift")):
+        torch.manual_seed(0)
+        model = (build_intent_lstm(kind == "tt", rank=args.tt_rank, out_rank=args.tt_out_rank) if lstm
+                 else build_intent(kind == "shift"))
+        if lstm and kind == "tt":
+            raise SystemExit("--wide: intent-lstm tt not wired yet (train the dense twin first)")
+        t = common.train_loop(model, batches, res["epochs"], lr=args.lr or (5e-3 if lstm else 3e-3),
+                              steps_per_epoch=steps, grad_clip=5.0 if lstm else None,
+                              eval_fn=lambda: common.acc(common.predict(model, X[va]), ey[va]),
+                              desc=f"{name}-{kind}", ckpt=os.path.join(ck, f"{name}{TAG}.{kind}.pt"))
+        if kind == "shift":
+            common.qat(model, [x for x, _ in itertools.islice(batches(998, augment=False), 8)], batches,
+                       steps=args.qat_steps, lr=3e-4, desc=name)
+        pt_te = common.predict(model, X[te])
+        r = {"train_seconds": t, "epoch_seconds": t / res["epochs"],
+             "valid_acc_pytorch": common.acc(common.predict(model, X[va]), ey[va]),
+             "test_acc_pytorch": common.acc(pt_te, ey[te]),
+             "test_per_voice_pytorch": common.per_group(pt_te, ey[te], voice[te])}
+        log(f"{name}-{kind}: {json.dumps(r)}")
+        res[kind] = r
+        if kind == "fp32":
+            # the full-precision twin's weights (for eval_intent.py --fp32-state)
+            torch.save(model.state_dict(), os.path.join(DATA, "intents-wide", f"{name}{TAG}.fp32.pt"))
+    key = "tt" if lstm else "shift"
+    if key not in res:
+        return save_part(name, res)
+    out = os.path.join(DATA, "intents-wide", f"{name}{TAG}.safetensors")
+    desc = ("DenseShift W3 SLU ResNet on 40 log-mel (16 kHz, 3 s, 20 ms hop); FSC-style 31 intents; "
+            "wide training grammar")
+    ex.export(model, out, name=name, task="spoken_intent", labels=labels, intents=intents,
+              preprocess=spec, numeric_path="int8", progress=False, description=desc)
+    f_va = common.predict_file(out, X[va].numpy())
+    f_te = common.predict_file(out, X[te].numpy())
+    res[key]["valid_acc_file"] = common.acc(f_va, ey[va])
+    res[key]["test_acc_file"] = common.acc(f_te, ey[te])
+    res[key]["test_per_voice_file"] = common.per_group(f_te, ey[te], voice[te])
+    res[key]["test_per_engine_file"] = common.per_group(f_te, ey[te], engine[te])
+    ev = os.path.join(REPO, "data", "eval", "intents", "manifest.csv")
+    if not os.path.exists(ev):
+        subprocess.run(["nice", "-n", "10", PY, os.path.join(REPO, "training", "data", "make_intents.py"),
+                        "--eval-subset"], check=True)
+    with open(ev) as f:
+        cr = list(csv.DictReader(f))
+    res["card_check"] = card_check_audio(out, [os.path.join(os.path.dirname(ev), r["file"]) for r in cr],
+                                         np.array([labels.index(r["label"]) for r in cr]), spec)
     res["model_file"] = out
     res["description"] = desc
     save_part(name, res)
@@ -957,6 +1172,14 @@ def main():
                     help="intent-lstm: MPS bond rank (clamped to each bond's maximum)")
     ap.add_argument("--wave-aug", action="store_true",
                     help="intent models: online speed/offset/gain/noise augmentation of the waveforms")
+    ap.add_argument("--wide", action="store_true",
+                    help="intent: train on the wide grammar ($SHIFTSERVE_DATA/intents-wide, "
+                         "make_intents_wide.py), checkpointed every epoch (rerun to continue)")
+    ap.add_argument("--orig-repeat", type=int, default=1,
+                    help="intent --wide: the clips of the 199 original phrasings this many times per epoch")
+    ap.add_argument("--install-results", metavar="NAME", default=None,
+                    help="install the --no-install run recorded in training/results/NAME.json (e.g. "
+                         "intent-wide) as the bundled <model>, then run make_cards.py")
     ap.add_argument("--tt-out-rank", type=int, default=None,
                     help="intent-lstm: cap of the bonds between output modes (default: --tt-rank)")
     ap.add_argument("--tt-init", choices=["random", "dense"], default="dense",
@@ -977,6 +1200,8 @@ def main():
                     help="both (default: two parallel child processes, then merge) | fp32 | shift | dense | tt")
     args = ap.parse_args()
     t = common.Timer()
+    if args.install_results:
+        return install_results(args.install_results, args.model)
     if args.record_sweep:
         return record_sweep(args.record_sweep.split(","))
     if args.merge:
@@ -984,6 +1209,8 @@ def main():
         return merge(args.model, kinds, install=not args.no_install, separate=True)
     if args.variant == "both":
         os.makedirs(os.path.join(DATA, "logs"), exist_ok=True)
+        if args.wide:  # build the shared caches once, before the two children start
+            intent_wide_data(INTENT_LSTM_SPEC if args.model == "intent-lstm" else INTENT_SPEC)
         common.setup(1)
         run_parallel(args)
         log(f"{args.model}: total wall time {t():.0f}s")
