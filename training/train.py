@@ -750,6 +750,12 @@ def run_intent(args, lstm=False):
     desc = ("LSTM (hidden 128) with MPS tensor-train W_ih/W_hh on 40 log-mel, 40 ms hop; "
             "FSC-style 31 intents" if lstm else
             "DenseShift W3 SLU ResNet on 40 log-mel (16 kHz, 3 s, 20 ms hop); FSC-style 31 intents")
+    export_intent(name, res, key, model, out, desc, spec, labels, intents, X, y, va, te, voice, engine)
+
+
+def export_intent(name, res, key, model, out, desc, spec, labels, intents, X, y, va, te, voice, engine):
+    """Exports an intent model, measures the file on the valid/test splits (per voice and engine)
+    and on the CI card-check subset, and saves the results part (run_intent and run_intent_wide)."""
     ex.export(model, out, name=name, task="spoken_intent", labels=labels, intents=intents,
               preprocess=spec, numeric_path="int8", progress=False, description=desc)
     f_va = common.predict_file(out, X[va].numpy())
@@ -857,25 +863,7 @@ def run_intent_wide(args, name, spec, labels, intents, lstm):
     out = os.path.join(DATA, "intents-wide", f"{name}{TAG}.safetensors")
     desc = ("DenseShift W3 SLU ResNet on 40 log-mel (16 kHz, 3 s, 20 ms hop); FSC-style 31 intents; "
             "wide training grammar")
-    ex.export(model, out, name=name, task="spoken_intent", labels=labels, intents=intents,
-              preprocess=spec, numeric_path="int8", progress=False, description=desc)
-    f_va = common.predict_file(out, X[va].numpy())
-    f_te = common.predict_file(out, X[te].numpy())
-    res[key]["valid_acc_file"] = common.acc(f_va, ey[va])
-    res[key]["test_acc_file"] = common.acc(f_te, ey[te])
-    res[key]["test_per_voice_file"] = common.per_group(f_te, ey[te], voice[te])
-    res[key]["test_per_engine_file"] = common.per_group(f_te, ey[te], engine[te])
-    ev = os.path.join(REPO, "data", "eval", "intents", "manifest.csv")
-    if not os.path.exists(ev):
-        subprocess.run(["nice", "-n", "10", PY, os.path.join(REPO, "training", "data", "make_intents.py"),
-                        "--eval-subset"], check=True)
-    with open(ev) as f:
-        cr = list(csv.DictReader(f))
-    res["card_check"] = card_check_audio(out, [os.path.join(os.path.dirname(ev), r["file"]) for r in cr],
-                                         np.array([labels.index(r["label"]) for r in cr]), spec)
-    res["model_file"] = out
-    res["description"] = desc
-    save_part(name, res)
+    export_intent(name, res, key, model, out, desc, spec, labels, intents, X, ey, va, te, voice, engine)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -340,18 +340,18 @@ impl ModelInfo {
 
 /// `softmax(logits / T)`; `None` (or 1) is the plain softmax, bit for bit.
 pub fn softmax_with_temperature(logits: &[f32], temperature: Option<f32>) -> Vec<f32> {
-    match temperature {
-        Some(t) if t != 1.0 => softmax(&logits.iter().map(|&x| x / t).collect::<Vec<f32>>()),
-        _ => softmax(logits),
-    }
+    let t = temperature.unwrap_or(1.0);
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // Dividing by T > 0 keeps the order, so the largest logit stays the shift; T = 1 divides by
+    // one, which changes no bit.
+    let exps: Vec<f32> = logits.iter().map(|&x| ((x - max) / t).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
 }
 
 /// Numerically stable softmax.
 pub fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
-    let sum: f32 = exps.iter().sum();
-    exps.into_iter().map(|e| e / sum).collect()
+    softmax_with_temperature(logits, None)
 }
 
 /// The kernel instruction set in use, e.g. `"avx512"` (or `"error: ..."` when the

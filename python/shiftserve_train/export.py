@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import warnings
 from typing import Iterable
@@ -374,14 +375,19 @@ def validate_preprocess(pp: dict) -> None:
         raise ExportError(f"preprocess.kind must be 'image' or 'audio', got {kind!r}")
 
 
+def _check_temperature(temperature) -> None:
+    """``None`` or a positive finite number (what the server accepts as ``shiftserve.temperature``)."""
+    if temperature is not None and not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
+                                        and temperature > 0):
+        raise ExportError(f"temperature must be a positive finite number, got {temperature!r}")
+
+
 def set_temperature(path, temperature: float | None) -> None:
     """Writes (or, with ``None``, removes) the softmax temperature of an exported model file in
     place: only the ``shiftserve.temperature`` metadata key changes; the tensor bytes, their
     offsets and the tensor hash stay as they are, so the logits of the file do not change. For
     calibrating an already exported model (``training/eval_intent.py --write-temperature``)."""
-    if temperature is not None and not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
-                                        and temperature > 0):
-        raise ExportError(f"temperature must be a positive finite number, got {temperature!r}")
+    _check_temperature(temperature)
     with open(path, "rb") as f:
         data = f.read()
     n = int.from_bytes(data[:8], "little")
@@ -396,7 +402,6 @@ def set_temperature(path, temperature: float | None) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
         f.write(len(text).to_bytes(8, "little") + text + data[8 + n:])
-    import os
     os.replace(tmp, path)
 
 
@@ -423,9 +428,7 @@ def export(model: nn.Module, path, *, name: str, task: str, labels: list[str], p
     if task not in TASKS:
         raise ExportError(f"task must be one of {TASKS}")
     validate_preprocess(preprocess)
-    if temperature is not None and not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
-                                        and temperature > 0):
-        raise ExportError(f"temperature must be a positive finite number, got {temperature!r}")
+    _check_temperature(temperature)
     if task == "spoken_intent":
         if intents is None or len(intents) != len(labels):
             raise ExportError("spoken_intent needs intents aligned with labels")

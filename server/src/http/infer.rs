@@ -289,18 +289,13 @@ async fn run_inner(
             Sample::Encoded { data, hint } if n == 1 && lv.model.preprocess_is_small(&data) => {
                 // A small image of a one-sample request (header read: a few thousand pixels):
                 // decoding it here costs less than handing it to the blocking pool and back.
-                let t = lv
-                    .model
-                    .preprocess(&data, hint, &state.opts.limits)
-                    .map_err(|e| preprocess_error(e, hint))?;
-                if t.len() != lv.input_len {
-                    return Err(ApiError::internal(format!(
-                        "preprocessing produced {} values, expected {}",
-                        t.len(),
-                        lv.input_len
-                    )));
-                }
-                slots[i] = Some(t);
+                slots[i] = Some(preprocess_checked(
+                    &lv.model,
+                    &data,
+                    hint,
+                    &state.opts.limits,
+                    lv.input_len,
+                )?);
             }
             Sample::Encoded { data, hint } => {
                 let permit = match tokio::time::timeout_at(
@@ -319,27 +314,21 @@ async fn run_inner(
                 };
                 let m = lv.model.clone();
                 let limits = state.opts.limits;
+                let input_len = lv.input_len;
                 tasks.spawn_blocking(move || {
                     let _permit = permit;
-                    (i, m.preprocess(&data, hint, &limits).map_err(|e| (e, hint)))
+                    (i, preprocess_checked(&m, &data, hint, &limits, input_len))
                 });
             }
         }
     }
     let collect = async {
         while let Some(joined) = tasks.join_next().await {
-            let (i, result) = joined.map_err(|_| ApiError::internal("preprocessing panicked"))?;
-            let t = result.map_err(|(e, hint)| preprocess_error(e, hint))?;
-            if t.len() != lv.input_len {
-                return Err(ApiError::internal(format!(
-                    "preprocessing produced {} values, expected {}",
-                    t.len(),
-                    lv.input_len
-                )));
-            }
-            slots[i] = Some(t);
+            let (i, result) =
+                joined.map_err(|_| ApiError::internal("preprocessing task was cancelled"))?;
+            slots[i] = Some(result?);
         }
-        Ok(())
+        Ok::<(), ApiError>(())
     };
     match tokio::time::timeout_at(tokio_deadline, collect).await {
         Ok(r) => r?,
@@ -562,6 +551,32 @@ fn retry_target(
             Ok(next)
         }
     }
+}
+
+/// Preprocesses one sample wherever it runs (the HTTP worker or the blocking pool): a decoder
+/// error as the client sees it ([`preprocess_error`]), a panic in the decoder or a tensor of the
+/// wrong length as a 500, never a dropped connection.
+fn preprocess_checked(
+    model: &models::Model,
+    data: &[u8],
+    hint: MediaHint,
+    limits: &models::InputLimits,
+    input_len: usize,
+) -> Result<Vec<f32>, ApiError> {
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        model.preprocess(data, hint, limits)
+    }));
+    let t = run
+        .map_err(|_| ApiError::internal("preprocessing panicked"))?
+        .map_err(|e| preprocess_error(e, hint))?;
+    if t.len() != input_len {
+        return Err(ApiError::internal(format!(
+            "preprocessing produced {} values, expected {}",
+            t.len(),
+            input_len
+        )));
+    }
+    Ok(t)
 }
 
 /// A preprocessing failure as the client sees it. The declared media type was already checked
